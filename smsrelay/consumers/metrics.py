@@ -1,0 +1,41 @@
+"""The worker's Prometheus metrics, on an explicit registry (one per worker process)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+
+# `_created` series double every counter's cardinality and no dashboard reads them.
+disable_created_metrics()
+
+SEND_OUTCOMES = ("success", "retryable_error", "permanent_error")
+_SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_E2E_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+@dataclass
+class WorkerMetrics:
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.send_attempts = Counter(
+            "smsrelay_send_attempts", "Provider calls, by outcome.", ["outcome"], registry=r)
+        for outcome in SEND_OUTCOMES:
+            self.send_attempts.labels(outcome=outcome)
+        self.messages_sent = Counter(
+            "smsrelay_messages_sent", "Messages the provider accepted.", registry=r)
+        self.rate_limited = Counter(
+            "smsrelay_messages_rate_limited",
+            "Deliveries stopped by the per-phone rate limit (dead-lettered or deferred).",
+            registry=r)
+        self.dead_lettered = Counter(
+            "smsrelay_messages_dead_lettered", "Messages this worker moved to the dead-letter "
+            "stream, by reason.", ["reason"], registry=r)
+        self.send_duration = Histogram(
+            "smsrelay_send_duration_seconds", "Duration of one provider call.",
+            buckets=_SEND_BUCKETS, registry=r)
+        self.end_to_end = Histogram(
+            "smsrelay_end_to_end_seconds", "From publish to the provider's acceptance.",
+            buckets=_E2E_BUCKETS, registry=r)

@@ -1,0 +1,89 @@
+"""The dead-letter stream entry: the original fields plus why and when it could not be sent."""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from smsrelay.schemas.entry import decode_fields
+
+
+class DeadLetterReason(StrEnum):
+    RATE_LIMITED = "rate_limited"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    PERMANENT_ERROR = "permanent_error"
+    INVALID_PAYLOAD = "invalid_payload"
+    POISON = "poison"
+
+
+# Fields the worker adds to the original entry's fields. An original field of the same name
+# (possible only in a malformed entry) is kept under `orig.<name>`.
+DEAD_LETTER_FIELDS = ("reason", "error", "attempts", "first_attempt_at", "last_attempt_at",
+                      "dead_lettered_at", "source_entry_id")
+
+# Message ids of malformed entries are derived from the stream entry id, so mirroring the
+# same dead letter twice still lands on one row.
+_INVALID_NS = uuid.UUID("6f7c1f0e-6a1b-4b53-9a53-0f5b8ad3c6f1")
+
+
+def merge_dead_letter_fields(original: dict[bytes, bytes] | dict[str, str],
+                             extra: dict[str, str]) -> dict[bytes | str, bytes | str]:
+    merged: dict[bytes | str, bytes | str] = dict(extra)
+    for key, value in original.items():
+        name = key.decode(errors="replace") if isinstance(key, bytes) else key
+        merged[f"orig.{name}" if name in extra else key] = value
+    return merged
+
+
+class DeadLetter(BaseModel):
+    """A dead-letter entry as the mirror and the admin read it (lenient: payloads may be junk)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stream_id: str
+    message_id: str
+    phone: str
+    message: str
+    reason: str
+    error: str
+    attempts: int
+    first_attempt_at: str | None
+    last_attempt_at: str | None
+    dead_lettered_at: str | None
+    created_at: str | None
+    fields: dict[str, str]
+
+    @classmethod
+    def from_stream(cls, stream_id: str, raw: dict[bytes, bytes] | dict[str, str]) -> DeadLetter:
+        try:
+            fields = decode_fields(raw)
+        except ValueError:
+            fields = {
+                (k.decode(errors="replace") if isinstance(k, bytes) else k):
+                (v.decode(errors="replace") if isinstance(v, bytes) else v)
+                for k, v in raw.items()
+            }
+        message_id = fields.get("id", "")
+        try:
+            message_id = str(uuid.UUID(message_id))
+        except ValueError:
+            message_id = str(uuid.uuid5(_INVALID_NS, fields.get("source_entry_id", stream_id)))
+        try:
+            attempts = max(0, int(fields.get("attempts", "0")))
+        except ValueError:
+            attempts = 0
+        return cls(stream_id=stream_id, message_id=message_id, phone=fields.get("to", ""),
+                   message=fields.get("body", ""),
+                   reason=fields.get("reason", DeadLetterReason.INVALID_PAYLOAD.value),
+                   error=fields.get("error", ""), attempts=attempts,
+                   first_attempt_at=fields.get("first_attempt_at") or None,
+                   last_attempt_at=fields.get("last_attempt_at") or None,
+                   dead_lettered_at=fields.get("dead_lettered_at") or None,
+                   created_at=fields.get("created_at") or None, fields=fields)
+
+    def original_fields(self) -> dict[str, str]:
+        """The request entry as it was published (for a replay)."""
+        return {k: v for k, v in self.fields.items()
+                if k not in DEAD_LETTER_FIELDS and not k.startswith("orig.")}

@@ -1,0 +1,155 @@
+"""The request stream entry, version 1: a wire format that services in any language may publish.
+
+Every field is a flat string in the stream. `request_entry.schema.json` beside this file is
+generated from `RequestEntry` (`smsrelay schema`) and kept equal to it by a test.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Json,
+    ValidationError,
+    field_validator,
+)
+
+from smsrelay import clock
+from smsrelay.schemas.phone import normalize_e164
+
+SCHEMA_VERSION = "1"
+MAX_BODY_CHARS = 1600
+MAX_META_BYTES = 4096
+
+Phone = Annotated[str, Field(min_length=2, max_length=32,
+                             description="E.164 phone number, e.g. +14155552671",
+                             pattern=r"^\+[1-9][0-9]{6,14}$"),
+                  AfterValidator(normalize_e164)]
+Body = Annotated[str, Field(min_length=1, max_length=MAX_BODY_CHARS,
+                            description="The text to send, 1-1600 characters")]
+Kind = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
+                            description="What the message is about, for logs and metrics")]
+IdempotencyKey = Annotated[str, Field(min_length=1, max_length=200,
+                                      description="Same key within 24 h: no second SMS")]
+
+
+def _check_meta(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and len(json.dumps(value)) > MAX_META_BYTES:
+        raise ValueError(f"meta must encode to at most {MAX_META_BYTES} bytes of JSON")
+    return value
+
+
+class MessageRequest(BaseModel):
+    """What a caller asks for: validated before anything is queued."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+    to: Phone
+    body: Body
+    kind: Kind | None = None
+    idempotency_key: IdempotencyKey | None = None
+    meta: Annotated[dict[str, Any] | None, AfterValidator(_check_meta)] = None
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _strip_phone(cls, value: object) -> object:
+        # Accept "+1 (415) 555-2671" from forms; the pattern then sees the E.164 digits.
+        if isinstance(value, str):
+            return "".join(ch for ch in value if ch not in " ()-.\t")
+        return value
+
+
+class RequestEntry(BaseModel):
+    """One entry of `{ns:shard}:requests`, as parsed from (and written to) the stream."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True,
+                              json_schema_extra={"additionalProperties": {"type": "string"}})
+
+    v: Literal["1"] = Field(description="Schema version")
+    id: uuid.UUID = Field(description="Message id (UUID), assigned at publish")
+    to: Phone
+    body: Body
+    created_at: datetime = Field(description="ISO 8601 UTC time of publish")
+    kind: Kind | None = None
+    idempotency_key: IdempotencyKey | None = None
+    meta: Json[Annotated[dict[str, Any], AfterValidator(_check_meta)]] | None = Field(
+        None, description="A JSON object, encoded as a string")
+
+    @classmethod
+    def new(cls, request: MessageRequest) -> RequestEntry:
+        return cls(v=SCHEMA_VERSION, id=uuid.uuid4(), to=request.to, body=request.body,
+                   created_at=clock.now(), kind=request.kind,
+                   idempotency_key=request.idempotency_key,
+                   meta=json.dumps(request.meta) if request.meta is not None else None)
+
+    @property
+    def message_id(self) -> str:
+        return str(self.id)
+
+    def to_fields(self) -> dict[str, str]:
+        fields = {"v": self.v, "id": str(self.id), "to": self.to, "body": self.body,
+                  "created_at": clock.iso(self.created_at)}
+        if self.kind is not None:
+            fields["kind"] = self.kind
+        if self.idempotency_key is not None:
+            fields["idempotency_key"] = self.idempotency_key
+        if self.meta is not None:
+            fields["meta"] = json.dumps(self.meta, separators=(",", ":"))
+        return fields
+
+
+class InvalidEntry(ValueError):
+    """A stream entry that cannot be parsed; `str()` says why, in one line."""
+
+
+def decode_fields(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, str]:
+    """Stream fields as text; raises InvalidEntry on bytes that are not UTF-8."""
+    fields: dict[str, str] = {}
+    for key, value in raw.items():
+        try:
+            k = key.decode() if isinstance(key, bytes) else key
+            fields[k] = value.decode() if isinstance(value, bytes) else value
+        except UnicodeDecodeError:
+            raise InvalidEntry("field names and values must be UTF-8 text") from None
+    return fields
+
+
+def parse_entry(raw: dict[bytes, bytes] | dict[str, str]) -> RequestEntry:
+    fields = decode_fields(raw)
+    version = fields.get("v")
+    if version != SCHEMA_VERSION:
+        raise InvalidEntry(f"unknown schema version v={version!r} (this worker reads v=1)"
+                           if version is not None else "missing field 'v' (schema version)")
+    try:
+        return RequestEntry.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidEntry(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """A ValidationError as one line: `to: not a valid phone number; body: ...`."""
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "input"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "missing"
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+def entry_json_schema() -> dict[str, Any]:
+    schema = RequestEntry.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://smsrelay.dev/schemas/request-entry-v1.json"
+    schema["title"] = "smsrelay request stream entry, v1"
+    schema["description"] = ("Flat string fields of one entry of {<namespace>:<shard>}:requests. "
+                             "XADD them as field/value pairs.")
+    return schema

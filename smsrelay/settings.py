@@ -1,0 +1,181 @@
+"""Every setting of smsrelay, read once from the environment into one typed object.
+
+A wrong value stops the process at start with one line naming the variable
+(`Settings.load()` raises `ConfigError`; the CLI prints it and exits 2).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from smsrelay.errors import ConfigError
+
+ENV_PREFIX = "SMSRELAY_"
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+def _default_spool_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("smsrelay")) / "spool"
+
+
+class Settings(BaseSettings):
+    """The contract's variables (README: Configuration), plus a few tuning knobs past it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", frozen=True,
+        populate_by_name=True,
+    )
+
+    redis_url: str = "redis://localhost:6379/0"
+    database_url: str = "postgresql://localhost/postgres"
+    namespace: str = "smsrelay"
+    shards: int = Field(1, ge=1, le=1024)
+
+    rate_limit_max: int = Field(5, ge=1)
+    rate_limit_window_seconds: float = Field(3600, gt=0)
+    on_rate_limit: Literal["dead_letter", "defer"] = "dead_letter"
+
+    max_attempts: int = Field(3, ge=1, le=100)
+    backoff_base_seconds: float = Field(1, ge=0)
+    backoff_max_seconds: float = Field(60, ge=0)
+    backoff_jitter: float = Field(0.1, ge=0, le=1)
+
+    claim_idle_seconds: float = Field(30, gt=0)
+    max_deliveries: int = Field(5, ge=1)
+    worker_concurrency: int = Field(64, ge=1, le=10_000)
+    worker_batch_size: int = Field(128, ge=1, le=10_000)
+    shutdown_grace_seconds: float = Field(25, ge=0)
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    replay_rate: float = Field(50, gt=0)
+
+    admin_token: SecretStr | None = None
+
+    twilio_account_sid: str | None = Field(
+        None, validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "twilio_account_sid"))
+    twilio_auth_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "twilio_auth_token"))
+    twilio_from: str | None = None
+    twilio_messaging_service_sid: str | None = None
+    twilio_base_url: str = "https://api.twilio.com"
+    twilio_timeout_seconds: float = Field(10, gt=0)
+    twilio_status_callback: str | None = None
+
+    spool_dir: Path = Field(default_factory=_default_spool_dir)
+    publish_timeout_seconds: float = Field(1.0, gt=0, le=2)
+    idempotency_ttl_seconds: int = Field(86_400, ge=1)
+    sent_marker_ttl_seconds: int = Field(7 * 86_400, ge=60)
+
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("log_format", "log_level", "on_rate_limit", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("has no host")
+        _ = parts.port  # raises ValueError on a non-numeric port
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"postgresql", "postgres"}:
+            raise ValueError("must start with postgresql://")
+        _ = parts.port
+        return value
+
+    @field_validator("twilio_base_url", "twilio_status_callback")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        _ = parts.port
+        return value.rstrip("/")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if not _NAMESPACE_RE.match(value):
+            raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("twilio_from")
+    @classmethod
+    def _sender(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        # An alphanumeric sender ID (e.g. "ACME") is allowed by Twilio in many countries.
+        if not (_E164_RE.match(value) or re.fullmatch(r"[A-Za-z0-9 ]{1,11}", value)):
+            raise ValueError("must be an E.164 number like +15005550006 or an alphanumeric sender")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 8:
+            raise ValueError("must be at least 8 characters")
+        return value
+
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        """Read the environment; raise `ConfigError` with one line naming the variable."""
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc)) from None
+
+    # Requirements that only some commands have: checked by those commands at start.
+    def require_sender(self) -> None:
+        missing = [name for name, value in (("TWILIO_ACCOUNT_SID", self.twilio_account_sid),
+                                            ("TWILIO_AUTH_TOKEN", self.twilio_auth_token))
+                   if not value]
+        if missing:
+            raise ConfigError(f"{' and '.join(missing)} must be set to send SMS")
+        if not (self.twilio_from or self.twilio_messaging_service_sid):
+            raise ConfigError("SMSRELAY_TWILIO_FROM or SMSRELAY_TWILIO_MESSAGING_SERVICE_SID "
+                              "must be set to send SMS")
+
+    def require_admin_token(self) -> str:
+        if self.admin_token is None or not self.admin_token.get_secret_value():
+            raise ConfigError("SMSRELAY_ADMIN_TOKEN must be set: the admin API refuses to run "
+                              "without a bearer token")
+        return self.admin_token.get_secret_value()
+
+
+def env_name(field: str) -> str:
+    if field.startswith("twilio_account_sid") or field.startswith("twilio_auth_token"):
+        return field.upper()
+    return ENV_PREFIX + field.upper()
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first problem of a settings ValidationError as one readable line."""
+    error = exc.errors()[0]
+    loc = str(error["loc"][0]) if error["loc"] else "?"
+    name = loc if loc.isupper() else env_name(loc)
+    given = error.get("input")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    shown = "" if name.endswith(("TOKEN", "_URL")) or isinstance(given, dict) else f" (got {given!r})"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{name}: {message}{shown}{more}"
