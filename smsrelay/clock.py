@@ -16,7 +16,8 @@ def monotonic() -> float:
 
 def iso(moment: datetime) -> str:
     """ISO 8601 in UTC with millisecond precision and a `Z`, as every wire field uses."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def now_iso() -> str:

@@ -38,6 +38,11 @@ class ShardKeys:
         return f"{self.tag}:dead"
 
     @cached_property
+    def outcomes(self) -> str:
+        """Stream of outcomes of replayed dead letters (sent), mirrored into Postgres."""
+        return f"{self.tag}:outcomes"
+
+    @cached_property
     def delayed(self) -> str:
         """Sorted set: message id -> due time (ms) of its next attempt or deferred send."""
         return f"{self.tag}:delayed"
@@ -67,6 +72,10 @@ class ShardKeys:
     def state(self, message_id: str) -> str:
         """Hash of a message in progress: owner entry, attempts, attempt times, last error."""
         return f"{self.tag}:msg:{message_id}"
+
+    def send_lock(self, message_id: str) -> str:
+        """Held while an admin retry sends a message, so two retries send at most one SMS."""
+        return f"{self.tag}:lock:{message_id}"
 
     def rate_limit(self, phone: str) -> str:
         return f"{self.tag}:rl:{phone}"

@@ -176,6 +176,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     name = loc if loc.isupper() else env_name(loc)
     given = error.get("input")
     message = str(error["msg"]).removeprefix("Value error, ")
-    shown = "" if name.endswith(("TOKEN", "_URL")) or isinstance(given, dict) else f" (got {given!r})"
+    secret = name.endswith(("TOKEN", "_URL")) or isinstance(given, dict)
+    shown = "" if secret else f" (got {given!r})"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{name}: {message}{shown}{more}"

@@ -1,0 +1,1 @@
+"""Publishing SMS requests: the producers, their Lua script and the local disk spool."""

@@ -30,7 +30,8 @@ _INVALID_NS = uuid.UUID("6f7c1f0e-6a1b-4b53-9a53-0f5b8ad3c6f1")
 
 def merge_dead_letter_fields(original: dict[bytes, bytes] | dict[str, str],
                              extra: dict[str, str]) -> dict[bytes | str, bytes | str]:
-    merged: dict[bytes | str, bytes | str] = dict(extra)
+    merged: dict[bytes | str, bytes | str] = {}
+    merged.update(extra)
     for key, value in original.items():
         name = key.decode(errors="replace") if isinstance(key, bytes) else key
         merged[f"orig.{name}" if name in extra else key] = value

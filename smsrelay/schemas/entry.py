@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -28,9 +29,11 @@ SCHEMA_VERSION = "1"
 MAX_BODY_CHARS = 1600
 MAX_META_BYTES = 4096
 
+# The pattern is published in the JSON Schema for other languages; here libphonenumber decides,
+# with a clearer error than a regex mismatch.
 Phone = Annotated[str, Field(min_length=2, max_length=32,
                              description="E.164 phone number, e.g. +14155552671",
-                             pattern=r"^\+[1-9][0-9]{6,14}$"),
+                             json_schema_extra={"pattern": r"^\+[1-9][0-9]{6,14}$"}),
                   AfterValidator(normalize_e164)]
 Body = Annotated[str, Field(min_length=1, max_length=MAX_BODY_CHARS,
                             description="The text to send, 1-1600 characters")]
@@ -109,7 +112,7 @@ class InvalidEntry(ValueError):
     """A stream entry that cannot be parsed; `str()` says why, in one line."""
 
 
-def decode_fields(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, str]:
+def decode_fields(raw: Mapping[bytes, bytes] | Mapping[str, str]) -> dict[str, str]:
     """Stream fields as text; raises InvalidEntry on bytes that are not UTF-8."""
     fields: dict[str, str] = {}
     for key, value in raw.items():
@@ -121,7 +124,7 @@ def decode_fields(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, str]:
     return fields
 
 
-def parse_entry(raw: dict[bytes, bytes] | dict[str, str]) -> RequestEntry:
+def parse_entry(raw: Mapping[bytes, bytes] | Mapping[str, str]) -> RequestEntry:
     fields = decode_fields(raw)
     version = fields.get("v")
     if version != SCHEMA_VERSION:

@@ -1,0 +1,288 @@
+"""Publishing: one Lua round trip (dedupe + XADD), a disk spool when Redis is away, never a raise.
+
+A form handler calls `publish()` inside its request; whatever Redis does, the call returns
+within about `SMSRELAY_PUBLISH_TIMEOUT_SECONDS` (connect + reply), with one of four statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis
+from pydantic import ValidationError
+
+from smsrelay.errors import InvalidMessageError, PublishError
+from smsrelay.keys import ShardKeys, shard_of
+from smsrelay.logging import get_logger
+from smsrelay.lua import Scripts
+from smsrelay.producers.spool import Spool, SpooledRequest
+from smsrelay.redis_conn import async_producer_client, producer_client, text
+from smsrelay.schemas.entry import MessageRequest, RequestEntry, describe_errors
+from smsrelay.settings import Settings
+
+log = get_logger("smsrelay.producer")
+
+Status = Literal["queued", "duplicate", "rejected", "spooled"]
+_FLUSH_BATCH = 500
+_FLUSH_RETRY_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    status: Status
+    message_id: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the message will be sent (or already was, for a duplicate)."""
+        return self.status != "rejected"
+
+
+class _ProducerCore:
+    """What the sync and async producers share: validation, keys, spool, results."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.spool = Spool(settings.spool_dir)
+
+    def prepare(self, to: str, body: str, kind: str | None, idempotency_key: str | None,
+                meta: dict[str, Any] | None) -> RequestEntry | PublishResult:
+        try:
+            request = MessageRequest(to=to, body=body, kind=kind,
+                                     idempotency_key=idempotency_key, meta=meta)
+        except ValidationError as exc:
+            return PublishResult("rejected", error=describe_errors(exc))
+        return RequestEntry.new(request)
+
+    def script_args(self, shard: int, fields: dict[str, str],
+                    idempotency_key: str | None) -> tuple[list[str], list[str]]:
+        keys = ShardKeys(self.settings.namespace, shard)
+        script_keys = [keys.requests]
+        if idempotency_key:
+            script_keys.append(keys.idempotency(idempotency_key))
+        args = [str(self.settings.idempotency_ttl_seconds), fields["id"]]
+        for name, value in fields.items():
+            args += [name, value]
+        return script_keys, args
+
+    def shard(self, phone: str) -> int:
+        return shard_of(phone, self.settings.shards)
+
+    @staticmethod
+    def result_from_reply(reply: Any) -> PublishResult:
+        queued, message_id = int(reply[0]), text(reply[1])
+        return PublishResult("queued" if queued else "duplicate", message_id=message_id)
+
+    def spool_write(self, entry: RequestEntry, shard: int, reason: str) -> PublishResult:
+        try:
+            self.spool.write(shard, entry.to_fields(), entry.idempotency_key)
+        except OSError as exc:
+            log.error("sms.publish_failed", message_id=entry.message_id, redis_error=reason,
+                      spool_error=str(exc), spool_dir=str(self.spool.directory))
+            return PublishResult("rejected", message_id=entry.message_id,
+                                 error=f"Redis unreachable ({reason}) and the spool at "
+                                       f"{self.spool.directory} is not writable ({exc})")
+        log.warning("sms.spooled", message_id=entry.message_id, redis_error=reason)
+        return PublishResult("spooled", message_id=entry.message_id,
+                             error=f"Redis unreachable, kept in the local spool: {reason}")
+
+    @staticmethod
+    def finish(result: PublishResult, strict: bool) -> PublishResult:
+        if strict and result.status == "rejected":
+            error = result.error or "rejected"
+            if result.message_id is None:
+                raise InvalidMessageError(error)
+            raise PublishError(error)
+        return result
+
+
+class Producer:
+    """Synchronous producer for web handlers and scripts. Thread-safe."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.load()
+        self._core = _ProducerCore(self.settings)
+        self._redis = producer_client(self.settings.redis_url,
+                                      self.settings.publish_timeout_seconds)
+        self._scripts = Scripts(self._redis)
+        self._flusher: threading.Thread | None = None
+        self._flusher_lock = threading.Lock()
+        self._closed = threading.Event()
+        if self._core.spool.pending():
+            self._start_flusher()
+
+    @classmethod
+    def from_env(cls) -> Producer:
+        return cls(Settings.load())
+
+    def publish(self, to: str, body: str, *, kind: str | None = None,
+                idempotency_key: str | None = None, meta: dict[str, Any] | None = None,
+                strict: bool = False) -> PublishResult:
+        prepared = self._core.prepare(to, body, kind, idempotency_key, meta)
+        if isinstance(prepared, PublishResult):
+            return self._core.finish(prepared, strict)
+        shard = self._core.shard(prepared.to)
+        keys, args = self._core.script_args(shard, prepared.to_fields(), idempotency_key)
+        try:
+            reply = self._scripts.publish(keys=keys, args=args)
+        except redis.RedisError as exc:
+            result = self._core.spool_write(prepared, shard, _describe(exc))
+            if result.status == "spooled":
+                self._start_flusher()
+            return self._core.finish(result, strict)
+        result = self._core.result_from_reply(reply)
+        log.info("sms.published" if result.status == "queued" else "sms.duplicate",
+                 message_id=result.message_id, kind=kind)
+        return result
+
+    def flush_spool(self) -> int:
+        """Publish what the spool holds; returns how many went out. Raises on Redis errors."""
+        published = 0
+        for path in self._core.spool.pending()[:_FLUSH_BATCH]:
+            with self._core.spool.claim(path) as request:
+                if request is None:
+                    continue
+                keys, args = self._core.script_args(request.shard, request.fields,
+                                                    _flush_key(request))
+                self._scripts.publish(keys=keys, args=args)
+                self._core.spool.done(request)
+                published += 1
+        if published:
+            log.info("sms.spool_flushed", published=published)
+        return published
+
+    def spooled(self) -> int:
+        """How many requests wait in the local spool."""
+        return len(self._core.spool)
+
+    def _start_flusher(self) -> None:
+        with self._flusher_lock:
+            if self._flusher is not None and self._flusher.is_alive():
+                return
+            self._flusher = threading.Thread(target=self._flush_loop, name="smsrelay-spool",
+                                             daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        delay = 0.5
+        while not self._closed.is_set() and self._core.spool.pending():
+            try:
+                # Nothing published while files remain: another flusher holds them.
+                delay = 0.5 if self.flush_spool() == 0 else 0.0
+            except redis.RedisError:
+                delay = min(max(delay * 2, 0.5), _FLUSH_RETRY_MAX_S)
+            if delay and self._closed.wait(delay):
+                return
+
+    def close(self) -> None:
+        self._closed.set()
+        self._redis.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncProducer:
+    """asyncio producer; `await producer.publish(...)`. One per event loop."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.load()
+        self._core = _ProducerCore(self.settings)
+        self._redis = async_producer_client(self.settings.redis_url,
+                                            self.settings.publish_timeout_seconds)
+        self._scripts = Scripts(self._redis)
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    def from_env(cls) -> AsyncProducer:
+        return cls(Settings.load())
+
+    async def publish(self, to: str, body: str, *, kind: str | None = None,
+                      idempotency_key: str | None = None, meta: dict[str, Any] | None = None,
+                      strict: bool = False) -> PublishResult:
+        prepared = self._core.prepare(to, body, kind, idempotency_key, meta)
+        if isinstance(prepared, PublishResult):
+            return self._core.finish(prepared, strict)
+        shard = self._core.shard(prepared.to)
+        keys, args = self._core.script_args(shard, prepared.to_fields(), idempotency_key)
+        try:
+            # The socket timeouts bound each step; this bounds the whole call (connect + reply).
+            reply = await asyncio.wait_for(self._scripts.publish(keys=keys, args=args),
+                                           timeout=self.settings.publish_timeout_seconds * 2)
+        except (redis.RedisError, TimeoutError, OSError) as exc:
+            result = await asyncio.to_thread(self._core.spool_write, prepared, shard,
+                                             _describe(exc))
+            if result.status == "spooled":
+                self._start_flusher()
+            return self._core.finish(result, strict)
+        result = self._core.result_from_reply(reply)
+        log.info("sms.published" if result.status == "queued" else "sms.duplicate",
+                 message_id=result.message_id, kind=kind)
+        return result
+
+    async def flush_spool(self) -> int:
+        published = 0
+        for path in self._core.spool.pending()[:_FLUSH_BATCH]:
+            with self._core.spool.claim(path) as request:
+                if request is None:
+                    continue
+                keys, args = self._core.script_args(request.shard, request.fields,
+                                                    _flush_key(request))
+                await self._scripts.publish(keys=keys, args=args)
+                self._core.spool.done(request)
+                published += 1
+        if published:
+            log.info("sms.spool_flushed", published=published)
+        return published
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        delay = 0.5
+        while not self._closed and self._core.spool.pending():
+            try:
+                delay = 0.5 if await self.flush_spool() == 0 else 0.0
+            except (redis.RedisError, OSError):
+                delay = min(max(delay * 2, 0.5), _FLUSH_RETRY_MAX_S)
+            await asyncio.sleep(delay)
+
+    async def start(self) -> None:
+        """Flush requests a previous process left in the spool (call once at start-up)."""
+        if self._core.spool.pending():
+            self._start_flusher()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await self._redis.aclose()
+
+    async def __aenter__(self) -> AsyncProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _flush_key(request: SpooledRequest) -> str:
+    # A spooled request without a caller's key still gets one (its message id), so that a
+    # flush interrupted between XADD and unlink does not publish the same request twice.
+    return request.idempotency_key or f"spool:{request.message_id}"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+__all__ = ["AsyncProducer", "Producer", "PublishResult"]

@@ -1,0 +1,54 @@
+"""Test helpers: run a worker in the test's loop, wait for conditions, read streams."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis
+
+from smsrelay.consumers.worker import Worker
+from smsrelay.keys import ShardKeys
+from smsrelay.settings import Settings
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings, **kwargs: Any) -> AsyncIterator[Worker]:
+    worker = Worker(settings, **kwargs)
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
+                     interval: float = 0.02, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def dead_letters(settings: Settings, shard: int = 0) -> list[dict[str, str]]:
+    client = redis.Redis.from_url(settings.redis_url)
+    entries = client.xrange(ShardKeys(settings.namespace, shard).dead)
+    return [{k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+            for _, fields in entries]
+
+
+def stream_state(settings: Settings, shard: int = 0) -> tuple[int, int]:
+    """(length of the request stream, pending entries of the worker group)."""
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = ShardKeys(settings.namespace, shard)
+    length = client.xlen(keys.requests)
+    try:
+        pending = client.xpending(keys.requests, "workers")["pending"]
+    except redis.ResponseError:
+        pending = 0
+    return int(length), int(pending)
