@@ -82,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the last resort: one line, never a traceback
+        print(f"smsrelay: unexpected error: {type(exc).__name__}: {exc} "
+              "(set SMSRELAY_LOG_LEVEL=debug and report it)", file=sys.stderr)
+        return 1
 
 
 # -- commands --------------------------------------------------------------------------------

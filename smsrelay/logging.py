@@ -23,10 +23,13 @@ def mask_phone(phone: str) -> str:
     return phone[:5] + "***" + phone[-4:]
 
 
+def mask_phones(text: str) -> str:
+    """Mask every phone number inside a free text (provider error messages quote them)."""
+    return _PHONE_RE.sub(lambda m: mask_phone(m.group(0)), text)
+
+
 def _mask_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return _PHONE_RE.sub(lambda m: mask_phone(m.group(0)), value)
-    return value
+    return mask_phones(value) if isinstance(value, str) else value
 
 
 def scrub(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -38,7 +41,8 @@ def scrub(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMappi
     return event_dict
 
 
-def configure(log_format: str = "json", log_level: str = "info") -> None:
+def configure(log_format: str = "json", log_level: str = "info", *, process: bool = True) -> None:
+    """Set structlog up; `process=True` (our commands) also routes the stdlib loggers."""
     level = getattr(logging, log_level.upper(), logging.INFO)
     renderer: Any = (structlog.processors.JSONRenderer() if log_format == "json"
                      else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
@@ -55,6 +59,8 @@ def configure(log_format: str = "json", log_level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    if not process:
+        return
     # Libraries log through stdlib logging; keep their noise (and the SDK's request dumps,
     # which contain phone numbers) at warning and above.
     logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr,
@@ -64,4 +70,10 @@ def configure(log_format: str = "json", log_level: str = "info") -> None:
 
 
 def get_logger(name: str) -> Any:
+    # Imported as a library into an app that has not set structlog up, smsrelay must not print
+    # to the app's stdout (structlog's default): it logs JSON to stderr, warnings and up. An
+    # app that configures structlog itself (before or after) is left alone; the CLI configures
+    # from SMSRELAY_LOG_FORMAT / SMSRELAY_LOG_LEVEL.
+    if not structlog.is_configured():
+        configure("json", "warning", process=False)
     return structlog.get_logger(name)

@@ -125,8 +125,8 @@ class Settings(BaseSettings):
         if value in (None, ""):
             return None
         assert value is not None
-        # An alphanumeric sender ID (e.g. "ACME") is allowed by Twilio in many countries.
-        if not (_E164_RE.match(value) or re.fullmatch(r"[A-Za-z0-9 ]{1,11}", value)):
+        # An alphanumeric sender ID (at least one letter, e.g. "ACME") is allowed in many countries.
+        if not (_E164_RE.match(value) or re.fullmatch(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}", value)):
             raise ValueError("must be an E.164 number like +15005550006 or an alphanumeric sender")
         return value
 

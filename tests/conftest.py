@@ -24,7 +24,7 @@ from smsrelay.settings import Settings
 REDIS_URL_VAR = "SMSRELAY_TEST_REDIS_URL"
 DATABASE_URL_VAR = "SMSRELAY_TEST_DATABASE_URL"
 TEST_ACCOUNT_SID = "AC" + "0" * 32
-TEST_AUTH_TOKEN = "test-auth-token"  # noqa: S105 - the fake Twilio's credentials
+TEST_AUTH_TOKEN = "test-auth-token"  # the fake Twilio's credentials
 TEST_FROM = "+15005550006"
 
 

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -37,7 +37,8 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
 
 def dead_letters(settings: Settings, shard: int = 0) -> list[dict[str, str]]:
     client = redis.Redis.from_url(settings.redis_url)
-    entries = client.xrange(ShardKeys(settings.namespace, shard).dead)
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                   client.xrange(ShardKeys(settings.namespace, shard).dead))
     return [{k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
             for _, fields in entries]
 
@@ -46,9 +47,9 @@ def stream_state(settings: Settings, shard: int = 0) -> tuple[int, int]:
     """(length of the request stream, pending entries of the worker group)."""
     client = redis.Redis.from_url(settings.redis_url)
     keys = ShardKeys(settings.namespace, shard)
-    length = client.xlen(keys.requests)
+    length = cast(int, client.xlen(keys.requests))
     try:
-        pending = client.xpending(keys.requests, "workers")["pending"]
+        pending = cast(dict[str, Any], client.xpending(keys.requests, "workers"))["pending"]
     except redis.ResponseError:
         pending = 0
     return int(length), int(pending)
