@@ -64,6 +64,8 @@ class Worker:
         self.name = name or consumer_name()
         self.metrics = metrics or WorkerMetrics()
         self.stop_event = asyncio.Event()
+        # The heartbeat outlives the stop event: in-flight sends keep their claim while draining.
+        self._drained = asyncio.Event()
         self._provider_factory = provider_factory or _default_provider
         self._upkeep = list(upkeep)
         self._shards = [ShardKeys(settings.namespace, s) for s in range(settings.shards)]
@@ -109,6 +111,7 @@ class Worker:
             await self._read_loop(ops, handler)
         finally:
             await self._drain()
+            self._drained.set()
             for task in upkeep:
                 task.cancel()
             await asyncio.gather(*upkeep, return_exceptions=True)
@@ -121,7 +124,7 @@ class Worker:
 
     async def _guard(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Run an upkeep loop; if it fails, log it and start it again after a pause."""
-        while not self.stop_event.is_set():
+        while not self._drained.is_set():
             try:
                 await loop()
                 return
@@ -233,18 +236,30 @@ class Worker:
             self._outage.recovered()
 
     async def _claim_shard(self, ops: StreamOps, handler: MessageHandler, keys: ShardKeys,
-                           min_idle_ms: int, count: int) -> None:
+                           min_idle_ms: int, free: int) -> None:
+        """Claim idle entries page by page until none is left or no slot is free."""
         assert self._redis is not None
-        reply = await self._redis.xautoclaim(keys.requests, ops.group, self.name, min_idle_ms,
-                                             start_id="0-0", count=min(count, 100))
-        claimed, deleted = reply[1], reply[2] if len(reply) > 2 else []
+        cursor: Any = "0-0"
+        while free > 0 and not self.stop_event.is_set():
+            reply = await self._redis.xautoclaim(keys.requests, ops.group, self.name,
+                                                 min_idle_ms, start_id=cursor,
+                                                 count=min(free, 100))
+            cursor = reply[0]
+            free -= await self._take_claimed(ops, handler, keys, reply[1],
+                                             reply[2] if len(reply) > 2 else [])
+            if text(cursor) == "0-0":
+                return
+
+    async def _take_claimed(self, ops: StreamOps, handler: MessageHandler, keys: ShardKeys,
+                            claimed: list[Any], deleted: list[Any]) -> int:
+        assert self._redis is not None
         if deleted:
             # Their payloads were trimmed or deleted while pending: Redis dropped them from
             # the PEL. Nothing can be sent; say so loudly.
             log.error("worker.claimed_deleted_entries", shard=keys.shard, count=len(deleted),
                       entry_ids=[text(d) for d in deleted[:20]])
         if not claimed:
-            return
+            return 0
         async with self._redis.pipeline(transaction=False) as pipe:
             for entry_id, _ in claimed:
                 pipe.xpending_range(keys.requests, ops.group, min=entry_id, max=entry_id,
@@ -255,11 +270,14 @@ class Worker:
             log.info("worker.claimed", shard=keys.shard, entry_id=text(entry_id),
                      deliveries=deliveries)
             self._dispatch(handler, keys.shard, text(entry_id), fields, deliveries)
+        return len(claimed)
 
     async def _heartbeat_loop(self, ops: StreamOps) -> None:
         assert self._redis is not None
         interval = min(max(self.settings.claim_idle_seconds / 3, 0.05), 10.0)
-        while not await self._sleep(interval):
+        while not self._drained.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), timeout=interval)
             by_shard: dict[int, list[Any]] = {}
             for key in list(self._inflight):
                 by_shard.setdefault(key.shard, []).append(key.entry_id)
