@@ -232,3 +232,40 @@ async def test_slow_provider_is_not_taken_over(
             assert first.name != second.name
     assert len(fake_twilio.requests) == 1
     assert len(fake_twilio.messages) == 1
+
+
+async def test_a_crash_grants_no_extra_attempt(settings: Settings, fake_twilio: Any) -> None:
+    # Given a message whose last allowed attempt started before its worker died
+    [message_id] = _publish(settings, ("+14155552696", "third time"))
+    client = redis.Redis.from_url(settings.redis_url)
+    client.hset(ShardKeys(settings.namespace).state(message_id),
+                mapping={"attempts": 3, "first_attempt_at": "2026-01-01T00:00:00.000Z"})
+    # When it is delivered again
+    async with running_worker(settings):
+        await wait_until(lambda: len(dead_letters(settings)) == 1, what="dead letter")
+    # Then it is not sent a fourth time but dead-lettered as exhausted
+    [dead] = dead_letters(settings)
+    assert dead["reason"] == "retries_exhausted"
+    assert dead["attempts"] == "3"
+    assert "stopped during the last attempt" in dead["error"]
+    assert fake_twilio.requests == []
+
+
+async def test_a_scheduled_retry_survives_its_worker(
+        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any) -> None:
+    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
+                             backoff_base_seconds=1.0)
+    phone = "+14155552697"
+    fake_twilio.script(phone, [{"status": 503}])
+    _publish(settings, (phone, "later"))
+    keys = ShardKeys(settings.namespace)
+    client = redis.Redis.from_url(settings.redis_url)
+    # Given a worker that scheduled a retry and then went away
+    async with running_worker(settings):
+        await wait_until(lambda: client.zcard(keys.delayed) == 1, what="retry scheduled")
+    assert fake_twilio.messages == []
+    assert stream_state(settings) == (0, 0)
+    # When another worker starts, Then the message is sent on its second attempt
+    async with running_worker(settings):
+        await wait_until(lambda: len(fake_twilio.messages) == 1, what="retried send")
+    assert client.zcard(keys.delayed) == 0
