@@ -11,6 +11,7 @@ import secrets
 
 import redis.asyncio as aioredis
 
+from smsrelay.consumers.outage import OutageLog, until_done
 from smsrelay.consumers.providers.base import Provider, SendReceipt
 from smsrelay.errors import ConflictError, ProviderError, RateLimitedError
 from smsrelay.keys import ShardKeys, shard_of
@@ -31,6 +32,7 @@ class DirectSender:
         self.provider = provider
         self.scripts = Scripts(client)
         self._release = client.register_script(_RELEASE_LOCK)
+        self._outage = OutageLog("redis")
 
     def keys_for(self, phone: str) -> ShardKeys:
         return ShardKeys(self.settings.namespace, shard_of(phone, self.settings.shards))
@@ -68,8 +70,11 @@ class DirectSender:
                 if not force:  # never accepted: give the slot back, as the worker does
                     await self.redis.zrem(keys.rate_limit(phone), message_id)
                 raise
-            await self.redis.set(keys.sent(message_id), receipt.sid,
-                                 ex=self.settings.sent_marker_ttl_seconds)
+            # The provider has the message: the marker must be written whatever Redis does now,
+            # or a later retry or replay would send it again (rule 4).
+            await until_done(lambda: self.redis.set(keys.sent(message_id), receipt.sid,
+                                                    ex=self.settings.sent_marker_ttl_seconds),
+                             self._outage)
             return receipt, True
         finally:
             await self._release(keys=[keys.send_lock(message_id)], args=[token])

@@ -16,10 +16,10 @@ class RecordStatus(StrEnum):
 
 
 class FailedSmsRecord(BaseModel):
-    """The seed's FailedSMS model plus the contract's columns and two of our own.
+    """The seed's FailedSMS model plus the contract's columns and three of our own.
 
-    `dead_letter_id` and `shard` locate the dead-letter stream entry the row mirrors, so a
-    delete can remove it and a replay can read the original fields back.
+    `namespace`, `shard` and `dead_letter_id` locate the dead-letter stream entry the row
+    mirrors, so a delete can remove it and a replay can read the original fields back.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -35,8 +35,9 @@ class FailedSmsRecord(BaseModel):
     status: RecordStatus
     message_sid: str | None
     resolved_at: datetime | None
-    dead_letter_id: str | None
+    namespace: str
     shard: int
+    dead_letter_id: str | None
 
 
 class RecordPage(BaseModel):

@@ -215,32 +215,10 @@ def contract_metric_names() -> tuple[set[str], set[str]]:
 
 
 def admin_metric_names() -> tuple[set[str], str]:
-    """The admin service's metric names, and where they came from.
+    """The admin service's metric names (read from the code), and where they came from."""
+    from smsrelay.admin.metrics import admin_metric_names as names
 
-    TODO(lead): smsrelay.admin.metrics and its `admin_metric_names()` have landed (they are what
-    is read now); the CONTRACT.md fallback below and the registry branch can go once that module
-    is committed: make the import unconditional.
-    """
-    try:
-        module = importlib.import_module("smsrelay.admin.metrics")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("smsrelay.admin.metrics", "smsrelay.admin"):
-            raise
-        return contract_metric_names()[1], "CONTRACT.md (smsrelay.admin.metrics not written yet)"
-    names_fn = getattr(module, "admin_metric_names", None)
-    if callable(names_fn):
-        return {str(n) for n in names_fn()}, "smsrelay.admin.metrics.admin_metric_names()"
-    from prometheus_client import CollectorRegistry
-
-    registries = [v for v in vars(module).values() if isinstance(v, CollectorRegistry)]
-    if registries:
-        names: set[str] = set()
-        for registry in registries:
-            names.update(registry._names_to_collectors)  # sample names incl. _total
-        return names, "smsrelay.admin.metrics registry"
-    pytest.fail("smsrelay.admin.metrics exposes neither admin_metric_names() nor a "
-                "CollectorRegistry: the deploy checks cannot read the admin's metric names",
-                pytrace=False)
+    return {str(n) for n in names()}, "smsrelay.admin.metrics.admin_metric_names()"
 
 
 # ---- PromQL -----------------------------------------------------------------------------------
