@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 
+from smsrelay.schemas.dead_letter import DeadLetterReason
+
 # `_created` series double every counter's cardinality and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -34,6 +36,8 @@ class WorkerMetrics:
         self.dead_lettered = Counter(
             "smsrelay_messages_dead_lettered", "Messages this worker moved to the dead-letter "
             "stream, by reason.", ["reason"], registry=r)
+        for reason in DeadLetterReason:  # every series exists from the start, so rate() works
+            self.dead_lettered.labels(reason=reason.value)
         self.send_duration = Histogram(
             "smsrelay_send_duration_seconds", "Duration of one provider call.",
             buckets=_SEND_BUCKETS, registry=r)
