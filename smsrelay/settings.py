@@ -12,7 +12,14 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from smsrelay.errors import ConfigError
@@ -20,6 +27,9 @@ from smsrelay.errors import ConfigError
 ENV_PREFIX = "SMSRELAY_"
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$|^[0-9A-Fa-f:.]+$")  # a DNS name or an IP address
+_TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: it travels in an HTTP header
+_DAY_S = 86_400
 
 
 def _default_spool_dir() -> Path:
@@ -31,7 +41,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", frozen=True,
-        populate_by_name=True,
+        populate_by_name=True, allow_inf_nan=False,
     )
 
     redis_url: str = "redis://localhost:6379/0"
@@ -40,21 +50,21 @@ class Settings(BaseSettings):
     shards: int = Field(1, ge=1, le=1024)
 
     rate_limit_max: int = Field(5, ge=1)
-    rate_limit_window_seconds: float = Field(3600, gt=0)
+    rate_limit_window_seconds: float = Field(3600, gt=0, le=30 * _DAY_S)
     on_rate_limit: Literal["dead_letter", "defer"] = "dead_letter"
 
     max_attempts: int = Field(3, ge=1, le=100)
-    backoff_base_seconds: float = Field(1, ge=0)
-    backoff_max_seconds: float = Field(60, ge=0)
+    backoff_base_seconds: float = Field(1, ge=0, le=_DAY_S)
+    backoff_max_seconds: float = Field(60, ge=0, le=_DAY_S)
     backoff_jitter: float = Field(0.1, ge=0, le=1)
 
-    claim_idle_seconds: float = Field(30, gt=0)
+    claim_idle_seconds: float = Field(30, gt=0, le=_DAY_S)
     max_deliveries: int = Field(5, ge=1)
     worker_concurrency: int = Field(64, ge=1, le=10_000)
     worker_batch_size: int = Field(128, ge=1, le=10_000)
-    shutdown_grace_seconds: float = Field(25, ge=0)
+    shutdown_grace_seconds: float = Field(25, ge=0, le=_DAY_S)
     metrics_port: int = Field(9464, ge=0, le=65535)
-    replay_rate: float = Field(50, gt=0)
+    replay_rate: float = Field(50, gt=0, le=100_000)
 
     admin_token: SecretStr | None = None
 
@@ -65,7 +75,7 @@ class Settings(BaseSettings):
     twilio_from: str | None = None
     twilio_messaging_service_sid: str | None = None
     twilio_base_url: str = "https://api.twilio.com"
-    twilio_timeout_seconds: float = Field(10, gt=0)
+    twilio_timeout_seconds: float = Field(10, gt=0, le=600)
     twilio_status_callback: str | None = None
 
     spool_dir: Path = Field(default_factory=_default_spool_dir)
@@ -89,6 +99,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         if parts.scheme != "unix" and not parts.hostname:
             raise ValueError("has no host")
+        _check_host(parts.hostname)
         _ = parts.port  # raises ValueError on a non-numeric port
         return value
 
@@ -98,7 +109,16 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in {"postgresql", "postgres"}:
             raise ValueError("must start with postgresql://")
+        _check_host(parts.hostname)
         _ = parts.port
+        import psycopg.conninfo  # here: a producer that never sets the URL never loads it
+
+        try:
+            psycopg.conninfo.conninfo_to_dict(value)
+        except psycopg.Error:
+            # (libpq's message may quote the URL, password included: not repeated here)
+            raise ValueError("libpq cannot parse it (check the options after '?' and the "
+                             "%-escapes)") from None
         return value
 
     @field_validator("twilio_base_url", "twilio_status_callback")
@@ -109,6 +129,7 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL")
+        _check_host(parts.hostname)
         _ = parts.port
         return value.rstrip("/")
 
@@ -135,6 +156,27 @@ class Settings(BaseSettings):
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 8:
             raise ValueError("must be at least 8 characters")
+        if value is not None and not _TOKEN_RE.match(value.get_secret_value()):
+            raise ValueError("must be visible ASCII characters without spaces (it is sent "
+                             "in an HTTP header)")
+        return value
+
+    @field_validator("twilio_account_sid", "twilio_messaging_service_sid")
+    @classmethod
+    def _sid(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        prefix = "AC" if info.field_name == "twilio_account_sid" else "MG"
+        if not re.fullmatch(prefix + r"[0-9a-fA-F]{32}", value):
+            raise ValueError(f"must be {prefix} followed by 32 hexadecimal digits")
+        return value
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _spool_dir(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError("exists and is not a directory")
         return value
 
     @classmethod
@@ -180,3 +222,8 @@ def describe_validation_error(exc: ValidationError) -> str:
     shown = "" if secret else f" (got {given!r})"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{name}: {message}{shown}{more}"
+
+
+def _check_host(host: str | None) -> None:
+    if host and not _HOST_RE.match(host):
+        raise ValueError("has a host name that is neither a DNS name nor an IP address")

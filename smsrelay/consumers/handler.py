@@ -77,11 +77,12 @@ class MessageHandler:
             return
         self.metrics.send_duration.observe(time.perf_counter() - started)
         # The provider has the message: the marker must be written whatever Redis does now,
-        # or a redelivery would send it again (rule 4).
+        # or a redelivery would send it again (rule 4). A stop does not end the tries: the
+        # drain cancels them at the end of the grace period, and Redis may be back by then.
         replay_of = _field(raw, "replay_of")
         await until_done(
             lambda: self.ops.mark_sent(shard, entry_id, message_id, receipt.sid, replay_of),
-            self.redis_outage, self.stop)
+            self.redis_outage)
         self.metrics.send_attempts.labels(outcome="success").inc()
         self.metrics.messages_sent.inc()
         self.metrics.end_to_end.observe(max(0.0, (clock.now() - entry.created_at).total_seconds()))

@@ -13,6 +13,7 @@ from smsrelay.logging import get_logger
 
 log = get_logger("smsrelay.outage")
 T = TypeVar("T")
+RETRY_MAX_DELAY_S = 2.0  # the longest wait of `until_done` between two tries
 
 TRANSIENT_REDIS_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError,
@@ -25,6 +26,7 @@ class OutageLog:
     def __init__(self, service: str) -> None:
         self.service = service
         self._since: float | None = None
+        self.ended_at: float | None = None  # clock.monotonic() when the last outage ended
 
     @property
     def down(self) -> bool:
@@ -40,10 +42,12 @@ class OutageLog:
             log.info(f"{self.service}.recovered",
                      outage_seconds=round(clock.monotonic() - self._since, 3))
             self._since = None
+            self.ended_at = clock.monotonic()
 
 
 async def until_done(operation: Callable[[], Awaitable[T]], outage: OutageLog,
-                     stop: asyncio.Event | None = None, max_delay_s: float = 2.0) -> T:
+                     stop: asyncio.Event | None = None,
+                     max_delay_s: float = RETRY_MAX_DELAY_S) -> T:
     """Run `operation` until it succeeds, backing off on transient Redis errors.
 
     Used for the writes that must not be given up on (the sent marker after the provider

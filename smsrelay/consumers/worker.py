@@ -24,9 +24,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from smsrelay import clock
 from smsrelay.consumers.handler import MessageHandler
 from smsrelay.consumers.metrics import WorkerMetrics
-from smsrelay.consumers.outage import TRANSIENT_REDIS_ERRORS, OutageLog
+from smsrelay.consumers.outage import RETRY_MAX_DELAY_S, TRANSIENT_REDIS_ERRORS, OutageLog
 from smsrelay.consumers.providers.base import Provider
 from smsrelay.consumers.streams import StreamOps
 from smsrelay.keys import ShardKeys
@@ -228,12 +229,32 @@ class Worker:
         interval = min(max(self.settings.claim_idle_seconds / 4, 0.05), 5.0)
         min_idle_ms = int(self.settings.claim_idle_seconds * 1000)
         while not await self._sleep(interval):
+            if self._claims_held_back():
+                continue
+            asked_redis = False
             for keys in self._shards:
                 free = self.settings.worker_concurrency - len(self._inflight)
                 if free <= 0:
                     break
                 await self._claim_shard(ops, handler, keys, min_idle_ms, free)
-            self._outage.recovered()
+                asked_redis = True
+            if asked_redis:  # (with every slot busy nothing was asked: no news of Redis)
+                self._outage.recovered()
+
+    def _claims_held_back(self) -> bool:
+        """True during a Redis outage and for one idle period (plus a retry) after it.
+
+        While Redis is away no worker can refresh its in-flight entries, so afterwards every
+        one of them looks idle, including sends that a live worker has finished and is about
+        to record (its sent marker waits for Redis, retried every RETRY_MAX_DELAY_S at most).
+        Claiming them at once would send them again; waiting lets their owners record and
+        refresh them first. Entries of workers that really died are claimed after the wait.
+        """
+        if self._outage.down:
+            return True
+        ended = self._outage.ended_at
+        hold_s = self.settings.claim_idle_seconds + RETRY_MAX_DELAY_S
+        return ended is not None and clock.monotonic() - ended < hold_s
 
     async def _claim_shard(self, ops: StreamOps, handler: MessageHandler, keys: ShardKeys,
                            min_idle_ms: int, free: int) -> None:

@@ -54,9 +54,9 @@ class _ProducerCore:
         try:
             request = MessageRequest(to=to, body=body, kind=kind,
                                      idempotency_key=idempotency_key, meta=meta)
+            return RequestEntry.new(request)
         except ValidationError as exc:
             return PublishResult("rejected", error=describe_errors(exc))
-        return RequestEntry.new(request)
 
     def script_args(self, shard: int, fields: dict[str, str],
                     idempotency_key: str | None) -> tuple[list[str], list[str]]:

@@ -7,6 +7,7 @@ generated from `RequestEntry` (`smsrelay schema`) and kept equal to it by a test
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -28,6 +29,8 @@ from smsrelay.schemas.phone import normalize_e164
 SCHEMA_VERSION = "1"
 MAX_BODY_CHARS = 1600
 MAX_META_BYTES = 4096
+MAX_META_DEPTH = 32  # well inside the JSON parsers' recursion limits (pydantic's is 200)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # The pattern is published in the JSON Schema for other languages; here libphonenumber decides,
 # with a clearer error than a regex mismatch.
@@ -43,8 +46,30 @@ IdempotencyKey = Annotated[str, Field(min_length=1, max_length=200,
                                       description="Same key within 24 h: no second SMS")]
 
 
+def _depth(value: Any) -> int:
+    """How deep containers nest in `value` (iterative: a hostile value cannot recurse)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= MAX_META_DEPTH:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
 def _check_meta(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and len(json.dumps(value)) > MAX_META_BYTES:
+    if value is None:
+        return None
+    if _depth(value) > MAX_META_DEPTH:
+        raise ValueError(f"meta must nest at most {MAX_META_DEPTH} levels deep")
+    try:
+        # Strict JSON (no NaN/Infinity): services in any language read this field.
+        encoded = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"meta must hold only JSON values ({exc})") from None
+    if len(encoded) > MAX_META_BYTES:
         raise ValueError(f"meta must encode to at most {MAX_META_BYTES} bytes of JSON")
     return value
 
@@ -142,6 +167,8 @@ def describe_errors(exc: ValidationError) -> str:
     for error in exc.errors()[:5]:
         where = ".".join(str(p) for p in error["loc"]) or "input"
         message = str(error["msg"]).removeprefix("Value error, ")
+        # pydantic quotes the offending character, which may be a newline: keep one line
+        message = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", message)
         if error["type"] == "missing":
             message = "missing"
         parts.append(f"{where}: {message}")

@@ -1,0 +1,529 @@
+"""What the fault suite breaks and watches: private servers, real processes, polling, figures.
+
+Every process started here is registered with a `Processes` group that kills what is still
+running at the end of the test (pass or fail); every private server lives in a temporary
+directory that is removed with it. Loopback addresses only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import redis
+
+from smsrelay.keys import WORKER_GROUP, ShardKeys
+from smsrelay.settings import Settings
+from tests.conftest import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, TEST_FROM
+
+LOOPBACK = "127.0.0.1"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+# -- waiting -------------------------------------------------------------------------------------
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
+             interval: float = 0.05) -> float:
+    """Poll until `predicate()` is true; fail naming `what` after `timeout` seconds.
+
+    Returns the seconds it took (a measured figure for some tests).
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+# -- measured figures ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Figure:
+    test: str
+    name: str
+    value: float | int | str
+    unit: str = ""
+
+
+FIGURES: list[Figure] = []
+
+
+def record_figure(test: str, name: str, value: float | int | str, unit: str = "") -> None:
+    """Keep a measured figure; the suite prints them at the end (and writes them as JSON to
+    $SMSRELAY_FAULTS_FIGURES when set, which `scripts/soak` does)."""
+    if isinstance(value, float):
+        value = round(value, 3)
+    FIGURES.append(Figure(test, name, value, unit))
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The test's environment without any SMSRELAY_/TWILIO_ variable, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMSRELAY_", "TWILIO_"))}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Managed:
+    """One child process with its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines of the process (other lines are skipped)."""
+        out: list[dict[str, Any]] = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if isinstance(event, dict):
+                        out.append(event)
+        return out
+
+    def event_names(self) -> Counter[str]:
+        return Counter(str(e.get("event")) for e in self.events())
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.popen.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.alive():
+            self.popen.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=10)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def rss_kib(self) -> int:
+        """Resident set size, from /proc (KiB)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError(f"no VmRSS for {self.name} (pid {self.pid})")
+
+    def tail(self, lines: int = 30) -> str:
+        """The last warning/error and non-JSON lines of the log (info lines are skipped)."""
+        kept = [line for line in self.log_text().splitlines()
+                if '"level": "info"' not in line and '"level": "debug"' not in line]
+        return "\n".join(kept[-lines:])
+
+
+class Processes:
+    """Starts children and kills every one still running when the test ends."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.children: list[Managed] = []
+
+    def start(self, name: str, argv: list[str], env: Mapping[str, str]) -> Managed:
+        log = self.directory / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(argv, env=dict(env), stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        child = Managed(name, popen, log)
+        self.children.append(child)
+        return child
+
+    def kill_all(self) -> None:
+        for child in reversed(self.children):
+            child.kill()
+
+    def describe(self) -> str:
+        """The last lines of every child's log, for a failure message."""
+        return "\n".join(f"--- {c.name} (pid {c.pid}, rc {c.popen.poll()}):\n{c.tail()}"
+                         for c in self.children)
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of `smsrelay worker` for these settings (JSON logs at info)."""
+    env = child_env(
+        SMSRELAY_REDIS_URL=settings.redis_url,
+        SMSRELAY_DATABASE_URL=settings.database_url,
+        SMSRELAY_NAMESPACE=settings.namespace,
+        SMSRELAY_TWILIO_BASE_URL=settings.twilio_base_url,
+        TWILIO_ACCOUNT_SID=TEST_ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=TEST_AUTH_TOKEN,
+        SMSRELAY_TWILIO_FROM=TEST_FROM,
+        SMSRELAY_METRICS_PORT="0",
+        SMSRELAY_LOG_FORMAT="json",
+        SMSRELAY_LOG_LEVEL="info",
+        SMSRELAY_SPOOL_DIR=str(settings.spool_dir),
+        SMSRELAY_CLAIM_IDLE_SECONDS=f"{settings.claim_idle_seconds:g}",
+        SMSRELAY_BACKOFF_BASE_SECONDS=f"{settings.backoff_base_seconds:g}",
+        SMSRELAY_BACKOFF_JITTER=f"{settings.backoff_jitter:g}",
+        SMSRELAY_TWILIO_TIMEOUT_SECONDS=f"{settings.twilio_timeout_seconds:g}",
+        SMSRELAY_SHUTDOWN_GRACE_SECONDS=f"{settings.shutdown_grace_seconds:g}",
+        SMSRELAY_RATE_LIMIT_MAX=str(settings.rate_limit_max),
+        SMSRELAY_RATE_LIMIT_WINDOW_SECONDS=f"{settings.rate_limit_window_seconds:g}",
+        SMSRELAY_ON_RATE_LIMIT=settings.on_rate_limit,
+        SMSRELAY_MAX_ATTEMPTS=str(settings.max_attempts),
+        SMSRELAY_MAX_DELIVERIES=str(settings.max_deliveries),
+        SMSRELAY_WORKER_CONCURRENCY=str(settings.worker_concurrency),
+    )
+    env.update(extra)
+    return env
+
+
+def start_worker(procs: Processes, settings: Settings, name: str, *, mirror: bool = False,
+                 ready: bool = True, **extra: str) -> Managed:
+    """`smsrelay worker` as a real process; waits for its `worker.started` line."""
+    argv = [sys.executable, "-m", "smsrelay.cli", "worker"]
+    if not mirror:
+        argv.append("--no-mirror")
+    env = worker_env(settings, **extra)
+    assert env["SMSRELAY_LOG_LEVEL"] in ("debug", "info"), "readiness is read from the log"
+    child = procs.start(name, argv, env)
+    if ready:
+        wait_for(lambda: not child.alive() or "worker.started" in child.log_text(), 30,
+                 f"{name} to start")
+        assert child.alive(), f"{name} exited at start:\n{child.tail()}"
+    return child
+
+
+ADMIN_TOKEN = "faults-admin-token-0123456789"
+
+
+def start_admin(procs: Processes, settings: Settings, port: int) -> Managed:
+    """`smsrelay admin` as a real process (token ADMIN_TOKEN); waits until /healthz answers."""
+    env = worker_env(settings, SMSRELAY_ADMIN_TOKEN=ADMIN_TOKEN)
+    child = procs.start("admin", [sys.executable, "-m", "smsrelay.cli", "admin", "--host",
+                                  LOOPBACK, "--port", str(port)], env)
+
+    def healthy() -> bool:
+        if not child.alive():
+            return True
+        try:
+            return httpx.get(f"http://{LOOPBACK}:{port}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, 30, "the admin to answer /healthz")
+    assert child.alive(), child.tail()
+    return child
+
+
+# -- a private Redis -----------------------------------------------------------------------------
+
+class PrivateRedis:
+    """A redis-server of the test's own (AOF on, fsync before every reply) that may be killed.
+
+    `kill()` is SIGKILL; `start()` again reuses the port and the directory, so the server
+    loads its append-only file as a crashed production server would.
+    """
+
+    def __init__(self, directory: Path, port: int | None = None, *,
+                 appendonly: bool = True) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2,
+                                    **kwargs)
+
+    def start(self) -> None:
+        assert self.popen is None or self.popen.poll() is not None, "already running"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        argv = ["redis-server", "--port", str(self.port), "--bind", LOOPBACK,
+                "--dir", str(self.directory), "--save", "", "--daemonize", "no",
+                "--logfile", str(self.directory / "redis.log")]
+        if self.appendonly:
+            argv += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            argv += ["--appendonly", "no"]
+        self.popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True)
+        self.starts += 1
+        wait_for(self._ready, 20, f"redis-server on port {self.port}")
+
+    def _ready(self) -> bool:
+        assert self.popen is not None
+        if self.popen.poll() is not None:
+            log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+            raise AssertionError(f"redis-server exited with {self.popen.returncode}:\n{log}")
+        client = self.client()
+        try:
+            return bool(client.ping())
+        except redis.RedisError:  # refused, or still loading the AOF
+            return False
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final fsync; what was acknowledged is on disk (always)."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the port accepts connections, nothing answers (a hung or partitioned
+        server)."""
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGCONT)
+        self.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# -- a throwaway Postgres ------------------------------------------------------------------------
+
+def _as_postgres(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+class ThrowawayPostgres:
+    """A Postgres 15 cluster of the test's own, run as user postgres on a free loopback port.
+
+    `stop()` is `pg_ctl stop -m immediate` (no checkpoint: a crash); `start()` recovers it.
+    """
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="smsrelay-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.log = self.root / "postgres.log"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{LOOPBACK}:{self.port}/postgres"
+
+    def init(self) -> None:
+        shutil.chown(self.root, user="postgres", group="postgres")
+        done = _as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust",
+                            "-U", "postgres", "-E", "UTF8", "--no-sync")
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def start(self) -> None:
+        options = (f"-p {self.port} -k {self.root} -c listen_addresses={LOOPBACK} "
+                   "-c fsync=off -c full_page_writes=off")
+        done = _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
+                            "-o", options, "-w", "-t", "30", "start")
+        assert done.returncode == 0, done.stdout + done.stderr + self.log_tail()
+
+    def stop(self, mode: str = "immediate") -> None:
+        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t",
+                     "30", "stop")
+
+    def running(self) -> bool:
+        done = _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "status")
+        return done.returncode == 0
+
+    def log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-2000:]
+        except (FileNotFoundError, PermissionError):
+            return ""
+
+    def close(self) -> None:
+        if self.data.exists() and self.running():
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# -- the fake Twilio as a process ----------------------------------------------------------------
+
+class FakeTwilioProcess:
+    """`smsrelay fake-twilio --port P`, driven over its `/_fake/` control endpoints."""
+
+    def __init__(self, procs: Processes, name: str = "fake-twilio",
+                 port: int | None = None, latency_ms: float = 0.0) -> None:
+        self.procs = procs
+        self.name = name
+        self.port = port or free_port()
+        self.latency_ms = latency_ms
+        self.child: Managed | None = None
+        self._http = httpx.Client(base_url=self.url, timeout=30)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "smsrelay.cli", "fake-twilio", "--host", LOOPBACK,
+                "--port", str(self.port), "--latency-ms", f"{self.latency_ms:g}"]
+        child = self.procs.start(self.name, argv, child_env())
+        self.child = child
+        wait_for(lambda: not child.alive() or "listening on" in child.log_text(), 30,
+                 "the fake Twilio to listen")
+        assert child.alive(), child.tail()
+
+    def kill(self) -> None:
+        if self.child is not None:
+            self.child.kill()
+
+    def close(self) -> None:
+        self._http.close()
+        self.kill()
+
+    def _get(self, path: str) -> Any:
+        response = self._http.get(path)
+        response.raise_for_status()
+        return response.json()
+
+    def stats(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self._get("/_fake/stats"))
+
+    def messages(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._get("/_fake/messages"))
+
+    def requests(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._get("/_fake/requests"))
+
+    def script(self, to: str, steps: Iterable[Any], default: Any = None) -> None:
+        response = self._http.post("/_fake/script",
+                                   json={"to": to, "steps": list(steps), "default": default})
+        response.raise_for_status()
+
+    def set_latency(self, seconds: float) -> None:
+        self._http.post("/_fake/latency", json={"seconds": seconds}).raise_for_status()
+
+
+# -- reading the pipeline's state ----------------------------------------------------------------
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+@dataclass
+class Pipeline:
+    """Read-only views of one namespace's shard 0 on a Redis."""
+
+    client: redis.Redis
+    namespace: str
+    keys: ShardKeys = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = ShardKeys(self.namespace, 0)
+
+    def backlog(self) -> tuple[int, int, int]:
+        """(request stream length, pending entries of the worker group, delayed messages)."""
+        length = int(cast(int, self.client.xlen(self.keys.requests)))
+        try:
+            info = cast(dict[str, Any], self.client.xpending(self.keys.requests, WORKER_GROUP))
+            pending = int(info["pending"])
+        except redis.ResponseError:
+            pending = 0
+        delayed = int(cast(int, self.client.zcard(self.keys.delayed)))
+        return length, pending, delayed
+
+    def drained(self) -> bool:
+        return self.backlog() == (0, 0, 0)
+
+    def length(self, key: str) -> int:
+        return int(cast(int, self.client.xlen(key)))
+
+    def add(self, fields: Mapping[bytes, bytes]) -> str:
+        """XADD raw fields to the request stream (as any publisher in any language may)."""
+        return _text(cast(bytes, self.client.xadd(self.keys.requests, cast(Any, fields))))
+
+    def request_ids(self) -> list[str]:
+        """The `id` field of every entry on the request stream, in order."""
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                       self.client.xrange(self.keys.requests))
+        return [_text(fields.get(b"id", b"")) for _, fields in entries]
+
+    def dead_letters(self) -> list[dict[str, str]]:
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                       self.client.xrange(self.keys.dead))
+        return [{_text(k): _text(v) for k, v in fields.items()} for _, fields in entries]
+
+    def sent_markers(self, message_ids: Iterable[str]) -> set[str]:
+        """The message ids among `message_ids` that have a sent marker."""
+        ids = list(message_ids)
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            values = cast(list[bytes | None],
+                          self.client.mget([self.keys.sent(i) for i in chunk]))
+            found.update(i for i, v in zip(chunk, values, strict=True) if v is not None)
+        return found
+
+
+def delete_namespace(client: redis.Redis, namespace: str) -> None:
+    keys = list(client.scan_iter(match=f"{{{namespace}:*", count=1000))
+    for start in range(0, len(keys), 1000):
+        client.delete(*keys[start:start + 1000])
+
+
+@contextlib.contextmanager
+def closing_client(client: redis.Redis) -> Iterator[redis.Redis]:
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# -- publishing ----------------------------------------------------------------------------------
+
+def phone(n: int) -> str:
+    """A distinct valid US number per n < 10,000 (libphonenumber accepts 415-555-xxxx)."""
+    return f"+1415555{n:04d}"
+
+
+def publish_all(settings: Settings, messages: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Publish (to, body) pairs; all must be queued. Returns body -> message id."""
+    from smsrelay.producers.publish import Producer
+
+    ids: dict[str, str] = {}
+    with Producer(settings) as producer:
+        for to, body in messages:
+            result = producer.publish(to, body)
+            assert result.status == "queued", result
+            assert result.message_id is not None
+            ids[body] = result.message_id
+    return ids
