@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import phonenumbers
 
 
+# Pure and ~20 µs a parse: the numbers a service texts repeat (the same customers, the same
+# on-call phones), so a small cache takes most of it off the publish path.
+@lru_cache(maxsize=8192)
 def normalize_e164(value: str) -> str:
     """Return the E.164 form of a possible, valid international number, or raise ValueError.
 
