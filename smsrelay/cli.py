@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import redis
 
@@ -88,12 +89,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def run_async(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop where it is installed (a worker's event loop costs about half as much)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 # -- commands --------------------------------------------------------------------------------
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from smsrelay.consumers.runner import run_worker
 
     settings.require_sender()
-    return asyncio.run(run_worker(settings, mirror=not args.no_mirror))
+    return run_async(run_worker(settings, mirror=not args.no_mirror))
 
 
 def _publish(args: argparse.Namespace, settings: Settings) -> int:
