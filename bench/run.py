@@ -1,0 +1,282 @@
+"""Run the whole benchmark and write BENCHMARKS.md.
+
+    .venv/bin/python -m bench.run              # full: ~45 min, writes BENCHMARKS.md
+    .venv/bin/python -m bench.run --quick      # ~5 min, writes bench/out/BENCHMARKS-quick.md
+    .venv/bin/python -m bench.run --smoke      # <1 min (CI), writes bench/out/BENCHMARKS-smoke.md
+
+Needs the `bench` dependency group (`uv sync --group bench`) and Redis on 127.0.0.1:6379;
+py-spy (`uv pip install py-spy`) for the profile phase, which is skipped without it.
+`--phases` picks phases, `--systems` picks systems; the raw results go to bench/out/*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import importlib.util
+import json
+import shlex
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import crash, e2e, footprint, publish_cost, report, systems
+from bench.common import ROOT, FakeTwilioProcess, code_state, install_cleanup, machine
+
+PHASES = ("ceiling", "publish", "e2e", "crash", "footprint", "profile")
+OUT = ROOT / "bench" / "out"
+
+
+@dataclass
+class Config:
+    mode: str
+    e2e_messages: int
+    repeats: int
+    e2e_scenarios: list[tuple[float, int]]
+    publish_count: int
+    publish_rounds: int
+    crash_in_flight: int
+    crash_cap_s: float
+    queued_messages: int
+    rss_messages: int
+    profile_runs: list[tuple[float, int, int]]  # (latency ms, concurrency, messages)
+    ceiling_duration_s: float
+    systems: list[str] = field(default_factory=lambda: list(systems.SYSTEMS))
+    crash_systems: list[str] = field(default_factory=lambda: list(systems.SYSTEMS))
+    rss_systems: list[str] = field(default_factory=lambda: list(systems.SYSTEMS))
+    settle_s: float = 3.0  # a new worker's start-up allowance (crash survivor, RSS "before")
+    crash_background: bool = False  # run the crash scenarios beside the other phases
+    phases: list[str] = field(default_factory=lambda: list(PHASES))
+    output: str = "BENCHMARKS.md"
+    smsrelay_root: str = str(ROOT)
+
+
+SCENARIOS = [(0.0, 64), (200.0, 64), (200.0, 256)]
+
+PRESETS: dict[str, Config] = {
+    "full": Config("full", 5000, 3, SCENARIOS, 5000, 3, 20, 1800.0, 10_000, 50_000,
+                   [(0.0, 64, 30_000), (200.0, 256, 20_000)], 3.0, crash_background=True),
+    "quick": Config("quick", 2000, 1, SCENARIOS, 1000, 1, 20, 150.0, 2000, 5000,
+                    [(0.0, 64, 5000), (200.0, 256, 5000)], 2.0, crash_background=True,
+                    output="bench/out/BENCHMARKS-quick.md"),
+    # CI: behaviour, not speed. Small counts, peers only where they are quick.
+    "smoke": Config("smoke", 300, 1, [(0.0, 64)], 200, 1, 10, 30.0, 300, 300, [], 1.0,
+                    phases=["publish", "e2e", "crash", "footprint"],
+                    crash_systems=["smsrelay"], rss_systems=["smsrelay", "bare"], settle_s=1.5,
+                    output="bench/out/BENCHMARKS-smoke.md"),
+}
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _interpreter() -> str:
+    exe = Path(sys.executable)
+    return str(exe.relative_to(ROOT)) if exe.is_relative_to(ROOT) else str(exe)
+
+
+def available_systems(wanted: list[str]) -> tuple[list[str], list[str]]:
+    """The wanted systems whose packages are installed, and the missing ones."""
+    module = {"dramatiq": "dramatiq", "celery": "celery", "arq": "arq"}
+    ok: list[str] = []
+    missing: list[str] = []
+    for name in wanted:
+        pkg = module.get(systems.KIND.get(name, name))
+        (missing if pkg and importlib.util.find_spec(pkg) is None else ok).append(name)
+    return ok, missing
+
+
+def run_ceiling(cfg: Config) -> list[dict[str, Any]]:
+    from bench.fake_twilio_ceiling import drive
+
+    out = []
+    with FakeTwilioProcess() as fake:
+        for conc in sorted({c for _, c in cfg.e2e_scenarios}):
+            rate, _ = asyncio.run(drive(fake.url, conc, cfg.ceiling_duration_s))
+            fake.reset()
+            out.append({"concurrency": conc, "rate": rate})
+            _log(f"fake Twilio ceiling at {conc}: {rate:,.0f} req/s")
+    return out
+
+
+def run_publish(cfg: Config) -> list[dict[str, Any]]:
+    peers = [p for p in systems.PEERS if p in cfg.systems]
+    apis = tuple(a for a, _ in publish_cost.APIS
+                 if publish_cost.PEER_OF_API.get(a, "smsrelay") in (*peers, "smsrelay"))
+    costs = publish_cost.measure(cfg.publish_count, cfg.publish_rounds, apis=apis)
+    for c in costs:
+        _log(f"publish {c.label}: median {c.median_us:.1f} µs, p99 {c.p99_us:.0f} µs "
+             f"{c.error}")
+    return [c.as_dict() for c in costs]
+
+
+def run_e2e(cfg: Config, log_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    root = Path(cfg.smsrelay_root)
+    with FakeTwilioProcess() as fake:
+        for rep in range(cfg.repeats):
+            for lat, conc in cfg.e2e_scenarios:
+                shift = rep % len(cfg.systems)
+                order = cfg.systems[shift:] + cfg.systems[:shift]
+                for name in order:
+                    r = e2e.measure(name, fake, cfg.e2e_messages, lat, conc, log_dir=log_dir,
+                                    smsrelay_root=root)
+                    _log(f"e2e #{rep + 1} {name} {lat:g} ms/{conc}: {r.rate:,.0f} msg/s "
+                         f"(worker {r.cpu_us_per_msg:,.0f} µs/msg) {r.error}")
+                    rows.append(r.as_dict())
+    return rows
+
+
+def run_crash(cfg: Config, log_dir: Path,
+              waiting: threading.Event | None = None) -> list[dict[str, Any]]:
+    _log(f"crash recovery, scenarios in parallel (cap {cfg.crash_cap_s:g} s)")
+    only = tuple(s for s in cfg.systems if s != "bare" and s in cfg.crash_systems)
+    results = crash.run_all(cfg.mode, cfg.crash_in_flight, cfg.crash_cap_s, log_dir=log_dir,
+                            only=only, settle_s=cfg.settle_s, waiting=waiting)
+    for r in results:
+        _log(f"crash {r.system} [{r.setting}]: {r.recovery_s} s, "
+             f"{r.recovered}/{r.in_flight} {r.error}")
+    return [r.as_dict() for r in results]
+
+
+def run_footprint(cfg: Config, log_dir: Path) -> tuple[list[dict[str, Any]],
+                                                          list[dict[str, Any]]]:
+    queued = []
+    for name in cfg.systems:
+        if name == "bare" or name in systems.TUNED:
+            continue  # the same entries / code as smsrelay / their peer
+        q = footprint.queued_bytes(name, cfg.queued_messages)
+        _log(f"queued bytes {name}: {q.bytes_per_msg:,.0f} B/msg {q.error}")
+        queued.append(q.as_dict())
+    rss = []
+    with FakeTwilioProcess() as fake:
+        for name in (s for s in cfg.systems if s in cfg.rss_systems and s not in systems.TUNED):
+            r = footprint.worker_rss(name, cfg.rss_messages, fake, settle_s=cfg.settle_s,
+                                     log_dir=log_dir)
+            _log(f"RSS {name}: {r.before_mib} -> {r.after_mib} MiB {r.error}")
+            rss.append(r.as_dict())
+    return queued, rss
+
+
+def run_profiles(cfg: Config) -> list[dict[str, Any]]:
+    from bench import profile
+
+    out = []
+    for lat, conc, messages in cfg.profile_runs:
+        p = profile.profile(lat, conc, messages, OUT, Path(cfg.smsrelay_root))
+        _log(f"profile {lat:g} ms/{conc}: {p.samples} samples, {p.rate:,.0f} msg/s {p.error}")
+        out.append(p.as_dict())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="smsrelay vs Dramatiq, Celery, arq and a bare asyncio loop")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="a few minutes, small counts")
+    mode.add_argument("--smoke", action="store_true", help="under a minute (CI)")
+    parser.add_argument("--phases", help=f"comma-separated subset of {','.join(PHASES)}")
+    parser.add_argument("--systems", help=f"comma-separated subset of {','.join(systems.SYSTEMS)}")
+    parser.add_argument("--repeats", type=int, help="end-to-end repeats (median reported)")
+    parser.add_argument("--messages", type=int, help="messages per end-to-end run")
+    parser.add_argument("--output", help="where to write the report (BENCHMARKS.md for full)")
+    parser.add_argument("--json", dest="json_path", help="where to write the raw results")
+    parser.add_argument("--smsrelay-root", type=Path,
+                        help="benchmark the smsrelay package of another checkout (A/B)")
+    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                        help="only write the report again from a results file")
+    args = parser.parse_args(argv)
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        output = Path(args.output or saved["config"]["output"])
+        output = output if output.is_absolute() else ROOT / output
+        output.write_text(report.render(saved))
+        _log(f"wrote {output} from {args.render}")
+        return 0
+    preset = "smoke" if args.smoke else "quick" if args.quick else "full"
+    cfg = Config(**asdict(PRESETS[preset]))
+    if args.phases:
+        cfg.phases = [p for p in args.phases.split(",") if p]
+        unknown = set(cfg.phases) - set(PHASES)
+        if unknown:
+            parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    if args.systems:
+        cfg.systems = [s for s in args.systems.split(",") if s]
+        unknown = set(cfg.systems) - set(systems.SYSTEMS)
+        if unknown:
+            parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    cfg.repeats = args.repeats or cfg.repeats
+    cfg.e2e_messages = args.messages or cfg.e2e_messages
+    cfg.output = args.output or cfg.output
+    if args.smsrelay_root:
+        cfg.smsrelay_root = str(args.smsrelay_root.resolve())
+    cfg.systems, missing = available_systems(cfg.systems)
+    if missing:
+        _log(f"skipping {', '.join(missing)}: not installed (uv sync --group bench)")
+
+    install_cleanup()
+    OUT.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    log_dir = OUT / f"logs-{preset}-{stamp}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "command": " ".join([_interpreter(), "-m bench.run",
+                             *map(shlex.quote, argv if argv is not None else sys.argv[1:])]),
+        "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "config": asdict(cfg),
+        "machine": asdict(machine()),
+        "code": code_state(Path(cfg.smsrelay_root)),
+        "missing_systems": missing,
+    }
+    _log(f"{preset} run: phases {', '.join(cfg.phases)}; systems {', '.join(cfg.systems)}")
+    crash_future: concurrent.futures.Future[list[dict[str, Any]]] | None = None
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    if "crash" in cfg.phases and cfg.crash_background:
+        # The crash scenarios mostly wait (minutes, for the peers' default timeouts) with idle
+        # workers: they run beside the other phases instead of after them.
+        waiting = threading.Event()
+        crash_future = pool.submit(run_crash, cfg, log_dir, waiting)
+        # Their set-up (a dozen processes starting) would disturb the measurements: the other
+        # phases start once every victim is dead and the scenarios only wait.
+        waiting.wait(timeout=300)
+        _log("crash scenarios are waiting; the other phases run beside them")
+    if "ceiling" in cfg.phases:
+        results["ceiling"] = run_ceiling(cfg)
+    if "publish" in cfg.phases:
+        results["publish"] = run_publish(cfg)
+    if "e2e" in cfg.phases:
+        results["e2e"] = run_e2e(cfg, log_dir)
+    if crash_future is not None:
+        _log("waiting for the crash-recovery scenarios")
+        results["crash"] = crash_future.result()
+    elif "crash" in cfg.phases:
+        results["crash"] = run_crash(cfg, log_dir)
+    if "footprint" in cfg.phases:
+        results["queued_bytes"], results["rss"] = run_footprint(cfg, log_dir)
+    if "profile" in cfg.phases:
+        results["profiles"] = run_profiles(cfg)
+    pool.shutdown(wait=False)
+    results["elapsed_s"] = time.monotonic() - started
+
+    json_path = Path(args.json_path) if args.json_path else OUT / f"results-{preset}-{stamp}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2))
+    output = Path(cfg.output)
+    output = output if output.is_absolute() else ROOT / output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(report.render(results))
+    _log(f"wrote {output} and {json_path} in {results['elapsed_s'] / 60:.1f} min")
+    for target, got, ok in report.targets(results):
+        _log(f"{'HOLDS' if ok else 'FAILS'}  {target}: {got}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""The benchmark keeps working: a small run (`python -m bench.run --smoke`) end to end.
+
+Behaviour only, never speed: every system that ran delivered every message exactly once, the
+crash test recovered the killed worker's messages, and the report names every section.
+The peers (Dramatiq, Celery, arq) take part when the `bench` dependency group is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_bench_smoke_run_delivers_everything_and_writes_the_report(
+        redis_url: str, tmp_path: Path) -> None:
+    # Given a Redis (the bench uses its own namespaces and prefixes) and an output folder
+    parts = urlsplit(redis_url)
+    env = {**os.environ, "BENCH_REDIS_HOST": parts.hostname or "127.0.0.1",
+           "BENCH_REDIS_PORT": str(parts.port or 6379)}
+    report, results = tmp_path / "BENCHMARKS.md", tmp_path / "results.json"
+
+    # When the smoke preset runs
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--output", str(report),
+         "--json", str(results)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=220, check=False)
+
+    # Then it finishes cleanly and writes both files
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(results.read_text())
+    text = report.read_text()
+
+    # and every end-to-end run delivered each message exactly once, smsrelay and the bare loop
+    # among them
+    ran = {row["system"] for row in data["e2e"]}
+    assert {"smsrelay", "bare"} <= ran
+    for row in data["e2e"]:
+        assert row["ok"], row
+        assert row["accepted"] == row["messages"], row
+        assert row["duplicates"] == 0, row
+        assert row["errors"] == 0, row
+        assert row["rate"] > 0 and row["drain_s"] > 0, row
+
+    # and every publish API measured something
+    for cost in data["publish"]:
+        assert not cost["error"], cost
+        assert 0 < cost["median_us"] <= cost["p99_us"], cost
+
+    # and the killed worker's messages were sent by the other one, each once
+    crash = [c for c in data["crash"] if c["system"] == "smsrelay"]
+    assert crash, data["crash"]
+    for c in crash:
+        assert not c["error"], c
+        assert c["recovered"] == c["in_flight"], c
+        assert c["recovery_s"] is not None and c["recovery_s"] >= 0, c
+        assert c["duplicates"] == 0, c
+
+    # and the footprint numbers are plausible (a stream entry is tens to hundreds of bytes)
+    queued = {q["system"]: q for q in data["queued_bytes"]}
+    assert 20 < queued["smsrelay"]["bytes_per_msg"] < 2000, queued["smsrelay"]
+    for rss in data["rss"]:
+        assert not rss["error"], rss
+        assert rss["before_mib"] > 0 and rss["after_mib"] > 0, rss
+
+    # and the report has the machine, the command and every section that ran
+    for heading in ("## Machine and command", "## 1. Publish cost", "## 2. End-to-end",
+                    "## 3. Crash recovery", "## 4. Footprint"):
+        assert heading in text
+    assert "bench.run --smoke" in text
