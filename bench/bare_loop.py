@@ -4,7 +4,8 @@
         .venv/bin/python -m bench.bare_loop
 
 No parsing, rate limit, sent marker, retries, metrics or logs: what this stack (redis-py
-asyncio + the SDK's aiohttp client) costs per message at best. Reads the smsrelay stream
+asyncio + the SDK's aiohttp client, on uvloop where installed, like `smsrelay worker`) costs
+per message at best. Reads the smsrelay stream
 entries (fields `to`, `body`) through its own consumer group. Stops on SIGTERM/SIGINT, letting
 the sends in flight finish.
 """
@@ -72,5 +73,15 @@ async def main() -> None:
         await client.aclose()
 
 
+def run() -> None:
+    """On uvloop where installed, as `smsrelay worker` runs: the ceiling of the same stack."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+        return
+    uvloop.run(main())
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    run()

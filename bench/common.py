@@ -336,8 +336,8 @@ def machine() -> Machine:
     from importlib import metadata
 
     packages = {}
-    for name in ("twilio", "aiohttp", "redis", "hiredis", "dramatiq", "celery", "kombu", "arq",
-                 "requests"):
+    for name in ("twilio", "aiohttp", "redis", "hiredis", "uvloop", "dramatiq", "celery", "kombu",
+                 "arq", "requests"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             packages[name] = metadata.version(name)
     return Machine(cpus=os.cpu_count() or 0, cpu_model=model,

@@ -4,11 +4,11 @@
 
 py-spy (`uv pip install py-spy` into the venv; it is not in the lock) attaches to the worker
 right after it starts and samples it from outside, without pausing it (`--nonblocking`), until
-the backlog is drained. It records every sample (`--idle`: its own idle heuristic drops
-threads blocked in any syscall, socket writes included, and varies from run to run); the loop
-waiting in epoll (`selectors.select` as the leaf) is then left out, so the shares are shares of
-the worker's busy time. Start-up is cut: only stacks under the event loop's
-`_run_once` count, and none that import a module.
+the backlog is drained. py-spy leaves out the samples of a thread waiting (the loop in epoll),
+so the shares are shares of the worker's busy time; start-up is cut: only stacks under the
+event loop's runner count, and none that import a module. On uvloop (what `smsrelay worker`
+runs on where installed) the loop's own work is C with no Python frame: it shows as
+"event loop internals".
 """
 
 from __future__ import annotations
@@ -37,8 +37,14 @@ from bench.common import (
     wait_until,
 )
 
-# Leaf frame's file -> what it belongs to (first match wins).
+# A stack of the running worker passes through the loop's runner (asyncio's or uvloop's).
+_LOOP_FILES = ("asyncio/runners.py", "asyncio/base_events.py", "uvloop/__init__.py")
+
+# Leaf frame's file -> what it belongs to (first match wins). On uvloop the loop itself, its
+# transports and the C task steps have no Python frame: their time shows as the runner's.
 CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("/uvloop/", "event loop internals (uvloop/libuv, C)"),
+    ("asyncio/runners.py", "event loop internals (uvloop/libuv, C)"),
     ("/twilio/", "twilio SDK (request building, response parsing)"),
     ("/aiohttp/", "aiohttp client (HTTP)"),
     ("/yarl/", "aiohttp client (HTTP)"),
@@ -140,9 +146,9 @@ def analyse(raw: Path) -> tuple[int, list[tuple[str, float]], list[tuple[str, fl
         if not count_text.isdigit():
             continue
         frames = _frames(stack)
-        if not any(func == "_run_once" for _, func in frames) or any(
+        if not any(path.endswith(_LOOP_FILES) for path, _ in frames) or any(
                 "importlib._bootstrap" in path for path, _ in frames):
-            continue  # start-up (imports) or shutdown, not the drain
+            continue  # not under the event loop, or importing: start-up, not the drain
         if frames[-1][1] == "select" and frames[-1][0].endswith("selectors.py"):
             continue  # the loop waiting in epoll: idle, not CPU
         count = int(count_text)
@@ -187,8 +193,8 @@ def profile(latency_ms: float, concurrency: int, messages: int, out_dir: Path,
             system.enqueue(0, messages)
             worker = system.start_worker(fake.url, concurrency)
             spy = spawn([pyspy, "record", "--pid", str(worker.pid), "-o", str(raw), "-f", "raw",
-                         "-r", str(rate_hz), "--nonblocking", "--idle",
-                         "--full-filenames", "--nolineno"], stdout=subprocess.DEVNULL)
+                         "-r", str(rate_hz), "--nonblocking", "--full-filenames",
+                         "--nolineno"], stdout=subprocess.DEVNULL)
             if not wait_until(lambda: fake.accepted() > 0, 60):
                 result.error = "the worker sent nothing within 60 s"
                 return result

@@ -157,9 +157,10 @@ def render(results: dict[str, Any]) -> str:
         "|---|---|",
         "| smsrelay | `smsrelay worker --no-mirror` (no Postgres here; the mirror only reads "
         "dead letters), `SMSRELAY_WORKER_CONCURRENCY=N`, everything else default (rate limit "
-        "5/h per number, Lua begin/sent scripts, heartbeat, claimer, mover) |",
+        "5/h per number, Lua begin/sent scripts, heartbeat, claimer, mover; uvloop where "
+        "installed) |",
         "| bare asyncio loop | `bench/bare_loop.py`: XREADGROUP → SDK `create_async` → XACK, "
-        "nothing else; aiohttp pool sized N |",
+        "nothing else; aiohttp pool sized N; on uvloop where installed, like `smsrelay worker` |",
         "| Dramatiq | `dramatiq --processes 1 --threads N`, RedisBroker defaults, default "
         "middleware; sync SDK with a requests pool of N |",
         "| Celery | `celery worker --pool threads --concurrency N`, `task_acks_late=True`, "
@@ -170,7 +171,7 @@ def render(results: dict[str, Any]) -> str:
         "workaround of celery#6941 (threads pool: acks and prefetch refills wait for the next "
         "hub wake-up, seconds apart) |",
         "| arq, tuned | as arq, plus `poll_delay=0.05` (at 0.5 s a worker starts at most "
-        "max_jobs jobs per poll) |",
+        "max_jobs jobs per poll) and uvloop (what smsrelay's worker runs on) |",
         "",
     ]
     verdicts = targets(results)

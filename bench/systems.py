@@ -36,16 +36,16 @@ PEERS = ("dramatiq", "celery", "arq")
 TUNED = ("celery_tuned", "arq_tuned")
 LABELS = {
     "smsrelay": "smsrelay (1 worker process)",
-    "bare": "bare asyncio loop (ceiling)",
+    "bare": "bare asyncio loop on uvloop (ceiling)",
     "dramatiq": "Dramatiq (1 process, N threads)",
     "celery": "Celery (threads pool of N)",
     "arq": "arq (max_jobs=N)",
     "celery_tuned": "Celery, + 0.1 s hub wake-up (celery#6941 workaround)",
-    "arq_tuned": "arq, + poll_delay=0.05 s",
+    "arq_tuned": "arq, + poll_delay=0.05 s, on uvloop",
 }
 KIND = {"celery_tuned": "celery", "arq_tuned": "arq"}
 TUNING = {"celery_tuned": {"BENCH_CELERY_WAKE_S": "0.1"},
-          "arq_tuned": {"BENCH_ARQ_POLL_DELAY": "0.05"}}
+          "arq_tuned": {"BENCH_ARQ_POLL_DELAY": "0.05", "BENCH_ARQ_UVLOOP": "1"}}
 # Each peer in its own database, so no two systems' keys can meet (smsrelay: DB 0, namespaced).
 PEER_DB = {"dramatiq": 5, "celery": 6, "arq": 7}
 
