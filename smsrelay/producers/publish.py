@@ -73,9 +73,12 @@ class _ProducerCore:
         return shard_of(phone, self.settings.shards)
 
     @staticmethod
-    def result_from_reply(reply: Any) -> PublishResult:
+    def result_from_reply(reply: Any, kind: str | None) -> PublishResult:
         queued, message_id = int(reply[0]), text(reply[1])
-        return PublishResult("queued" if queued else "duplicate", message_id=message_id)
+        result = PublishResult("queued" if queued else "duplicate", message_id=message_id)
+        log.info("sms.published" if queued else "sms.duplicate", message_id=message_id,
+                 kind=kind)
+        return result
 
     def spool_write(self, entry: RequestEntry, shard: int, reason: str) -> PublishResult:
         try:
@@ -134,10 +137,7 @@ class Producer:
             if result.status == "spooled":
                 self._start_flusher()
             return self._core.finish(result, strict)
-        result = self._core.result_from_reply(reply)
-        log.info("sms.published" if result.status == "queued" else "sms.duplicate",
-                 message_id=result.message_id, kind=kind)
-        return result
+        return self._core.result_from_reply(reply, kind)
 
     def flush_spool(self) -> int:
         """Publish what the spool holds; returns how many went out. Raises on Redis errors."""
@@ -224,10 +224,7 @@ class AsyncProducer:
             if result.status == "spooled":
                 self._start_flusher()
             return self._core.finish(result, strict)
-        result = self._core.result_from_reply(reply)
-        log.info("sms.published" if result.status == "queued" else "sms.duplicate",
-                 message_id=result.message_id, kind=kind)
-        return result
+        return self._core.result_from_reply(reply, kind)
 
     async def flush_spool(self) -> int:
         published = 0
