@@ -57,7 +57,7 @@ def configure(log_format: str = "json", log_level: str = "info", *, process: boo
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )
     if not process:
         return

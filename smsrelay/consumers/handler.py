@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from smsrelay import clock
 from smsrelay.consumers.metrics import WorkerMetrics
@@ -35,7 +36,9 @@ class MessageHandler:
         self.stop = stop
         self.redis_outage = OutageLog("redis")
 
-    async def handle(self, shard: int, entry_id: str, raw: RawFields) -> None:
+    async def handle(self, shard: int, entry_id: str, raw: RawFields,
+                     release: Callable[[], None] = lambda: None) -> None:
+        """`release()` is called once the provider answered: the send slot is free again."""
         try:
             entry = parse_entry(raw)
         except InvalidEntry as exc:
@@ -63,18 +66,21 @@ class MessageHandler:
                              release_slot=True)
         else:
             await self._attempt(shard, entry_id, raw, entry, decision.attempt,
-                                decision.first_attempt_at)
+                                decision.first_attempt_at, release)
 
     async def _attempt(self, shard: int, entry_id: str, raw: RawFields, entry: RequestEntry,
-                       attempt: int, first_attempt_at: str) -> None:
+                       attempt: int, first_attempt_at: str,
+                       release: Callable[[], None] = lambda: None) -> None:
         message_id = entry.message_id
         started = time.perf_counter()
         try:
             receipt = await self.provider.send(entry.to, entry.body, message_id=message_id)
         except ProviderError as exc:
+            release()
             self.metrics.send_duration.observe(time.perf_counter() - started)
             await self._failed(shard, entry_id, raw, entry, attempt, first_attempt_at, exc)
             return
+        release()
         self.metrics.send_duration.observe(time.perf_counter() - started)
         # The provider has the message: the marker must be written whatever Redis does now,
         # or a redelivery would send it again (rule 4). A stop does not end the tries: the

@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from smsrelay import clock
+from smsrelay.consumers.batching import ScriptBatcher
 from smsrelay.keys import WORKER_GROUP, ShardKeys
 from smsrelay.lua import Scripts
 from smsrelay.redis_conn import text
@@ -42,6 +43,7 @@ class StreamOps:
         self.redis = client
         self.settings = settings
         self.scripts = Scripts(client)
+        self.batcher = ScriptBatcher(client)
         self.group = WORKER_GROUP
         # Set when this process delays a message, so the mover looks at once instead of
         # sleeping through a short backoff.
@@ -65,11 +67,12 @@ class StreamOps:
                     check_rate: bool = True) -> Begin:
         keys = self.keys(shard)
         s = self.settings
-        reply = await self.scripts.begin(
-            keys=[keys.sent(message_id), keys.state(message_id), keys.rate_limit(phone)],
-            args=[message_id, entry_id, s.rate_limit_max if check_rate else 0,
-                  int(s.rate_limit_window_seconds * 1000), s.max_attempts, clock.now_iso(),
-                  self._state_ttl_s])
+        reply = await self.batcher.call(
+            self.scripts.begin,
+            [keys.sent(message_id), keys.state(message_id), keys.rate_limit(phone)],
+            [message_id, entry_id, s.rate_limit_max if check_rate else 0,
+             int(s.rate_limit_window_seconds * 1000), s.max_attempts, clock.now_iso(),
+             self._state_ttl_s])
         verdict = text(reply[0])
         if verdict == "go":
             return Begin("go", attempt=int(reply[1]), first_attempt_at=text(reply[2]))
@@ -93,7 +96,7 @@ class StreamOps:
             script_keys.append(keys.outcomes)
             args += ["id", message_id, "status", "resolved", "message_sid", sid,
                      "replay_of", replay_of, "resolved_at", clock.now_iso()]
-        await self.scripts.sent(keys=script_keys, args=args)
+        await self.batcher.call(self.scripts.sent, script_keys, args)
 
     async def dead_letter(self, shard: int, entry_id: str, raw: RawFields, *, message_id: str,
                           phone: str | None, reason: str, error: str, attempts: int,

@@ -71,6 +71,9 @@ class Worker:
         self._upkeep = list(upkeep)
         self._shards = [ShardKeys(settings.namespace, s) for s in range(settings.shards)]
         self._inflight: dict[InFlight, asyncio.Task[None]] = {}
+        # Entries holding a send slot: an entry gives its slot back as soon as the provider
+        # answered, while its settling (sent marker + XACK) finishes outside the slot.
+        self._holding: set[InFlight] = set()
         self._slot_freed = asyncio.Event()
         self._outage = OutageLog("redis")
         self._redis: aioredis.Redis | None = None
@@ -81,6 +84,7 @@ class Worker:
         if not self.stop_event.is_set():
             log.info("worker.stopping", consumer=self.name, in_flight=len(self._inflight))
             self.stop_event.set()
+            self._slot_freed.set()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -150,10 +154,10 @@ class Worker:
         groups_ready = False
         backoff = 0.1
         while not self.stop_event.is_set():
-            free = self.settings.worker_concurrency - len(self._inflight)
+            free = self._free_slots()
             if free <= 0:
                 self._slot_freed.clear()
-                await self._wait_for_slot()
+                await self._slot_freed.wait()
                 continue
             try:
                 if not groups_ready:
@@ -181,14 +185,16 @@ class Worker:
                 for entry_id, fields in entries:
                     self._dispatch(handler, shard_no, text(entry_id), fields)
 
-    async def _wait_for_slot(self) -> None:
-        stop = asyncio.ensure_future(self.stop_event.wait())
-        freed = asyncio.ensure_future(self._slot_freed.wait())
-        try:
-            await asyncio.wait({stop, freed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            freed.cancel()
+    def _free_slots(self) -> int:
+        # Settling entries (slot given back) are bounded too, so an outage that stalls
+        # settling cannot let the worker read without limit.
+        c = self.settings.worker_concurrency
+        return min(c - len(self._holding), 2 * c - len(self._inflight))
+
+    def _release(self, key: InFlight) -> None:
+        if key in self._holding:
+            self._holding.discard(key)
+            self._slot_freed.set()
 
     def _shard_of_stream(self, stream: str) -> int:
         for keys in self._shards:
@@ -204,7 +210,8 @@ class Worker:
         if deliveries is not None and deliveries > self.settings.max_deliveries:
             coro = handler.poison(shard, entry_id, fields, deliveries)
         else:
-            coro = handler.handle(shard, entry_id, fields)
+            coro = handler.handle(shard, entry_id, fields, release=partial(self._release, key))
+        self._holding.add(key)
         task = asyncio.create_task(self._run_one(coro, key))
         self._inflight[key] = task
 
@@ -222,6 +229,7 @@ class Worker:
             log.exception("sms.processing_failed", entry_id=key.entry_id, shard=key.shard)
         finally:
             self._inflight.pop(key, None)
+            self._holding.discard(key)
             self._slot_freed.set()
 
     # -- upkeep ----------------------------------------------------------------------------
@@ -233,7 +241,7 @@ class Worker:
                 continue
             asked_redis = False
             for keys in self._shards:
-                free = self.settings.worker_concurrency - len(self._inflight)
+                free = self._free_slots()
                 if free <= 0:
                     break
                 await self._claim_shard(ops, handler, keys, min_idle_ms, free)

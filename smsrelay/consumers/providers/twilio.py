@@ -63,9 +63,10 @@ class TwilioProvider:
 
     async def send(self, to: str, body: str, *, message_id: str) -> SendReceipt:
         try:
-            message = await asyncio.wait_for(
-                self._messages.create_async(to=to, body=body, **self._sender),
-                timeout=self._timeout_s)
+            # asyncio.timeout (3.11+) bounds the call in the current task; wait_for would
+            # wrap it in a new Task per send.
+            async with asyncio.timeout(self._timeout_s):
+                message = await self._messages.create_async(to=to, body=body, **self._sender)
         except TwilioRestException as exc:
             # Without a Twilio code in the answer the SDK puts the HTTP status in `code`.
             code = None if exc.code == exc.status else exc.code
