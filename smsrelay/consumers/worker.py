@@ -234,7 +234,9 @@ class Worker:
 
     # -- upkeep ----------------------------------------------------------------------------
     async def _claim_loop(self, ops: StreamOps, handler: MessageHandler) -> None:
-        interval = min(max(self.settings.claim_idle_seconds / 4, 0.05), 5.0)
+        # A dead worker's entries are recovered at most `interval` after they turn idle; one
+        # XAUTOCLAIM per shard per second is cheap, and keeps recovery within idle + 1 s.
+        interval = min(max(self.settings.claim_idle_seconds / 10, 0.05), 1.0)
         min_idle_ms = int(self.settings.claim_idle_seconds * 1000)
         while not await self._sleep(interval):
             if self._claims_held_back():
