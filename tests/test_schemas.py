@@ -6,13 +6,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import phonenumbers
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smsrelay.consumers.providers.classify import is_retryable
 from smsrelay.consumers.retry import RetryPolicy
 from smsrelay.logging import mask_phone, scrub
 from smsrelay.schemas import InvalidEntry, entry_json_schema, parse_entry, segment_info
-from smsrelay.schemas.phone import normalize_e164
+from smsrelay.schemas.phone import _parse_and_check as full_phone_check
+from smsrelay.schemas.phone import normalize_e164, plain_e164_if_valid
 
 SCHEMA_FILE = Path(__file__).parent.parent / "smsrelay" / "schemas" / "request_entry.schema.json"
 
@@ -71,6 +75,40 @@ def test_phone_numbers_are_validated_by_libphonenumber() -> None:
     for bad in ("+18761234567", "+1", "0044791112345", "+99912345678"):
         with pytest.raises(ValueError, match="phone number"):
             normalize_e164(bad)
+
+
+def _full_path(text: str) -> str | None:
+    try:
+        return full_phone_check(text)
+    except ValueError:
+        return None
+
+
+def _example_numbers() -> set[str]:
+    numbers = set()
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for number_type in range(12):  # every PhoneNumberType but UNKNOWN
+            example = phonenumbers.example_number_for_type(region, number_type)
+            if example is not None:
+                numbers.add(phonenumbers.format_number(example,
+                                                       phonenumbers.PhoneNumberFormat.E164))
+    return numbers
+
+
+def test_the_fast_phone_path_agrees_with_libphonenumbers_parse_on_every_example_number() -> None:
+    numbers = _example_numbers()
+    fast = {n: plain_e164_if_valid(n) for n in numbers}
+    assert len(numbers) > 900 and sum(v is not None for v in fast.values()) > 0.9 * len(numbers)
+    disagree = [n for n, v in fast.items() if v is not None and v != _full_path(n)]
+    assert disagree == []
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.from_regex(r"\+[1-9][0-9]{1,16}", fullmatch=True))
+def test_the_fast_phone_path_never_accepts_what_the_full_path_would_not(text: str) -> None:
+    fast = plain_e164_if_valid(text)
+    if fast is not None:
+        assert fast == _full_path(text)
 
 
 def test_logs_mask_phones_and_drop_bodies_and_tokens() -> None:
