@@ -16,8 +16,8 @@ def monotonic() -> float:
 
 def iso(moment: datetime) -> str:
     """ISO 8601 in UTC with millisecond precision and a `Z`, as every wire field uses."""
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    # isoformat is a few times cheaper than strftime, and this runs several times a message.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def now_iso() -> str:

@@ -15,6 +15,7 @@ from smsrelay.consumers.providers.classify import is_retryable
 from smsrelay.consumers.retry import RetryPolicy
 from smsrelay.logging import mask_phone, scrub
 from smsrelay.schemas import InvalidEntry, entry_json_schema, parse_entry, segment_info
+from smsrelay.schemas.phone import _is_valid as phone_validity_shortcut
 from smsrelay.schemas.phone import _parse_and_check as full_phone_check
 from smsrelay.schemas.phone import normalize_e164, plain_e164_if_valid
 
@@ -109,6 +110,21 @@ def test_the_fast_phone_path_never_accepts_what_the_full_path_would_not(text: st
     fast = plain_e164_if_valid(text)
     if fast is not None:
         assert fast == _full_path(text)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from([1, 7, 44, 61, 262, 590, 599]), st.integers(10**5, 10**11))
+def test_the_validity_shortcut_agrees_with_is_valid_number(country_code: int,
+                                                            national: int) -> None:
+    # Country codes shared by several regions, where the shortcut skips a pass.
+    number = phonenumbers.PhoneNumber(country_code=country_code, national_number=national)
+    assert phone_validity_shortcut(number) == phonenumbers.is_valid_number(number)
+
+
+def test_the_validity_shortcut_agrees_on_every_example_number() -> None:
+    numbers = [phonenumbers.parse(n) for n in _example_numbers()]
+    assert [phone_validity_shortcut(n) for n in numbers] == [
+        phonenumbers.is_valid_number(n) for n in numbers]
 
 
 def test_logs_mask_phones_and_drop_bodies_and_tokens() -> None:

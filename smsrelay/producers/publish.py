@@ -20,7 +20,7 @@ from smsrelay.logging import get_logger
 from smsrelay.lua import Scripts
 from smsrelay.producers.spool import Spool, SpooledRequest
 from smsrelay.redis_conn import async_producer_client, producer_client, text
-from smsrelay.schemas.entry import MessageRequest, RequestEntry, describe_errors
+from smsrelay.schemas.entry import MessageRequest, describe_errors, new_entry_fields
 from smsrelay.settings import Settings
 
 log = get_logger("smsrelay.producer")
@@ -51,11 +51,12 @@ class _ProducerCore:
         self._keys: dict[int, ShardKeys] = {}
 
     def prepare(self, to: str, body: str, kind: str | None, idempotency_key: str | None,
-                meta: dict[str, Any] | None) -> RequestEntry | PublishResult:
+                meta: dict[str, Any] | None) -> dict[str, str] | PublishResult:
+        """The new entry's stream fields, or the rejection."""
         try:
             request = MessageRequest(to=to, body=body, kind=kind,
                                      idempotency_key=idempotency_key, meta=meta)
-            return RequestEntry.new(request)
+            return new_entry_fields(request)
         except ValidationError as exc:
             return PublishResult("rejected", error=describe_errors(exc))
 
@@ -90,17 +91,18 @@ class _ProducerCore:
                  kind=kind)
         return result
 
-    def spool_write(self, entry: RequestEntry, shard: int, reason: str) -> PublishResult:
+    def spool_write(self, fields: dict[str, str], shard: int, reason: str) -> PublishResult:
+        message_id = fields["id"]
         try:
-            self.spool.write(shard, entry.to_fields(), entry.idempotency_key)
+            self.spool.write(shard, fields, fields.get("idempotency_key"))
         except OSError as exc:
-            log.error("sms.publish_failed", message_id=entry.message_id, redis_error=reason,
+            log.error("sms.publish_failed", message_id=message_id, redis_error=reason,
                       spool_error=str(exc), spool_dir=str(self.spool.directory))
-            return PublishResult("rejected", message_id=entry.message_id,
+            return PublishResult("rejected", message_id=message_id,
                                  error=f"Redis unreachable ({reason}) and the spool at "
                                        f"{self.spool.directory} is not writable ({exc})")
-        log.warning("sms.spooled", message_id=entry.message_id, redis_error=reason)
-        return PublishResult("spooled", message_id=entry.message_id,
+        log.warning("sms.spooled", message_id=message_id, redis_error=reason)
+        return PublishResult("spooled", message_id=message_id,
                              error=f"Redis unreachable, kept in the local spool: {reason}")
 
     @staticmethod
@@ -135,11 +137,10 @@ class Producer:
     def publish(self, to: str, body: str, *, kind: str | None = None,
                 idempotency_key: str | None = None, meta: dict[str, Any] | None = None,
                 strict: bool = False) -> PublishResult:
-        prepared = self._core.prepare(to, body, kind, idempotency_key, meta)
-        if isinstance(prepared, PublishResult):
-            return self._core.finish(prepared, strict)
-        shard = self._core.shard(prepared.to)
-        fields = prepared.to_fields()
+        fields = self._core.prepare(to, body, kind, idempotency_key, meta)
+        if isinstance(fields, PublishResult):
+            return self._core.finish(fields, strict)
+        shard = self._core.shard(fields["to"])
         try:
             if not idempotency_key:
                 # Without an idempotency key publish.lua would only XADD: a plain XADD is the
@@ -150,7 +151,7 @@ class Producer:
                 keys, args = self._core.script_args(shard, fields, idempotency_key)
                 reply = self._scripts.publish(keys=keys, args=args)
         except redis.RedisError as exc:
-            result = self._core.spool_write(prepared, shard, _describe(exc))
+            result = self._core.spool_write(fields, shard, _describe(exc))
             if result.status == "spooled":
                 self._start_flusher()
             return self._core.finish(result, strict)
@@ -225,11 +226,10 @@ class AsyncProducer:
     async def publish(self, to: str, body: str, *, kind: str | None = None,
                       idempotency_key: str | None = None, meta: dict[str, Any] | None = None,
                       strict: bool = False) -> PublishResult:
-        prepared = self._core.prepare(to, body, kind, idempotency_key, meta)
-        if isinstance(prepared, PublishResult):
-            return self._core.finish(prepared, strict)
-        shard = self._core.shard(prepared.to)
-        fields = prepared.to_fields()
+        fields = self._core.prepare(to, body, kind, idempotency_key, meta)
+        if isinstance(fields, PublishResult):
+            return self._core.finish(fields, strict)
+        shard = self._core.shard(fields["to"])
         try:
             # The socket timeouts bound each step; this bounds the whole call (connect + reply).
             async with asyncio.timeout(self.settings.publish_timeout_seconds * 2):
@@ -240,7 +240,7 @@ class AsyncProducer:
                     keys, args = self._core.script_args(shard, fields, idempotency_key)
                     reply = await self._scripts.publish(keys=keys, args=args)
         except (redis.RedisError, TimeoutError, OSError) as exc:
-            result = await asyncio.to_thread(self._core.spool_write, prepared, shard,
+            result = await asyncio.to_thread(self._core.spool_write, fields, shard,
                                              _describe(exc))
             if result.status == "spooled":
                 self._start_flusher()

@@ -110,28 +110,36 @@ class RequestEntry(BaseModel):
     meta: Json[Annotated[dict[str, Any], AfterValidator(_check_meta)]] | None = Field(
         None, description="A JSON object, encoded as a string")
 
-    @classmethod
-    def new(cls, request: MessageRequest) -> RequestEntry:
-        # `request` is validated already; validating the same values again would double the
-        # cost of a publish (the phone number parse above all).
-        return cls.model_construct(v="1", id=uuid.uuid4(), to=request.to,
-                                   body=request.body, created_at=clock.now(), kind=request.kind,
-                                   idempotency_key=request.idempotency_key, meta=request.meta)
-
     @property
     def message_id(self) -> str:
         return str(self.id)
 
     def to_fields(self) -> dict[str, str]:
-        fields = {"v": self.v, "id": str(self.id), "to": self.to, "body": self.body,
-                  "created_at": clock.iso(self.created_at)}
-        if self.kind is not None:
-            fields["kind"] = self.kind
-        if self.idempotency_key is not None:
-            fields["idempotency_key"] = self.idempotency_key
-        if self.meta is not None:
-            fields["meta"] = json.dumps(self.meta, separators=(",", ":"))
-        return fields
+        return wire_fields(str(self.id), self.to, self.body, clock.iso(self.created_at),
+                           self.kind, self.idempotency_key, self.meta)
+
+
+def new_entry_fields(request: MessageRequest) -> dict[str, str]:
+    """The stream fields of a new entry for a validated request: a fresh id, created now.
+
+    A publish builds these directly; a RequestEntry built for it would validate the same
+    values a second time (the phone number above all) or, unvalidated, still cost 10 µs.
+    """
+    return wire_fields(str(uuid.uuid4()), request.to, request.body, clock.now_iso(),
+                       request.kind, request.idempotency_key, request.meta)
+
+
+def wire_fields(message_id: str, to: str, body: str, created_at: str, kind: str | None,
+                idempotency_key: str | None, meta: dict[str, Any] | None) -> dict[str, str]:
+    fields = {"v": SCHEMA_VERSION, "id": message_id, "to": to, "body": body,
+              "created_at": created_at}
+    if kind is not None:
+        fields["kind"] = kind
+    if idempotency_key is not None:
+        fields["idempotency_key"] = idempotency_key
+    if meta is not None:
+        fields["meta"] = json.dumps(meta, separators=(",", ":"))
+    return fields
 
 
 class InvalidEntry(ValueError):

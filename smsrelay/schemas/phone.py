@@ -46,8 +46,27 @@ def plain_e164_if_valid(text: str) -> str | None:
             if not national or national[0] == "0" or _prefix_may_apply(country_code, national):
                 return None
             number = PhoneNumber(country_code=country_code, national_number=int(national))
-            return text if phonenumbers.is_valid_number(number) else None
+            return text if _is_valid(number) else None
     return None
+
+
+def _is_valid(number: PhoneNumber) -> bool:
+    """`phonenumbers.is_valid_number`, without its second pass for shared country codes.
+
+    For a code shared by several regions (+1: the US, Canada and 23 others) it first finds
+    the region by running the full number-type check against each region without leading
+    digits in its metadata, then runs that same check once more to answer. When the region
+    was found that way the answer is already known. A test compares this with
+    `is_valid_number` on every example number and on random ones.
+    """
+    region = phonenumbers.region_code_for_number(number)
+    if region is None:
+        return False
+    shared = len(COUNTRY_CODE_TO_REGION_CODE.get(number.country_code or 0, ())) > 1
+    metadata = PhoneMetadata.metadata_for_region(region, None)
+    if shared and metadata is not None and metadata.leading_digits is None:
+        return True
+    return bool(phonenumbers.is_valid_number_for_region(number, region))
 
 
 def _prefix_may_apply(country_code: int, national: str) -> bool:
