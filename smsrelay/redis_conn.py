@@ -20,15 +20,17 @@ WORKER_SOCKET_TIMEOUT_S = 10.0
 READ_BLOCK_MS = 1000
 
 
-def producer_client(url: str, timeout_s: float) -> redis.Redis:
+def producer_client(url: str, timeout_s: float, **extra: Any) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                 retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
-                                decode_responses=False)
+                                decode_responses=False, **extra)
 
 
 def async_producer_client(url: str, timeout_s: float) -> aioredis.Redis:
+    # No socket_timeout: AsyncProducer bounds each whole call with one asyncio.timeout, where
+    # redis-py would arm a timeout around every socket read (a quarter of an XADD's cost).
     client: aioredis.Redis = aioredis.Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        url, socket_connect_timeout=timeout_s,
         retry=AsyncRetry(NoBackoff(), 0), retry_on_timeout=False, decode_responses=False)
     return client
 

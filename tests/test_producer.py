@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -152,3 +154,43 @@ def test_publish_is_one_round_trip(settings: Settings, monkeypatch: pytest.Monke
         result = producer.publish("+14155552671", "counted", idempotency_key="one-trip")
     assert result.status == "queued"
     assert len(sent) == 1, sent  # one EVALSHA: dedupe and XADD happen inside the script
+
+
+def test_threads_publish_on_connections_of_their_own(settings: Settings) -> None:
+    clients: dict[int, int] = {}
+    results: list[str] = []
+    with Producer(settings) as producer:
+        def publish_some(n: int) -> None:
+            for i in range(25):
+                results.append(producer.publish(f"+1415555{n:02d}{i:02d}", f"t{n}-{i}").status)
+            clients[n] = redis_connection_id(producer)
+
+        threads = [threading.Thread(target=publish_some, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert results == ["queued"] * 200
+    assert len(_entries(settings)) == 200
+    assert len(set(clients.values())) == 8  # no thread waited on another's connection
+
+
+def redis_connection_id(producer: Producer) -> int:
+    return int(cast(Any, producer._clients.get().client_id()))  # this thread's own client
+
+
+def test_a_forked_child_publishes_on_a_connection_of_its_own(settings: Settings) -> None:
+    with Producer(settings) as producer:
+        assert producer.publish("+14155552671", "parent, before the fork").status == "queued"
+        parent_connection = redis_connection_id(producer)
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only if it published on another connection
+            ok = (producer.publish("+14155552672", "child").status == "queued"
+                  and redis_connection_id(producer) != parent_connection)
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert producer.publish("+14155552673", "parent, after").status == "queued"
+        assert redis_connection_id(producer) == parent_connection
+    assert sorted(e["body"] for e in _entries(settings)) == [
+        "child", "parent, after", "parent, before the fork"]

@@ -6,6 +6,7 @@ starts it again on the same port and directory, as a crashed production server r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -14,12 +15,12 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 
-from smsrelay.producers.publish import Producer, PublishResult
+from smsrelay.producers.publish import AsyncProducer, Producer, PublishResult
 from smsrelay.settings import Settings
 from tests.conftest import make_settings
 from tests.faults.support import (
@@ -248,6 +249,41 @@ def test_hung_redis_publish_returns_in_bounded_time_and_is_sent_once(
         n - 1 for n in copies.values()))
     assert set(sends) == {"warm-up", "hung-1", "hung-2", "hung-3"}
     assert max(sends.values()) == 1, sends
+
+
+def test_hung_redis_async_publish_returns_in_bounded_time_then_flushes(
+        private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any) -> None:
+    # The async producer's client has no read timeout: one asyncio.timeout bounds each call.
+    settings = _settings(private_redis, namespace, tmp_path, fake_twilio)
+    pipeline = Pipeline(private_redis.client(), namespace)
+
+    async def scenario() -> tuple[list[str], float, int]:
+        async with AsyncProducer(settings) as producer:
+            assert (await producer.publish(phone(0), "warm-up")).status == "queued"
+            private_redis.pause()
+            try:
+                started = time.monotonic()
+                results = await asyncio.gather(*(producer.publish(phone(i), f"hung-{i}")
+                                                 for i in range(1, 4)))
+                took = time.monotonic() - started
+            finally:
+                private_redis.resume()
+            deadline = time.monotonic() + 40
+            while producer._core.spool.pending() and time.monotonic() < deadline:  # noqa: ASYNC110 (a spool dir, no event)
+                await asyncio.sleep(0.1)
+            return [r.status for r in results], took, len(producer._core.spool.pending())
+
+    try:
+        statuses, took, left = asyncio.run(scenario())
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                       pipeline.client.xrange(pipeline.keys.requests))
+        bodies = {fields[b"body"].decode() for _, fields in entries}
+    finally:
+        pipeline.client.close()
+    assert statuses == ["spooled"] * 3
+    assert took < 2 * settings.publish_timeout_seconds + 0.5, took
+    assert left == 0
+    assert bodies >= {"warm-up", "hung-1", "hung-2", "hung-3"}
 
 
 def test_a_producer_killed_mid_flush_publishes_each_spooled_request_once(
