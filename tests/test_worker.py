@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
+from smsrelay.consumers.streams import StreamOps
 from smsrelay.keys import ShardKeys
 from smsrelay.producers.publish import Producer
 from smsrelay.settings import Settings
@@ -269,3 +271,23 @@ async def test_a_scheduled_retry_survives_its_worker(
     async with running_worker(settings):
         await wait_until(lambda: len(fake_twilio.messages) == 1, what="retried send")
     assert client.zcard(keys.delayed) == 0
+
+
+async def test_a_read_batchs_decisions_equal_one_call_each(settings: Settings) -> None:
+    # begin.lua for a batch in one pipeline must decide exactly as calls one by one would.
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        batched, single = StreamOps(client, settings), StreamOps(client, settings)
+        batch = [(f"1-{i}", f"msg-{i}", "+14155550199") for i in range(7)]
+        batch += [("2-0", "msg-0", "+14155550199"), ("1-0", "msg-0", "+14155550199")]
+        decided = await batched.begin_many(0, batch)
+        # the same deliveries again one at a time, under other message ids and phone
+        again = [await single.begin(0, e.replace("1-", "3-").replace("2-", "4-"),
+                                    m.replace("msg", "other"), "+14155550198")
+                 for e, m, _ in batch]
+    finally:
+        await client.aclose()
+    verdicts = [d.verdict if d else None for d in decided]
+    assert verdicts == ["go"] * 5 + ["limited"] * 2 + ["busy", "go"]
+    assert verdicts == [d.verdict for d in again]
+    assert [d.attempt for d in decided if d] == [d.attempt for d in again]

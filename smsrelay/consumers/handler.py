@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from smsrelay import clock
 from smsrelay.consumers.metrics import WorkerMetrics
 from smsrelay.consumers.outage import OutageLog, until_done
 from smsrelay.consumers.providers.base import Provider
 from smsrelay.consumers.retry import RetryPolicy
-from smsrelay.consumers.streams import RawFields, StreamOps
+from smsrelay.consumers.streams import Begin, RawFields, StreamOps
 from smsrelay.errors import ProviderError
 from smsrelay.logging import get_logger
 from smsrelay.schemas.dead_letter import DeadLetterReason as Reason
@@ -22,7 +23,20 @@ from smsrelay.settings import Settings
 log = get_logger("smsrelay.worker")
 
 RATE_LIMIT_ERROR = "Rate limit exceeded"
+# A parsed entry and, when already asked for its whole read batch, begin.lua's decision.
+Decided = tuple[RequestEntry, Begin | None]
 CRASHED_DURING_ATTEMPT = "the worker stopped during the last attempt (no provider answer recorded)"
+
+
+@dataclass(frozen=True)
+class PendingDecision:
+    """One entry's share of a read batch's decide_batch task."""
+
+    batch: asyncio.Future[list[Decided | None]]
+    index: int
+
+    async def result(self) -> Decided | None:
+        return (await self.batch)[self.index]
 
 
 class MessageHandler:
@@ -36,16 +50,48 @@ class MessageHandler:
         self.stop = stop
         self.redis_outage = OutageLog("redis")
 
+    async def decide_batch(self, shard: int,
+                           entries: Sequence[tuple[str, RawFields]]) -> list[Decided | None]:
+        """Parse a read batch and run begin.lua for its valid entries in one round trip.
+
+        Each result goes to `handle(..., decided=)`: None for an entry that does not parse
+        (`handle` dead-letters it with the reason), a None decision where Redis gave none.
+        """
+        parsed: list[RequestEntry | None] = []
+        for _, raw in entries:
+            try:
+                parsed.append(parse_entry(raw))
+            except InvalidEntry:
+                parsed.append(None)
+        valid = [(entry_id, entry.message_id, entry.to)
+                 for (entry_id, _), entry in zip(entries, parsed, strict=True) if entry]
+        begins = iter(await self.ops.begin_many(shard, valid) if valid else [])
+        return [(entry, next(begins)) if entry else None for entry in parsed]
+
+    def decide_in_background(self, shard: int,
+                             entries: Sequence[tuple[str, RawFields]]) -> list[PendingDecision]:
+        """Start `decide_batch` for a read batch and return each entry's share of it, so the
+        reader can read on while the batch's one round trip is made."""
+        task = asyncio.ensure_future(self.decide_batch(shard, entries))
+        return [PendingDecision(task, index) for index in range(len(entries))]
+
     async def handle(self, shard: int, entry_id: str, raw: RawFields,
-                     release: Callable[[], None] = lambda: None) -> None:
+                     release: Callable[[], None] = lambda: None,
+                     pending: PendingDecision | None = None) -> None:
         """`release()` is called once the provider answered: the send slot is free again."""
-        try:
-            entry = parse_entry(raw)
-        except InvalidEntry as exc:
-            await self._dead(shard, entry_id, raw, None, Reason.INVALID_PAYLOAD, str(exc), 0)
-            return
+        decided = await pending.result() if pending is not None else None
+        if decided is None:
+            try:
+                entry = parse_entry(raw)
+            except InvalidEntry as exc:
+                await self._dead(shard, entry_id, raw, None, Reason.INVALID_PAYLOAD, str(exc),
+                                 0)
+                return
+            known: Begin | None = None
+        else:
+            entry, known = decided
         message_id = entry.message_id
-        decision = await self.ops.begin(shard, entry_id, message_id, entry.to)
+        decision = known or await self.ops.begin(shard, entry_id, message_id, entry.to)
         if decision.verdict == "sent":
             replay_of = _field(raw, "replay_of")
             if replay_of is None:

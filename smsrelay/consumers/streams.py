@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from smsrelay import clock
 from smsrelay.consumers.batching import ScriptBatcher
+from smsrelay.consumers.outage import TRANSIENT_REDIS_ERRORS
 from smsrelay.keys import WORKER_GROUP, ShardKeys
 from smsrelay.lua import Scripts
 from smsrelay.redis_conn import text
@@ -48,12 +49,16 @@ class StreamOps:
         # Set when this process delays a message, so the mover looks at once instead of
         # sleeping through a short backoff.
         self.delay_scheduled = asyncio.Event()
+        self._keys: dict[int, ShardKeys] = {}
         self._state_ttl_s = str(max(int(settings.rate_limit_window_seconds),
                                     int(settings.backoff_max_seconds) * settings.max_attempts,
                                     86_400) * 2)
 
     def keys(self, shard: int) -> ShardKeys:
-        return ShardKeys(self.settings.namespace, shard)
+        keys = self._keys.get(shard)
+        if keys is None:  # several calls a message: build each shard's names once
+            keys = self._keys[shard] = ShardKeys(self.settings.namespace, shard)
+        return keys
 
     async def ensure_group(self, shard: int) -> None:
         try:
@@ -65,25 +70,32 @@ class StreamOps:
 
     async def begin(self, shard: int, entry_id: str, message_id: str, phone: str, *,
                     check_rate: bool = True) -> Begin:
+        keys, args = self._begin_call(shard, entry_id, message_id, phone, check_rate)
+        return _decode_begin(await self.batcher.call(self.scripts.begin, keys, args))
+
+    async def begin_many(self, shard: int,
+                         deliveries: Sequence[tuple[str, str, str]]) -> list[Begin | None]:
+        """begin.lua for each (entry id, message id, phone) of a read batch, in one round
+        trip, in order. None where no decision is known (the caller then asks on its own)."""
+        calls = [self._begin_call(shard, *delivery, True) for delivery in deliveries]
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(self.scripts.begin.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+        except TRANSIENT_REDIS_ERRORS:
+            return [None] * len(calls)
+        return [None if isinstance(reply, Exception) else _decode_begin(reply)
+                for reply in replies]
+
+    def _begin_call(self, shard: int, entry_id: str, message_id: str, phone: str,
+                    check_rate: bool) -> tuple[list[str], list[Any]]:
         keys = self.keys(shard)
         s = self.settings
-        reply = await self.batcher.call(
-            self.scripts.begin,
-            [keys.sent(message_id), keys.state(message_id), keys.rate_limit(phone)],
-            [message_id, entry_id, s.rate_limit_max if check_rate else 0,
-             int(s.rate_limit_window_seconds * 1000), s.max_attempts, clock.now_iso(),
-             self._state_ttl_s])
-        verdict = text(reply[0])
-        if verdict == "go":
-            return Begin("go", attempt=int(reply[1]), first_attempt_at=text(reply[2]))
-        if verdict == "sent":
-            return Begin("sent", sid=text(reply[1]))
-        if verdict == "busy":
-            return Begin("busy")
-        if verdict == "limited":
-            return Begin("limited", wait_ms=int(reply[1]), attempt=int(reply[2]))
-        return Begin("exhausted", attempt=int(reply[1]), last_error=text(reply[2]),
-                     first_attempt_at=text(reply[3]), last_attempt_at=text(reply[4]))
+        return ([keys.sent(message_id), keys.state(message_id), keys.rate_limit(phone)],
+                [message_id, entry_id, s.rate_limit_max if check_rate else 0,
+                 int(s.rate_limit_window_seconds * 1000), s.max_attempts, clock.now_iso(),
+                 self._state_ttl_s])
 
     async def mark_sent(self, shard: int, entry_id: str, message_id: str, sid: str,
                         replay_of: str | None = None) -> None:
@@ -142,3 +154,17 @@ class StreamOps:
         moved, next_ms = await self.scripts.move_due(
             keys=[keys.delayed, keys.delayed_payload, keys.requests], args=[limit])
         return int(moved), int(next_ms)
+
+
+def _decode_begin(reply: Any) -> Begin:
+    verdict = text(reply[0])
+    if verdict == "go":
+        return Begin("go", attempt=int(reply[1]), first_attempt_at=text(reply[2]))
+    if verdict == "sent":
+        return Begin("sent", sid=text(reply[1]))
+    if verdict == "busy":
+        return Begin("busy")
+    if verdict == "limited":
+        return Begin("limited", wait_ms=int(reply[1]), attempt=int(reply[2]))
+    return Begin("exhausted", attempt=int(reply[1]), last_error=text(reply[2]),
+                 first_attempt_at=text(reply[3]), last_attempt_at=text(reply[4]))

@@ -25,7 +25,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from smsrelay import clock
-from smsrelay.consumers.handler import MessageHandler
+from smsrelay.consumers.handler import MessageHandler, PendingDecision
 from smsrelay.consumers.metrics import WorkerMetrics
 from smsrelay.consumers.outage import RETRY_MAX_DELAY_S, TRANSIENT_REDIS_ERRORS, OutageLog
 from smsrelay.consumers.providers.base import Provider
@@ -182,8 +182,12 @@ class Worker:
             backoff = 0.1
             for stream, entries in reply or []:
                 shard_no = self._shard_of_stream(text(stream))
-                for entry_id, fields in entries:
-                    self._dispatch(handler, shard_no, text(entry_id), fields)
+                batch = [(text(entry_id), fields) for entry_id, fields in entries]
+                # One round trip runs begin.lua for the whole batch; its handlers wait for
+                # it while the reader reads on.
+                pending = handler.decide_in_background(shard_no, batch)
+                for (entry_id, fields), share in zip(batch, pending, strict=True):
+                    self._dispatch(handler, shard_no, entry_id, fields, pending=share)
 
     def _free_slots(self) -> int:
         # Settling entries (slot given back) are bounded too, so an outage that stalls
@@ -203,14 +207,16 @@ class Worker:
         raise ValueError(f"unexpected stream {stream}")
 
     def _dispatch(self, handler: MessageHandler, shard: int, entry_id: str, fields: Any,
-                  deliveries: int | None = None) -> None:
+                  deliveries: int | None = None, pending: PendingDecision | None = None
+                  ) -> None:
         key = InFlight(shard, entry_id)
         if key in self._inflight:
             return  # already being handled here (claimed back while still running)
         if deliveries is not None and deliveries > self.settings.max_deliveries:
             coro = handler.poison(shard, entry_id, fields, deliveries)
         else:
-            coro = handler.handle(shard, entry_id, fields, release=partial(self._release, key))
+            coro = handler.handle(shard, entry_id, fields, release=partial(self._release, key),
+                                  pending=pending)
         self._holding.add(key)
         task = asyncio.create_task(self._run_one(coro, key))
         self._inflight[key] = task
