@@ -62,10 +62,10 @@ def scenarios(preset: str) -> list[Scenario]:
     out = [
         Scenario("smsrelay", "SMSRELAY_CLAIM_IDLE_SECONDS=30 (default)",
                  expected="claim idle 30 s (counted from the last heartbeat) + claim scan "
-                          "interval (min(idle/4, 5 s))"),
+                          "interval (min(idle/10, 1 s))"),
         Scenario("smsrelay", "SMSRELAY_CLAIM_IDLE_SECONDS=5",
                  (("SMSRELAY_CLAIM_IDLE_SECONDS", "5"),), default=False,
-                 expected="claim idle 5 s + scan interval 1.25 s"),
+                 expected="claim idle 5 s + scan interval 0.5 s"),
         Scenario("dramatiq", "heartbeat_timeout=60 s, maintenance_chance=1000/1e6 (defaults)",
                  expected="60 s, then the first maintenance pass on that queue: 0.1 % of "
                           "broker calls, and an idle worker fetches that queue ~0.5 times/s "
