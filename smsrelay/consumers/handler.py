@@ -23,9 +23,10 @@ from smsrelay.settings import Settings
 log = get_logger("smsrelay.worker")
 
 RATE_LIMIT_ERROR = "Rate limit exceeded"
+CRASHED_DURING_ATTEMPT = "the worker stopped during the last attempt (no provider answer recorded)"
+
 # A parsed entry and, when already asked for its whole read batch, begin.lua's decision.
 Decided = tuple[RequestEntry, Begin | None]
-CRASHED_DURING_ATTEMPT = "the worker stopped during the last attempt (no provider answer recorded)"
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class PendingDecision:
     index: int
 
     async def result(self) -> Decided | None:
-        return (await self.batch)[self.index]
+        # Shielded: one handler cancelled while waiting must not cancel its batch-mates' share.
+        return (await asyncio.shield(self.batch))[self.index]
 
 
 class MessageHandler:
@@ -54,8 +56,9 @@ class MessageHandler:
                            entries: Sequence[tuple[str, RawFields]]) -> list[Decided | None]:
         """Parse a read batch and run begin.lua for its valid entries in one round trip.
 
-        Each result goes to `handle(..., decided=)`: None for an entry that does not parse
-        (`handle` dead-letters it with the reason), a None decision where Redis gave none.
+        Each result reaches `handle` through a PendingDecision: None for an entry that does not
+        parse (`handle` dead-letters it with the reason), a None decision where Redis gave none
+        (`handle` then asks on its own).
         """
         parsed: list[RequestEntry | None] = []
         for _, raw in entries:
