@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.profile --latency-ms 0 --concurrency 64 --messages 10000
 
-py-spy (`uv pip install py-spy` into the venv; it is not in the lock) attaches to the worker
+py-spy (in the `bench` dependency group: `uv sync --group bench`) attaches to the worker
 right after it starts and samples it from outside, without pausing it (`--nonblocking`), until
 the backlog is drained. py-spy leaves out the samples of a thread waiting (the loop in epoll),
 so the shares are shares of the worker's busy time; start-up is cut: only stacks under the
@@ -181,7 +181,7 @@ def profile(latency_ms: float, concurrency: int, messages: int, out_dir: Path,
     result = Profile(system_name, latency_ms, concurrency, messages, 0.0, 0.0, 0)
     pyspy = _pyspy()
     if pyspy is None:
-        result.error = "py-spy is not installed (uv pip install py-spy)"
+        result.error = "py-spy is not installed (uv sync --group bench)"
         return result
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / f"profile-{system_name}-{latency_ms:g}ms-{concurrency}.txt"

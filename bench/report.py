@@ -275,6 +275,8 @@ def render(results: dict[str, Any]) -> str:
         lines.append("")
     if results.get("profiles"):
         lines += ["## 5. Where the smsrelay worker's time goes (py-spy)", ""]
+        if results.get("profiles_from"):  # profiled in a later run than the rest
+            lines += [str(results["profiles_from"]), ""]
         for p in results["profiles"]:
             lines.append(profile_mod.to_markdown(profile_mod.Profile(**p)))
     if NOTES.exists():
