@@ -69,7 +69,10 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
 PROBES: tuple[tuple[str, str, str], ...] = (
     ("handle one entry (all of it)", "smsrelay/consumers/handler.py", "handle"),
     ("parse_entry (pydantic + phonenumbers)", "smsrelay/schemas/entry.py", "parse_entry"),
-    ("begin.lua round trip (StreamOps.begin)", "smsrelay/consumers/streams.py", "begin"),
+    ("begin.lua for a read batch (decide_batch, one pipeline)",
+     "smsrelay/consumers/handler.py", "decide_batch"),
+    ("begin.lua one by one (StreamOps.begin: claimed entries)",
+     "smsrelay/consumers/streams.py", "begin"),
     ("provider send (TwilioProvider.send)", "smsrelay/consumers/providers/twilio.py", "send"),
     ("  SDK MessageList.create_async", "twilio/rest/api/v2010/account/message/__init__.py",
      "create_async"),
@@ -78,7 +81,8 @@ PROBES: tuple[tuple[str, str, str], ...] = (
     ("  SDK MessageInstance (response -> object)", "twilio/rest/api/v2010/account/message/"
      "__init__.py", "__init__"),
     ("  aiohttp ClientSession._request", "aiohttp/client.py", "_request"),
-    ("sent.lua round trip (StreamOps.mark_sent)", "smsrelay/consumers/streams.py", "mark_sent"),
+    ("sent.lua and other coalesced scripts (ScriptBatcher pipelines)",
+     "smsrelay/consumers/batching.py", "_run"),
     ("redis-py execute_command (all)", "redis/asyncio/client.py", "execute_command"),
     ("redis-py Script.__call__ (EVALSHA)", "redis/commands/core.py", "__call__"),
     ("read loop (XREADGROUP + dispatch)", "smsrelay/consumers/worker.py", "_read_loop"),
