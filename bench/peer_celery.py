@@ -17,13 +17,11 @@ the celery#6941 workaround (the "tuned" row; see `_wake_hub`).
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 from celery import Celery
-from twilio.rest import Client
 
-from bench.sdk import sync_client, sync_send
+from bench.sdk import send_from_worker
 
 TASK_NAME = "bench.send_sms"
 
@@ -47,25 +45,6 @@ def make_app(prefix: str, redis_url: str, visibility_timeout_s: float | None = N
     return app
 
 
-_client: Client | None = None
-_lock = threading.Lock()
-
-
-def _twilio() -> Client:
-    """One SDK client per process, its HTTP pool sized to the pool's thread count."""
-    global _client
-    if _client is None:
-        with _lock:
-            if _client is None:
-                _client = sync_client(os.environ["BENCH_FAKE_URL"],
-                                      int(os.environ.get("BENCH_CONCURRENCY", "64")))
-    return _client
-
-
-def _send_sms(to: str, text: str) -> None:
-    sync_send(_twilio(), to, text)
-
-
 def _wake_hub(interval_s: float) -> None:
     """celery#6941 workaround: with the threads pool, acks (acks_late) and prefetch refills
     wait for the next event-loop wake-up (seconds, with only Redis sockets); a repeating no-op
@@ -81,7 +60,7 @@ def _wake_hub(interval_s: float) -> None:
 
 def register(app: Any) -> Any:
     """The task on an app; `apply_async((to, text))` publishes one message."""
-    return app.task(name=TASK_NAME, ignore_result=True)(_send_sms)
+    return app.task(name=TASK_NAME, ignore_result=True)(send_from_worker)
 
 
 _vt = os.environ.get("BENCH_CELERY_VISIBILITY_TIMEOUT")

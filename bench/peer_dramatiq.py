@@ -13,35 +13,15 @@ maintenance pass (a random 0.1 % of broker calls) finds the dead worker's heartb
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from twilio.rest import Client
 
-from bench.sdk import sync_client, sync_send
+from bench.sdk import send_from_worker
 
 QUEUE = "sms"
 ACTOR = "send_sms"
-
-_client: Client | None = None
-_lock = threading.Lock()
-
-
-def _twilio() -> Client:
-    """One SDK client per process, its HTTP pool sized to the thread count."""
-    global _client
-    if _client is None:
-        with _lock:
-            if _client is None:
-                _client = sync_client(os.environ["BENCH_FAKE_URL"],
-                                      int(os.environ.get("BENCH_CONCURRENCY", "64")))
-    return _client
-
-
-def _send_sms(to: str, text: str) -> None:
-    sync_send(_twilio(), to, text)
 
 
 def make_broker(prefix: str, redis_url: str) -> RedisBroker:
@@ -51,7 +31,7 @@ def make_broker(prefix: str, redis_url: str) -> RedisBroker:
 
 def declare(broker: RedisBroker) -> Any:
     """The actor on a broker; `send(to, text)` publishes one message."""
-    return dramatiq.actor(actor_name=ACTOR, queue_name=QUEUE, broker=broker)(_send_sms)
+    return dramatiq.actor(actor_name=ACTOR, queue_name=QUEUE, broker=broker)(send_from_worker)
 
 
 if os.environ.get("BENCH_DRAMATIQ_WORKER"):

@@ -14,6 +14,8 @@ the loopback host; the SDK's own retries stay off (they re-POST and duplicate SM
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from typing import Any
 
 import aiohttp
@@ -42,6 +44,22 @@ def sync_client(base_url: str, pool_size: int) -> Client:
 def sync_send(client: Client, to: str, text: str) -> str:
     message = client.api.account.messages.create(to=to, from_=FROM_NUMBER, body=text)
     return str(message.sid)
+
+
+_worker_client: Client | None = None
+_worker_client_lock = threading.Lock()
+
+
+def send_from_worker(to: str, text: str) -> None:
+    """The task body of the threaded peers (Dramatiq, Celery): one SDK client per worker
+    process, made on first use, its HTTP pool sized to BENCH_CONCURRENCY threads."""
+    global _worker_client
+    if _worker_client is None:
+        with _worker_client_lock:
+            if _worker_client is None:
+                _worker_client = sync_client(os.environ["BENCH_FAKE_URL"],
+                                             int(os.environ.get("BENCH_CONCURRENCY", "64")))
+    sync_send(_worker_client, to, text)
 
 
 class AsyncSender:
