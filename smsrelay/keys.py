@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 WORKER_GROUP = "workers"
 MIRROR_GROUP = "mirror"
@@ -83,3 +83,10 @@ class ShardKeys:
 
 def all_shards(namespace: str, shards: int) -> list[ShardKeys]:
     return [ShardKeys(namespace, shard) for shard in range(shards)]
+
+
+@cache
+def shard_keys(namespace: str, shard: int = 0) -> ShardKeys:
+    """One ShardKeys per (namespace, shard) for the process: hot paths name several keys a
+    message, and each name is computed once on its object."""
+    return ShardKeys(namespace, shard)

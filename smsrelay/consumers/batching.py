@@ -44,16 +44,19 @@ class ScriptBatcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    async def run_together(self, calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]
+                           ) -> list[Any]:
+        """Run these script calls now as one pipeline, in order: each reply, or its error in
+        its place (a connection error in every place)."""
+        try:
+            return await self._execute(calls)
+        except Exception as exc:
+            return [exc] * len(calls)
+
     async def _run(self, batch: list[_Call]) -> None:
         try:
-            if len(batch) == 1:
-                script, keys, args, _ = batch[0]
-                results: list[Any] = [await _outcome(script(keys=keys, args=args))]
-            else:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for script, keys, args, _ in batch:
-                        pipe.evalsha(script.sha, len(keys), *keys, *args)
-                    results = await pipe.execute(raise_on_error=False)
+            results = await self._execute([(script, keys, args) for script, keys, args, _
+                                           in batch])
         except asyncio.CancelledError:
             for *_, future in batch:
                 future.cancel()
@@ -63,15 +66,29 @@ class ScriptBatcher:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (script, keys, args, future), result in zip(batch, results, strict=True):
-            if isinstance(result, NoScriptError):  # after a restart or failover: load, retry
-                result = await _outcome(script(keys=keys, args=args))
+        for (*_, future), result in zip(batch, results, strict=True):
             if future.done():  # its caller was cancelled meanwhile
                 continue
             if isinstance(result, Exception):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    async def _execute(self, calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]
+                       ) -> list[Any]:
+        """Replies in order, a command's Redis error in its place; raises when the
+        connection fails. A script Redis no longer has (restart, failover) is loaded again."""
+        if len(calls) == 1:
+            script, keys, args = calls[0]
+            return [await _outcome(script(keys=keys, args=args))]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        for index, (script, keys, args) in enumerate(calls):
+            if isinstance(results[index], NoScriptError):
+                results[index] = await _outcome(script(keys=keys, args=args))
+        return results
 
 
 async def _outcome(call: Awaitable[Any]) -> Any:

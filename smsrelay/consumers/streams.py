@@ -16,8 +16,7 @@ import redis.asyncio as aioredis
 
 from smsrelay import clock
 from smsrelay.consumers.batching import ScriptBatcher
-from smsrelay.consumers.outage import TRANSIENT_REDIS_ERRORS
-from smsrelay.keys import WORKER_GROUP, ShardKeys
+from smsrelay.keys import WORKER_GROUP, ShardKeys, shard_keys
 from smsrelay.lua import Scripts
 from smsrelay.redis_conn import text
 from smsrelay.schemas.dead_letter import merge_dead_letter_fields
@@ -49,16 +48,12 @@ class StreamOps:
         # Set when this process delays a message, so the mover looks at once instead of
         # sleeping through a short backoff.
         self.delay_scheduled = asyncio.Event()
-        self._keys: dict[int, ShardKeys] = {}
         self._state_ttl_s = str(max(int(settings.rate_limit_window_seconds),
                                     int(settings.backoff_max_seconds) * settings.max_attempts,
                                     86_400) * 2)
 
     def keys(self, shard: int) -> ShardKeys:
-        keys = self._keys.get(shard)
-        if keys is None:  # several calls a message: build each shard's names once
-            keys = self._keys[shard] = ShardKeys(self.settings.namespace, shard)
-        return keys
+        return shard_keys(self.settings.namespace, shard)
 
     async def ensure_group(self, shard: int) -> None:
         try:
@@ -78,13 +73,8 @@ class StreamOps:
         """begin.lua for each (entry id, message id, phone) of a read batch, in one round
         trip, in order. None where no decision is known (the caller then asks on its own)."""
         calls = [self._begin_call(shard, *delivery, True) for delivery in deliveries]
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    pipe.evalsha(self.scripts.begin.sha, len(keys), *keys, *args)
-                replies = await pipe.execute(raise_on_error=False)
-        except TRANSIENT_REDIS_ERRORS:
-            return [None] * len(calls)
+        replies = await self.batcher.run_together(
+            [(self.scripts.begin, keys, args) for keys, args in calls])
         return [None if isinstance(reply, Exception) else _decode_begin(reply)
                 for reply in replies]
 

@@ -17,7 +17,7 @@ import redis
 from pydantic import ValidationError
 
 from smsrelay.errors import InvalidMessageError, PublishError
-from smsrelay.keys import ShardKeys, shard_of
+from smsrelay.keys import shard_keys, shard_of
 from smsrelay.logging import get_logger
 from smsrelay.lua import Scripts
 from smsrelay.producers.spool import Spool, SpooledRequest
@@ -50,7 +50,6 @@ class _ProducerCore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.spool = Spool(settings.spool_dir)
-        self._keys: dict[int, ShardKeys] = {}
 
     def prepare(self, to: str, body: str, kind: str | None, idempotency_key: str | None,
                 meta: dict[str, Any] | None) -> dict[str, str] | PublishResult:
@@ -64,7 +63,7 @@ class _ProducerCore:
 
     def script_args(self, shard: int, fields: dict[str, str],
                     idempotency_key: str | None) -> tuple[list[str], list[str]]:
-        keys = self._shard_keys(shard)
+        keys = shard_keys(self.settings.namespace, shard)
         script_keys = [keys.requests]
         if idempotency_key:
             script_keys.append(keys.idempotency(idempotency_key))
@@ -74,13 +73,7 @@ class _ProducerCore:
         return script_keys, args
 
     def stream(self, shard: int) -> str:
-        return self._shard_keys(shard).requests
-
-    def _shard_keys(self, shard: int) -> ShardKeys:
-        keys = self._keys.get(shard)
-        if keys is None:  # one per shard: its key names are computed once
-            keys = self._keys[shard] = ShardKeys(self.settings.namespace, shard)
-        return keys
+        return shard_keys(self.settings.namespace, shard).requests
 
     def shard(self, phone: str) -> int:
         return shard_of(phone, self.settings.shards)
