@@ -100,7 +100,7 @@ def run_async(main: Coroutine[Any, Any, int]) -> int:
 
 # -- commands --------------------------------------------------------------------------------
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from smsrelay.consumers.runner import run_worker
+    from smsrelay.runner import run_worker
 
     settings.require_sender()
     return run_async(run_worker(settings, mirror=not args.no_mirror))
@@ -126,10 +126,10 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from smsrelay.status import collect_status, render_status
+    from smsrelay.status import collect_status, render_status, status_json
 
     report = collect_status(settings)
-    print(json.dumps(report, indent=2) if args.json else render_status(report))
+    print(json.dumps(status_json(report), indent=2) if args.json else render_status(report))
     return 0
 
 

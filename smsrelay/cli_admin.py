@@ -167,15 +167,10 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_mirror(args: argparse.Namespace, settings: Settings) -> int:
-    from smsrelay.redis_conn import worker_client
     from smsrelay.store.mirror import Mirror
 
     async def once() -> str:
-        client = worker_client(settings.redis_url)
-        try:
-            count = await Mirror(settings).drain(client)
-        finally:
-            await client.aclose()
+        count = await Mirror(settings).drain()
         return f"mirrored {count} entr{'y' if count == 1 else 'ies'}"
 
     async def forever() -> str:

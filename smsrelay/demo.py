@@ -16,13 +16,13 @@ from typing import cast
 import psycopg
 import redis
 
-from smsrelay.consumers.worker import Upkeep, Worker
-from smsrelay.keys import ShardKeys
 from smsrelay.logging import configure as configure_logging
 from smsrelay.logging import mask_phone, mask_phones
 from smsrelay.producers.publish import Producer
-from smsrelay.redis_conn import sync_client, text
+from smsrelay.runner import worker_process
 from smsrelay.settings import Settings
+from smsrelay.streams.clients import sync_client, text
+from smsrelay.streams.keys import ShardKeys
 from smsrelay.testing.fake_twilio import FakeTwilioThread
 
 _SID = "AC" + "d" * 32
@@ -50,7 +50,7 @@ def _postgres_reachable(url: str) -> bool:
 
 def run_demo(base: Settings) -> int:
     try:
-        sync_client(base.redis_url, timeout_s=2).ping()
+        sync_client(base, timeout_s=2).ping()
     except redis.RedisError as exc:
         say(f"smsrelay demo needs Redis at {base.redis_url} ({exc}).")
         say("Start one with: redis-server --daemonize yes   (or set SMSRELAY_REDIS_URL)")
@@ -78,12 +78,7 @@ def run_demo(base: Settings) -> int:
 
 
 async def _story(settings: Settings, fake: FakeTwilioThread, mirror: bool) -> int:
-    upkeep: list[Upkeep] = []
-    if mirror:
-        from smsrelay.consumers.runner import mirror_upkeep
-
-        upkeep = mirror_upkeep(settings)
-    worker = Worker(settings, name="demo-worker", upkeep=upkeep)
+    worker = worker_process(settings, mirror=mirror)
     task = asyncio.create_task(worker.run())
     flaky = "+14155550142"
     fake.script(flaky, [{"status": 503}])
@@ -145,7 +140,7 @@ async def _story(settings: Settings, fake: FakeTwilioThread, mirror: bool) -> in
 
 async def _wait_for_outcomes(settings: Settings, ids: list[str],
                              within_s: float) -> dict[str, str]:
-    client = sync_client(settings.redis_url)
+    client = sync_client(settings)
     keys = ShardKeys(settings.namespace)
     outcomes: dict[str, str] = {}
     deadline = time.monotonic() + within_s

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(128, ge=1, le=10_000)
     shutdown_grace_seconds: float = Field(25, ge=0, le=_DAY_S)
     metrics_port: int = Field(9464, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"  # a metrics port is meant to be scraped from outside
     replay_rate: float = Field(50, gt=0, le=100_000)
 
     admin_token: SecretStr | None = None
@@ -82,6 +83,7 @@ class Settings(BaseSettings):
     publish_timeout_seconds: float = Field(1.0, gt=0, le=2)
     idempotency_ttl_seconds: int = Field(86_400, ge=1)
     sent_marker_ttl_seconds: int = Field(7 * 86_400, ge=60)
+    dead_letter_retention_days: float = Field(14, ge=0, le=3650)
 
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -132,6 +134,14 @@ class Settings(BaseSettings):
         _check_host(parts.hostname)
         _ = parts.port
         return value.rstrip("/")
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _metrics_host(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must be an IP address or a host name")
+        _check_host(value)
+        return value
 
     @field_validator("namespace")
     @classmethod

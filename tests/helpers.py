@@ -11,8 +11,8 @@ from typing import Any, cast
 import redis
 
 from smsrelay.consumers.worker import Worker
-from smsrelay.keys import ShardKeys
 from smsrelay.settings import Settings
+from smsrelay.streams.keys import ShardKeys
 
 
 @asynccontextmanager

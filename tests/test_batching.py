@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from smsrelay.consumers.batching import ScriptBatcher
 from smsrelay.consumers.handler import PendingDecision
+from smsrelay.streams.batching import ScriptBatcher
 
 ECHO = "return {KEYS[1], ARGV[1]}"
 

@@ -32,10 +32,12 @@ def test_publish_prints_the_id_and_status_counts_it(settings: Settings) -> None:
     status = smsrelay(settings, "status", "--json")
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
-    assert report["totals"]["backlog"] == 1
+    assert report["now"]["backlog"] == 1
     assert report["shards"][0]["requestStream"] == f"{{{settings.namespace}:0}}:requests"
+    assert report["shards"][0]["lifetime"] == {"deadLettersByReason": {},
+                                               "adminRetriesByOutcome": {}}
     human = smsrelay(settings, "status")
-    assert "backlog 1" in human.stdout
+    assert "now: backlog 1" in human.stdout
 
 
 def test_bad_publish_is_one_line_and_exit_1(settings: Settings) -> None:

@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from smsrelay import AsyncProducer, InvalidMessageError, Producer
-from smsrelay.keys import ShardKeys
 from smsrelay.settings import Settings
+from smsrelay.streams.keys import ShardKeys
 from tests.conftest import make_settings
 
 DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1

@@ -9,10 +9,10 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from smsrelay.consumers.streams import StreamOps
-from smsrelay.keys import ShardKeys
 from smsrelay.producers.publish import Producer
 from smsrelay.settings import Settings
+from smsrelay.streams.keys import ShardKeys
+from smsrelay.streams.queue import BeginCall, Queue, Sender
 from tests.conftest import make_settings
 from tests.helpers import dead_letters, running_worker, stream_state, wait_until
 
@@ -277,13 +277,13 @@ async def test_a_read_batchs_decisions_equal_one_call_each(settings: Settings) -
     # begin.lua for a batch in one pipeline must decide exactly as calls one by one would.
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
-        batched, single = StreamOps(client, settings), StreamOps(client, settings)
+        batched, single = Queue(settings, client), Queue(settings, client)
         batch = [(f"1-{i}", f"msg-{i}", "+14155550199") for i in range(7)]
         batch += [("2-0", "msg-0", "+14155550199"), ("1-0", "msg-0", "+14155550199")]
-        decided = await batched.begin_many(0, batch)
+        decided = await batched.begin_many([BeginCall(0, Sender(e), m, p) for e, m, p in batch])
         # the same deliveries again one at a time, under other message ids and phone
-        again = [await single.begin(0, e.replace("1-", "3-").replace("2-", "4-"),
-                                    m.replace("msg", "other"), "+14155550198")
+        again = [await single.begin(BeginCall(0, Sender(e.replace("1-", "3-").replace("2-", "4-")),
+                                              m.replace("msg", "other"), "+14155550198"))
                  for e, m, _ in batch]
     finally:
         await client.aclose()

@@ -11,6 +11,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from smsrelay.admin.errors import GuardMiddleware, install_error_handlers
+from smsrelay.admin.metrics import UnreadCache
 from smsrelay.admin.routes import api, ops
 from smsrelay.admin.service import open_service
 from smsrelay.logging import get_logger
@@ -35,6 +36,7 @@ def create_app(settings: Settings) -> FastAPI:
                 # run on the first connection once Postgres is back.
                 log.warning("admin.postgres_unavailable_at_start", error=str(exc))
             app.state.service = service
+            app.state.unread = UnreadCache()
             yield
 
     app = FastAPI(title="smsrelay admin", summary="Failed SMS records: list, retry, delete, "

@@ -11,25 +11,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from smsrelay import clock
 from smsrelay.admin.service import RETRY_OUTCOMES, AdminService
-from smsrelay.consumers.outage import TRANSIENT_REDIS_ERRORS
 from smsrelay.errors import StorageError
-from smsrelay.keys import WORKER_GROUP, all_shards
 from smsrelay.logging import get_logger
-from smsrelay.redis_conn import text
+from smsrelay.outage import is_outage
 from smsrelay.schemas.dead_letter import DeadLetterReason
 from smsrelay.schemas.records import RecordStatus
 from smsrelay.store import failed_sms
+from smsrelay.streams import stats
 
 log = get_logger("smsrelay.admin.metrics")
 
 POSTGRES_TIMEOUT_S = 3.0
+UNREAD_SCAN_INTERVAL_S = 300.0
 
 
 @dataclass
@@ -37,6 +37,8 @@ class Snapshot:
     stream_length: dict[int, int] = field(default_factory=dict)
     stream_pending: dict[int, int] = field(default_factory=dict)
     dead_letter_length: dict[int, int] = field(default_factory=dict)
+    unmirrored: dict[int, int] = field(default_factory=dict)
+    unread_streams: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     admin_retries: dict[str, int] = field(default_factory=dict)
     records: dict[str, int] = field(default_factory=dict)
@@ -59,11 +61,16 @@ class SnapshotCollector(Collector):
              "settled (in flight, or held by a dead worker until claimed).", s.stream_pending),
             ("smsrelay_dead_letter_stream_length", "Entries in the dead-letter stream.",
              s.dead_letter_length),
+            ("smsrelay_dead_letters_unmirrored", "Dead letters the mirror has not yet written "
+             "to Postgres (pending in its group, or not yet read).", s.unmirrored),
         ):
             gauge = GaugeMetricFamily(name, doc, labels=["shard"])
             for shard, value in sorted(values.items()):
                 gauge.add_metric([str(shard)], value)
             yield gauge
+        yield GaugeMetricFamily("smsrelay_unread_streams", "Request streams of the namespace "
+                                "that no worker reads (a shard outside 0..SMSRELAY_SHARDS-1): "
+                                "their messages are never sent.", value=s.unread_streams)
         records = GaugeMetricFamily("smsrelay_failed_sms_records",
                                     "Rows of failed_sms, by status.", labels=["status"])
         for status, value in sorted(s.records.items()):
@@ -97,9 +104,10 @@ def admin_metric_names() -> set[str]:
     return names
 
 
-async def gather(service: AdminService) -> Snapshot:
+async def gather(service: AdminService, unread: UnreadCache) -> Snapshot:
     snapshot = Snapshot()
-    await asyncio.gather(_read_redis(service, snapshot), _read_postgres(service, snapshot))
+    await asyncio.gather(_read_redis(service, unread, snapshot),
+                         _read_postgres(service, snapshot))
     return snapshot
 
 
@@ -109,34 +117,46 @@ def render(snapshot: Snapshot) -> bytes:
     return generate_latest(registry)
 
 
-async def _read_redis(service: AdminService, s: Snapshot) -> None:
-    shards = all_shards(service.settings.namespace, service.settings.shards)
+class UnreadCache:
+    """The unread-streams count costs a SCAN of the keyspace: at most one every few minutes."""
+
+    def __init__(self, max_age_s: float = UNREAD_SCAN_INTERVAL_S) -> None:
+        self.max_age_s = max_age_s
+        self._value: int | None = None
+        self._at = 0.0
+
+    async def get(self, service: AdminService) -> int:
+        if self._value is None or clock.monotonic() - self._at > self.max_age_s:
+            found = await stats.unread_streams(service.redis, service.settings)
+            self._value, self._at = len(found), clock.monotonic()
+            if found:
+                log.warning("metrics.unread_streams", streams=[u.key for u in found[:10]],
+                            entries=sum(u.length for u in found))
+        return self._value
+
+
+async def _read_redis(service: AdminService, unread: UnreadCache, s: Snapshot) -> None:
     try:
-        async with service.redis.pipeline(transaction=False) as pipe:
-            for keys in shards:
-                pipe.xlen(keys.requests)
-                pipe.xpending(keys.requests, WORKER_GROUP)
-                pipe.xlen(keys.dead)
-                pipe.hgetall(keys.dead_counts)
-                pipe.hgetall(keys.admin_retry_counts)
-            replies = await pipe.execute(raise_on_error=False)
-    except TRANSIENT_REDIS_ERRORS as exc:
+        current = await stats.collect(service.redis, service.settings, consumers=False,
+                                      unread=False)
+        s.unread_streams = await unread.get(service)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
         log.warning("metrics.redis_unavailable", error=f"{type(exc).__name__}: {exc}")
         s.errors["redis"] = True
         return
     s.dead_letters = {reason.value: 0 for reason in DeadLetterReason}
     s.admin_retries = dict.fromkeys(RETRY_OUTCOMES, 0)
-    for n, keys in enumerate(shards):
-        length, pending, dead, dead_counts, retry_counts = replies[5 * n:5 * n + 5]
-        s.stream_length[keys.shard] = _int(length)
-        # No group yet (no worker ever ran) raises NOGROUP: nothing is pending then.
-        s.stream_pending[keys.shard] = (int(pending.get("pending", 0))
-                                        if isinstance(pending, dict) else 0)
-        s.dead_letter_length[keys.shard] = _int(dead)
-        for target, counts in ((s.dead_letters, dead_counts), (s.admin_retries, retry_counts)):
-            if isinstance(counts, dict):
-                for name, value in counts.items():
-                    target[text(name)] = target.get(text(name), 0) + _int(value)
+    for shard in current.shards:
+        s.stream_length[shard.shard] = shard.backlog
+        s.stream_pending[shard.shard] = shard.pending
+        s.dead_letter_length[shard.shard] = shard.dead_letters
+        s.unmirrored[shard.shard] = shard.unmirrored
+        for target, counts in ((s.dead_letters, shard.dead_by_reason),
+                               (s.admin_retries, shard.admin_retries)):
+            for name, value in counts.items():
+                target[name] = target.get(name, 0) + value
 
 
 async def _read_postgres(service: AdminService, s: Snapshot) -> None:
@@ -148,11 +168,3 @@ async def _read_postgres(service: AdminService, s: Snapshot) -> None:
         return
     for status in RecordStatus:
         s.records.setdefault(status.value, 0)
-
-
-def _int(value: Any) -> int:
-    """A Redis reply as a number; an error reply (e.g. a key of the wrong type) counts 0."""
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0

@@ -13,6 +13,7 @@ from pydantic import AfterValidator
 from smsrelay.admin import metrics
 from smsrelay.admin.service import AdminService
 from smsrelay.errors import StorageError
+from smsrelay.outage import write_refusal
 from smsrelay.schemas.api import (
     DEFAULT_REPLAY_LIMIT,
     MAX_LIST_LIMIT,
@@ -118,12 +119,14 @@ async def healthz() -> HealthResponse:
 
 @ops.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
 async def readyz(service: Service) -> JSONResponse:
-    """Redis and Postgres both answer."""
+    """Redis and Postgres both answer, and Redis accepts writes."""
     checks = {"redis": "ok", "postgres": "ok"}
     try:
-        await service.redis.ping()
-    except Exception as exc:  # any failure means "not ready"; the type is in the answer
-        checks["redis"] = f"unavailable ({type(exc).__name__})"
+        await service.check_redis_writable()
+    except Exception as exc:  # any failure means "not ready"; the cause is in the answer
+        refusal = write_refusal(exc)
+        checks["redis"] = (f"refuses writes ({refusal})" if refusal
+                           else f"unavailable ({type(exc).__name__})")
     try:
         await service.db.ping()
     except StorageError:
@@ -135,7 +138,7 @@ async def readyz(service: Service) -> JSONResponse:
 
 @ops.get("/metrics", response_class=PlainTextResponse,
          responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}}})
-async def prometheus_metrics(service: Service) -> PlainTextResponse:
+async def prometheus_metrics(service: Service, request: Request) -> PlainTextResponse:
     """Prometheus text format, read from Redis and Postgres at scrape time."""
-    snapshot = await metrics.gather(service)
+    snapshot = await metrics.gather(service, request.app.state.unread)
     return PlainTextResponse(metrics.render(snapshot), media_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -2,6 +2,10 @@
 
 Errors are the package's own (NotFoundError, ConflictError, RateLimitedError, ProviderError,
 StorageError, ...); `smsrelay.admin.errors` maps them to HTTP statuses, the CLI prints them.
+
+A record is changed under its row lock (`FOR UPDATE NOWAIT`), held through a "retry now" to
+its end: a delete or a second retry of the same record meanwhile is a conflict (409), never
+a lost record of a send. The send itself goes through the worker's scripts (rule 13).
 """
 
 from __future__ import annotations
@@ -15,11 +19,9 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
-from smsrelay.consumers.direct import DirectSender
-from smsrelay.consumers.outage import TRANSIENT_REDIS_ERRORS
+from smsrelay.admin.replay import ReplayPlan, publish_replay
+from smsrelay.consumers.direct import DirectResult, DirectSender
 from smsrelay.consumers.providers.base import Provider
 from smsrelay.errors import (
     ConfigError,
@@ -30,23 +32,25 @@ from smsrelay.errors import (
     SmsRelayError,
     StorageError,
 )
-from smsrelay.keys import ShardKeys, shard_of
 from smsrelay.logging import get_logger
+from smsrelay.outage import Outages, is_outage
 from smsrelay.schemas.dead_letter import DeadLetterReason
 from smsrelay.schemas.entry import MessageRequest, describe_errors
 from smsrelay.schemas.records import FailedSmsRecord, RecordPage, RecordStatus
 from smsrelay.settings import Settings
 from smsrelay.store import failed_sms
-from smsrelay.store.db import Database
+from smsrelay.store.db import Connection, Database
+from smsrelay.streams.clients import admin_client
+from smsrelay.streams.keys import shard_of
+from smsrelay.streams.queue import Queue
 
 log = get_logger("smsrelay.admin")
 
 RETRY_OUTCOMES = ("success", "rate_limited", "provider_error", "conflict", "not_found")
-_REDIS_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_REDIS_ERRORS, aioredis.RedisError)
 
 
 class RedisUnavailable(StorageError):
-    """Redis cannot be reached; `str()` is one line."""
+    """Redis cannot be reached or refuses writes; `str()` is one line."""
 
 
 class SenderNotConfigured(SmsRelayError):
@@ -62,8 +66,10 @@ def redis_errors() -> Iterator[None]:
     """Redis being away becomes RedisUnavailable (503); anything else is a bug, raised as is."""
     try:
         yield
-    except TRANSIENT_REDIS_ERRORS as exc:
-        raise RedisUnavailable(f"Redis unreachable ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        raise RedisUnavailable(f"Redis unavailable ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass(frozen=True)
@@ -73,22 +79,20 @@ class RetryResult:
     record: FailedSmsRecord | None
 
 
-@dataclass(frozen=True)
-class ReplayPlan:
-    records: list[FailedSmsRecord]
-    skipped: int
-
-
 Progress = Callable[[int, int], None]
 
 
 class AdminService:
     def __init__(self, settings: Settings, redis: aioredis.Redis, db: Database,
-                 provider: Provider | None = None, sender_problem: str | None = None) -> None:
+                 provider: Provider | None = None, sender_problem: str | None = None,
+                 outages: Outages | None = None) -> None:
         self.settings = settings
         self.redis = redis
         self.db = db
-        self._sender = DirectSender(redis, settings, provider) if provider else None
+        self.outages = outages or Outages()
+        self.queue = Queue(settings, redis)
+        self._sender = (DirectSender(self.queue, settings, provider, self.outages)
+                        if provider else None)
         self._sender_problem = sender_problem or "no SMS provider configured"
         self._replays: set[asyncio.Task[int]] = set()
         self._stopping = asyncio.Event()
@@ -97,8 +101,9 @@ class AdminService:
     def namespace(self) -> str:
         return self.settings.namespace
 
-    def keys(self, shard: int) -> ShardKeys:
-        return ShardKeys(self.namespace, shard)
+    async def check_redis_writable(self) -> None:
+        """Raise the Redis error when Redis cannot be reached or refuses writes (OOM, ...)."""
+        await self.redis.set(self.queue.fleet.readiness_probe, "1", px=5000)
 
     # -- list ------------------------------------------------------------------------------
     async def list_records(self, *, limit: int, offset: int,
@@ -116,78 +121,116 @@ class AdminService:
             raise NotFoundError(f"no failed SMS with id {message_id}")
         return record
 
+    async def _locked(self, conn: Connection, message_id: uuid.UUID,
+                      doing: str) -> FailedSmsRecord:
+        """The record under its row lock; ConflictError when another change holds it."""
+        try:
+            record = await failed_sms.lock_record(conn, self.namespace, message_id)
+        except failed_sms.RecordBusy:
+            raise ConflictError(f"cannot {doing}: a retry of this message is in progress; "
+                                "its record shows the outcome soon") from None
+        if record is None:
+            raise NotFoundError(f"no failed SMS with id {message_id}")
+        return record
+
     # -- retry now -------------------------------------------------------------------------
     async def retry(self, message_id: uuid.UUID, *, force: bool = False) -> RetryResult:
-        """One provider attempt through the worker's sending code (rate limit unless forced).
+        """One provider attempt through the worker's scripts (rate limit unless forced).
 
-        Two concurrent retries of one id send at most one SMS: DirectSender holds a lock and
-        checks the sent marker. If Postgres fails after the send, the record stays `failed`;
-        retrying again finds the sent marker and resolves it without a second SMS.
+        The record stays locked until the outcome is written. If Postgres fails after the
+        send, the sent marker and the outcome stream still resolve the record (the mirror),
+        and another retry finds the marker: no second SMS.
         """
+        outcome = "conflict"
+        phone: str | None = None
+        failure: ProviderError | None = None
         try:
-            record = await self.get(message_id)
+            async with self.db.connection() as conn, conn.transaction():
+                record = await self._locked(conn, message_id, "retry")
+                phone = record.phone
+                self._check_sendable(record)
+                try:
+                    with redis_errors():
+                        result = await self._sender_or_fail().send(
+                            str(message_id), record.phone, record.message, force=force,
+                            resolves=record.dead_letter_id)
+                except ProviderError as exc:
+                    outcome = "provider_error"
+                    log.warning("admin.retry_failed", message_id=str(message_id),
+                                to=record.phone, error=str(exc))
+                    await failed_sms.record_retry_failure(conn, record.id, str(exc))
+                    failure = exc
+                else:
+                    updated = await failed_sms.mark_resolved(conn, message_id,
+                                                             result.receipt.sid,
+                                                             sent_now=result.sent_now)
+                    outcome = "success"
+                    self._log_sent(message_id, record, result, force)
+                    return RetryResult(result.receipt.sid, result.sent_now, updated)
+            assert failure is not None
+            raise failure  # after the commit that recorded the failed attempt
         except NotFoundError:
-            await self._count_retry("not_found", None)
+            outcome = "not_found"
             raise
+        except RateLimitedError:
+            outcome = "rate_limited"
+            raise
+        finally:
+            await self._count_retry(outcome, phone)
+
+    def _sender_or_fail(self) -> DirectSender:
+        if self._sender is None:
+            raise SenderNotConfigured(f"retry is unavailable: {self._sender_problem}")
+        return self._sender
+
+    @staticmethod
+    def _check_sendable(record: FailedSmsRecord) -> None:
         if record.status is not RecordStatus.FAILED:
-            await self._count_retry("conflict", record.phone)
             raise ConflictError(
                 f"already resolved (message SID {record.message_sid})"
                 if record.status is RecordStatus.RESOLVED else
                 "a replay of this message is queued; the record shows its outcome soon")
-        if self._sender is None:
-            raise SenderNotConfigured(f"retry is unavailable: {self._sender_problem}")
+        if record.reason == DeadLetterReason.INVALID_PAYLOAD.value:
+            raise ConflictError("an invalid_payload dead letter cannot be sent: its entry did "
+                                "not parse; fix the publisher, then delete the record")
         try:
             MessageRequest(to=record.phone, body=record.message)
         except ValidationError as exc:
-            await self._count_retry("conflict", None)
-            raise ConflictError(f"the message cannot be sent as stored ({describe_errors(exc)})"
-                                ) from None
-        try:
-            with redis_errors():
-                receipt, sent_now = await self._sender.send(
-                    str(message_id), record.phone, record.message, force=force)
-        except (ConflictError, RateLimitedError, ProviderError) as exc:
-            await self._retry_failed(record, exc)
-            raise
-        async with self.db.connection() as conn:
-            updated = await failed_sms.mark_resolved(conn, message_id, receipt.sid,
-                                                     sent_now=sent_now)
-        await self._count_retry("success", record.phone)
-        log.info("admin.retry_sent", message_id=str(message_id), to=record.phone,
-                 sid=receipt.sid, forced=force, sent_now=sent_now)
-        return RetryResult(receipt.sid, sent_now, updated)
+            raise ConflictError(f"the message cannot be sent as stored "
+                                f"({describe_errors(exc)})") from None
 
-    async def _retry_failed(self, record: FailedSmsRecord, exc: SmsRelayError) -> None:
-        if isinstance(exc, ProviderError):
-            await self._count_retry("provider_error", record.phone)
-            log.warning("admin.retry_failed", message_id=str(record.id), to=record.phone,
-                        error=str(exc))
-            # Bookkeeping only: if Postgres is away the operator still learns of the 502.
-            with contextlib.suppress(StorageError):
-                async with self.db.connection() as conn:
-                    await failed_sms.record_retry_failure(conn, record.id, str(exc))
-        elif isinstance(exc, RateLimitedError):
-            await self._count_retry("rate_limited", record.phone)
-        else:
-            await self._count_retry("conflict", record.phone)
+    @staticmethod
+    def _log_sent(message_id: uuid.UUID, record: FailedSmsRecord, result: DirectResult,
+                  force: bool) -> None:
+        log.info("admin.retry_sent", message_id=str(message_id), to=record.phone,
+                 sid=result.receipt.sid, forced=force, sent_now=result.sent_now)
 
     async def _count_retry(self, outcome: str, phone: str | None) -> None:
         shard = shard_of(phone, self.settings.shards) if phone else 0
-        with contextlib.suppress(*_REDIS_ERRORS):
+        with contextlib.suppress(aioredis.RedisError, OSError):
             await self.redis.hincrby(  # type: ignore[misc]  # redis-py types sync|async as one
-                self.keys(shard).admin_retry_counts, outcome, 1)
+                self.queue.keys(shard).admin_retry_counts, outcome, 1)
 
     # -- delete ----------------------------------------------------------------------------
     async def delete(self, message_id: uuid.UUID) -> FailedSmsRecord:
-        """Remove the row and its dead-letter entry; both or (on an outage) neither."""
+        """Remove the row and its dead-letter entry; both or (on an outage) neither.
+
+        Refused (409) while the message is being sent (a retry holds the row, or a replay
+        entry is in a worker's hands): its outcome would otherwise find no record.
+        """
         async with self.db.connection() as conn, conn.transaction():
-            record = await failed_sms.delete_record(conn, self.namespace, message_id)
-            if record is None:
-                raise NotFoundError(f"no failed SMS with id {message_id}")
-            if record.dead_letter_id:
-                with redis_errors():
-                    await self.redis.xdel(self.keys(record.shard).dead, record.dead_letter_id)
+            record = await self._locked(conn, message_id, "delete")
+            if record.status is RecordStatus.REPLAYED:
+                raise ConflictError("cannot delete: a replay of this message is queued; its "
+                                    "record shows the outcome soon, delete it then")
+            with redis_errors():
+                state_shard = shard_of(record.phone, self.settings.shards)
+                if await self.queue.sender_of(state_shard, str(message_id)):
+                    raise ConflictError("cannot delete: this message is being sent right now")
+                await failed_sms.delete_record(conn, self.namespace, message_id)
+                if record.dead_letter_id:
+                    await self.redis.xdel(self.queue.keys(record.shard).dead,
+                                          record.dead_letter_id)
         log.info("admin.deleted", message_id=str(message_id), to=record.phone)
         return record
 
@@ -218,16 +261,16 @@ class AdminService:
         task.add_done_callback(self._replays.discard)
 
     async def run_replay(self, plan: ReplayPlan, progress: Progress | None = None) -> int:
-        """Put each record's original entry back on its request stream, at the replay rate.
+        """Put each record's original entry back on its request stream, within the
+        namespace's replay budget (SMSRELAY_REPLAY_RATE, shared by every admin process).
 
         Records that were not queued (a shutdown, a bug) go back to `failed`, so none is left
         showing `replayed` with nothing on the way.
         """
-        from smsrelay.admin.replay import publish_replay  # the stream-writing half
-
         queued: set[uuid.UUID] = set()
         try:
-            await publish_replay(self, plan.records, queued, self._stopping, progress)
+            await publish_replay(self.queue, self.outages, plan.records, queued,
+                                 self._stopping, progress)
         finally:
             left = [r.id for r in plan.records if r.id not in queued]
             if left:
@@ -249,14 +292,6 @@ class AdminService:
             await asyncio.gather(*pending, return_exceptions=True)
 
 
-def admin_redis(url: str) -> aioredis.Redis:
-    """Short timeouts: an HTTP request should fail fast with 503 rather than hang."""
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        url, socket_timeout=5.0, socket_connect_timeout=3.0,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1), decode_responses=False)
-    return client
-
-
 @asynccontextmanager
 async def open_service(settings: Settings, *, pooled: bool = False, with_sender: bool = False,
                        log_outages: bool = True) -> AsyncIterator[AdminService]:
@@ -274,9 +309,11 @@ async def open_service(settings: Settings, *, pooled: bool = False, with_sender:
             provider = TwilioProvider(settings, pool_size=8)
         except ConfigError as exc:
             problem = str(exc)
-    client = admin_redis(settings.redis_url)
-    db = Database(settings.database_url, pooled=pooled, log_outages=log_outages)
-    service = AdminService(settings, client, db, provider, problem)
+    outages = Outages()
+    client = admin_client(settings)
+    db = Database(settings.database_url, pooled=pooled, log_outages=log_outages,
+                  outage=outages.postgres if log_outages else None)
+    service = AdminService(settings, client, db, provider, problem, outages)
     try:
         await db.open()
         yield service

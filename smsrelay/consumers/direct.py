@@ -1,80 +1,76 @@
 """One provider attempt outside the stream, for the admin's "retry now".
 
-It goes through the same pieces as the worker: the rate-limit script (unless forced), the
-provider with its error table, and the sent marker, so a message sent here is never sent again
-by a worker that meets it later (a replayed copy, a redelivery).
+It is the worker's send path with a token instead of a stream entry (rule 13): begin.lua
+claims the message, counts the attempt and takes the rate-limit slot (unless forced);
+sent.lua writes the marker (and the outcome the mirror resolves the record with); a refusal
+gives the message back through release.lua. So a worker, a replay and two admins sending one
+message id exclude each other through the message's one state: whoever begins second finds
+it busy, or sent.
 """
 
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
-from smsrelay.consumers.outage import OutageLog, until_done
+from smsrelay import clock
 from smsrelay.consumers.providers.base import Provider, SendReceipt
 from smsrelay.errors import ConflictError, ProviderError, RateLimitedError
-from smsrelay.keys import ShardKeys, shard_of
-from smsrelay.lua import Scripts
-from smsrelay.redis_conn import text
+from smsrelay.outage import Outages, until_done
 from smsrelay.settings import Settings
+from smsrelay.streams.keys import shard_of
+from smsrelay.streams.queue import BeginCall, Queue, Sender
 
-_RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+# A direct sender that dies mid-send holds the message until its lease runs out: the provider
+# call's own bound, plus room to write the outcome.
+LEASE_MARGIN_S = 5.0
+
+
+@dataclass(frozen=True)
+class DirectResult:
+    receipt: SendReceipt
+    sent_now: bool  # False: the message had already been sent (its sent marker existed)
 
 
 class DirectSender:
-    def __init__(self, client: aioredis.Redis, settings: Settings, provider: Provider) -> None:
-        self.redis = client
+    def __init__(self, queue: Queue, settings: Settings, provider: Provider,
+                 outages: Outages) -> None:
+        self.queue = queue
         self.settings = settings
         self.provider = provider
-        self.scripts = Scripts(client)
-        self._release = client.register_script(_RELEASE_LOCK)
-        self._outage = OutageLog("redis")
+        self.outages = outages
+        self._lease_ms = int((settings.twilio_timeout_seconds + LEASE_MARGIN_S) * 1000)
 
-    def keys_for(self, phone: str) -> ShardKeys:
-        return ShardKeys(self.settings.namespace, shard_of(phone, self.settings.shards))
+    async def send(self, message_id: str, phone: str, body: str, *, force: bool = False,
+                   resolves: str | None = None) -> DirectResult:
+        """Send once, as the message's sole sender. `resolves`: the failed_sms record's
+        dead-letter id, carried in the outcome the mirror reads.
 
-    async def already_sent(self, message_id: str, phone: str) -> str | None:
-        sid = await self.redis.get(self.keys_for(phone).sent(message_id))
-        return text(sid) or None
-
-    async def send(self, message_id: str, phone: str, body: str, *,
-                   force: bool = False) -> tuple[SendReceipt, bool]:
-        """Send once. Returns (receipt, sent_now); sent_now is False when a marker existed.
-
-        Raises ConflictError when another retry of this message is in progress,
-        RateLimitedError when the phone's window is full (and not forced), ProviderError.
+        Raises ConflictError when another sender holds the message, RateLimitedError when
+        the phone's window is full (and not forced), ProviderError when the provider refuses.
         """
-        keys = self.keys_for(phone)
-        token = secrets.token_hex(8)
-        lock_ms = int((self.settings.twilio_timeout_seconds + 5) * 1000)
-        if not await self.redis.set(keys.send_lock(message_id), token, nx=True, px=lock_ms):
-            raise ConflictError("a retry of this message is already in progress")
+        shard = shard_of(phone, self.settings.shards)
+        sender = Sender(f"direct:{secrets.token_hex(8)}", self._lease_ms)
+        # An admin decides to try again: the worker's attempt cap does not apply (0).
+        decision = await self.queue.begin(BeginCall(shard, sender, message_id, phone,
+                                                    check_rate=not force, max_attempts=0))
+        if decision.verdict == "sent":
+            return DirectResult(SendReceipt(sid=decision.sid), sent_now=False)
+        if decision.verdict == "busy":
+            raise ConflictError("this message is being sent right now (a worker, a replay or "
+                                "another admin); its record shows the outcome soon")
+        if decision.verdict == "limited":
+            raise RateLimitedError(decision.wait_ms / 1000)
         try:
-            existing = await self.redis.get(keys.sent(message_id))
-            if existing:
-                return SendReceipt(sid=text(existing)), False
-            if not force:
-                allowed, wait_ms = await self.scripts.ratelimit(
-                    keys=[keys.rate_limit(phone)],
-                    args=[message_id, self.settings.rate_limit_max,
-                          int(self.settings.rate_limit_window_seconds * 1000)])
-                if not int(allowed):
-                    raise RateLimitedError(int(wait_ms) / 1000)
-            try:
-                receipt = await self.provider.send(phone, body, message_id=message_id)
-            except ProviderError:
-                if not force:  # never accepted: give the slot back, as the worker does
-                    await self.redis.zrem(keys.rate_limit(phone), message_id)
-                raise
-            # The provider has the message: the marker must be written whatever Redis does now,
-            # or a later retry or replay would send it again (rule 4).
-            await until_done(lambda: self.redis.set(keys.sent(message_id), receipt.sid,
-                                                    ex=self.settings.sent_marker_ttl_seconds),
-                             self._outage)
-            return receipt, True
-        finally:
-            await self._release(keys=[keys.send_lock(message_id)], args=[token])
+            receipt = await self.provider.send(phone, body, message_id=message_id)
+        except ProviderError:
+            await until_done(lambda: self.queue.release(shard, sender, message_id, phone),
+                             self.outages)
+            raise
+        # The provider has the message: the marker must be written whatever Redis does now,
+        # or a later retry or replay would send it again (rule 4).
+        outcome = {"id": message_id, "status": "resolved", "message_sid": receipt.sid,
+                   "replay_of": resolves or "", "resolved_at": clock.now_iso()}
+        await until_done(lambda: self.queue.mark_sent(shard, None, message_id, receipt.sid,
+                                                      outcome), self.outages)
+        return DirectResult(receipt, sent_now=True)

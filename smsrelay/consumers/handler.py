@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from smsrelay import clock
 from smsrelay.consumers.metrics import WorkerMetrics
-from smsrelay.consumers.outage import OutageLog, until_done
 from smsrelay.consumers.providers.base import Provider
 from smsrelay.consumers.retry import RetryPolicy
-from smsrelay.consumers.streams import Begin, RawFields, StreamOps
 from smsrelay.errors import ProviderError
 from smsrelay.logging import get_logger
+from smsrelay.outage import Outages, until_done
 from smsrelay.schemas.dead_letter import DeadLetterReason as Reason
 from smsrelay.schemas.entry import InvalidEntry, RequestEntry, parse_entry
 from smsrelay.schemas.segments import segment_count
 from smsrelay.settings import Settings
+from smsrelay.streams import wire
+from smsrelay.streams.group import Delivery
+from smsrelay.streams.keys import shard_of
+from smsrelay.streams.queue import Begin, BeginCall, Queue, Sender
 
 log = get_logger("smsrelay.worker")
 
@@ -42,83 +46,113 @@ class PendingDecision:
 
 
 class MessageHandler:
-    def __init__(self, ops: StreamOps, provider: Provider, settings: Settings,
-                 metrics: WorkerMetrics, stop: asyncio.Event) -> None:
-        self.ops = ops
+    def __init__(self, queue: Queue, provider: Provider, settings: Settings,
+                 metrics: WorkerMetrics, outages: Outages) -> None:
+        self.queue = queue
         self.provider = provider
         self.settings = settings
         self.policy = RetryPolicy.from_settings(settings)
         self.metrics = metrics
-        self.stop = stop
-        self.redis_outage = OutageLog("redis")
+        self.outages = outages
+        # A copy of a message that another sender is sending waits this long, then asks again.
+        self.busy_wait_s = max(1.0, settings.twilio_timeout_seconds / 2)
 
-    async def decide_batch(self, shard: int,
-                           entries: Sequence[tuple[str, RawFields]]) -> list[Decided | None]:
+    async def decide_batch(self, deliveries: Sequence[Delivery]) -> list[Decided | None]:
         """Parse a read batch and run begin.lua for its valid entries in one round trip.
 
         Each result reaches `handle` through a PendingDecision: None for an entry that does not
-        parse (`handle` dead-letters it with the reason), a None decision where Redis gave none
-        (`handle` then asks on its own).
+        parse or sits on the wrong shard (`handle` deals with it), a None decision where Redis
+        gave none (`handle` then asks on its own).
         """
         parsed: list[RequestEntry | None] = []
-        for _, raw in entries:
+        for delivery in deliveries:
             try:
-                parsed.append(parse_entry(raw))
+                entry: RequestEntry | None = parse_entry(delivery.fields)
             except InvalidEntry:
-                parsed.append(None)
-        valid = [(entry_id, entry.message_id, entry.to)
-                 for (entry_id, _), entry in zip(entries, parsed, strict=True) if entry]
-        begins = iter(await self.ops.begin_many(shard, valid) if valid else [])
+                entry = None
+            parsed.append(entry if entry and self._on_its_shard(delivery, entry) else None)
+        calls = [BeginCall(d.shard, Sender.of(d), e.message_id, e.to)
+                 for d, e in zip(deliveries, parsed, strict=True) if e]
+        begins = iter(await self.queue.begin_many(calls) if calls else [])
         return [(entry, next(begins)) if entry else None for entry in parsed]
 
-    def decide_in_background(self, shard: int,
-                             entries: Sequence[tuple[str, RawFields]]) -> list[PendingDecision]:
+    def decide_in_background(self, deliveries: Sequence[Delivery]) -> list[PendingDecision]:
         """Start `decide_batch` for a read batch and return each entry's share of it, so the
         reader can read on while the batch's one round trip is made."""
-        task = asyncio.ensure_future(self.decide_batch(shard, entries))
-        return [PendingDecision(task, index) for index in range(len(entries))]
+        task = asyncio.ensure_future(self.decide_batch(deliveries))
+        return [PendingDecision(task, index) for index in range(len(deliveries))]
 
-    async def handle(self, shard: int, entry_id: str, raw: RawFields,
-                     release: Callable[[], None] = lambda: None,
+    def _on_its_shard(self, delivery: Delivery, entry: RequestEntry) -> bool:
+        return shard_of(entry.to, self.settings.shards) == delivery.shard
+
+    async def handle(self, delivery: Delivery, release: Callable[[], None] = lambda: None,
                      pending: PendingDecision | None = None) -> None:
         """`release()` is called once the provider answered: the send slot is free again."""
         decided = await pending.result() if pending is not None else None
         if decided is None:
             try:
-                entry = parse_entry(raw)
+                entry = parse_entry(delivery.fields)
             except InvalidEntry as exc:
-                await self._dead(shard, entry_id, raw, None, Reason.INVALID_PAYLOAD, str(exc),
-                                 0)
+                await self._dead(delivery, None, Reason.INVALID_PAYLOAD, str(exc), 0)
+                return
+            if not self._on_its_shard(delivery, entry):
+                await self._move(delivery, entry)
                 return
             known: Begin | None = None
         else:
             entry, known = decided
-        message_id = entry.message_id
-        decision = known or await self.ops.begin(shard, entry_id, message_id, entry.to)
+        decision = known or await self.queue.begin(
+            BeginCall(delivery.shard, Sender.of(delivery), entry.message_id, entry.to))
+        replay_of = wire.field(delivery.fields, "replay_of")
         if decision.verdict == "sent":
-            replay_of = _field(raw, "replay_of")
             if replay_of is None:
-                await self.ops.drop(shard, entry_id)
+                await self.queue.drop(delivery)
             else:  # a replay of a message that did go out: its record must still resolve
-                await self.ops.mark_sent(shard, entry_id, message_id, decision.sid, replay_of)
-            log.info("sms.already_sent", message_id=message_id, sid=decision.sid)
+                await self.queue.mark_sent(delivery.shard, delivery, entry.message_id,
+                                           decision.sid, _resolved(entry, decision.sid,
+                                                                   replay_of))
+            log.info("sms.already_sent", message_id=entry.message_id, sid=decision.sid)
         elif decision.verdict == "busy":
-            await self.ops.drop(shard, entry_id)
-            log.info("sms.duplicate_entry", message_id=message_id, entry_id=entry_id)
+            await self._busy(delivery, entry, decision, replay_of)
         elif decision.verdict == "limited":
-            await self._rate_limited(shard, entry_id, raw, entry, decision.wait_ms,
-                                     decision.attempt)
+            await self._rate_limited(delivery, entry, decision.wait_ms, decision.attempt)
         elif decision.verdict == "exhausted":
-            await self._dead(shard, entry_id, raw, entry, Reason.RETRIES_EXHAUSTED,
+            await self._dead(delivery, entry, Reason.RETRIES_EXHAUSTED,
                              decision.last_error or CRASHED_DURING_ATTEMPT, decision.attempt,
                              decision.first_attempt_at, decision.last_attempt_at,
                              release_slot=True)
         else:
-            await self._attempt(shard, entry_id, raw, entry, decision.attempt,
-                                decision.first_attempt_at, release)
+            await self._attempt(delivery, entry, decision.attempt, decision.first_attempt_at,
+                                release)
 
-    async def _attempt(self, shard: int, entry_id: str, raw: RawFields, entry: RequestEntry,
-                       attempt: int, first_attempt_at: str,
+    async def _busy(self, delivery: Delivery, entry: RequestEntry, decision: Begin,
+                    replay_of: str | None) -> None:
+        if replay_of is None:
+            # A copy of a message another entry is sending: that entry settles the message.
+            await self.queue.drop(delivery)
+            log.info("sms.duplicate_entry", message_id=entry.message_id,
+                     entry_id=delivery.entry_id)
+            return
+        # An admin asked for this replay while another sender (a "retry now") holds the
+        # message: ask again later. If that send succeeds this copy finds the sent marker and
+        # resolves the record; if it fails, this copy sends.
+        await self.queue.delay(delivery, entry.message_id,
+                               entry.to_fields() | wire.carried(delivery.fields),
+                               self.busy_wait_s)
+        log.info("sms.waiting_for_other_sender", message_id=entry.message_id,
+                 wait_seconds=self.busy_wait_s)
+
+    async def _move(self, delivery: Delivery, entry: RequestEntry) -> None:
+        """An entry on a shard its number does not hash to (a publisher in another language
+        with another shard count, or a signed CRC): its rate-limit window is elsewhere."""
+        target = shard_of(entry.to, self.settings.shards)
+        await self.queue.move(delivery, target)
+        log.warning("sms.moved_to_its_shard", message_id=entry.message_id,
+                    from_shard=delivery.shard, to_shard=target,
+                    hint="publish to shard crc32(to) % SMSRELAY_SHARDS, unsigned")
+
+    async def _attempt(self, delivery: Delivery, entry: RequestEntry, attempt: int,
+                       first_attempt_at: str,
                        release: Callable[[], None] = lambda: None) -> None:
         message_id = entry.message_id
         started = time.perf_counter()
@@ -127,17 +161,17 @@ class MessageHandler:
         except ProviderError as exc:
             release()
             self.metrics.send_duration.observe(time.perf_counter() - started)
-            await self._failed(shard, entry_id, raw, entry, attempt, first_attempt_at, exc)
+            await self._failed(delivery, entry, attempt, first_attempt_at, exc)
             return
         release()
         self.metrics.send_duration.observe(time.perf_counter() - started)
         # The provider has the message: the marker must be written whatever Redis does now,
         # or a redelivery would send it again (rule 4). A stop does not end the tries: the
         # drain cancels them at the end of the grace period, and Redis may be back by then.
-        replay_of = _field(raw, "replay_of")
-        await until_done(
-            lambda: self.ops.mark_sent(shard, entry_id, message_id, receipt.sid, replay_of),
-            self.redis_outage)
+        replay_of = wire.field(delivery.fields, "replay_of")
+        outcome = _resolved(entry, receipt.sid, replay_of) if replay_of is not None else None
+        await until_done(lambda: self.queue.mark_sent(delivery.shard, delivery, message_id,
+                                                      receipt.sid, outcome), self.outages)
         self.metrics.send_attempts.labels(outcome="success").inc()
         self.metrics.messages_sent.inc()
         self.metrics.end_to_end.observe(max(0.0, (clock.now() - entry.created_at).total_seconds()))
@@ -145,66 +179,75 @@ class MessageHandler:
                  attempt=attempt, kind=entry.kind,
                  segments=receipt.segments or segment_count(entry.body))
 
-    async def _failed(self, shard: int, entry_id: str, raw: RawFields, entry: RequestEntry,
-                      attempt: int, first_attempt_at: str, exc: ProviderError) -> None:
+    async def _failed(self, delivery: Delivery, entry: RequestEntry, attempt: int,
+                      first_attempt_at: str, exc: ProviderError) -> None:
         error = str(exc)
         if not exc.retryable:
             self.metrics.send_attempts.labels(outcome="permanent_error").inc()
-            await self._dead(shard, entry_id, raw, entry, Reason.PERMANENT_ERROR, error, attempt,
+            await self._dead(delivery, entry, Reason.PERMANENT_ERROR, error, attempt,
                              first_attempt_at, clock.now_iso(), release_slot=True)
             return
         self.metrics.send_attempts.labels(outcome="retryable_error").inc()
         if not self.policy.may_retry(attempt):
-            await self._dead(shard, entry_id, raw, entry, Reason.RETRIES_EXHAUSTED, error,
-                             attempt, first_attempt_at, clock.now_iso(), release_slot=True)
+            await self._dead(delivery, entry, Reason.RETRIES_EXHAUSTED, error, attempt,
+                             first_attempt_at, clock.now_iso(), release_slot=True)
             return
         wait_s = self.policy.delay_s(attempt)
-        await self.ops.delay(shard, entry_id, entry.message_id, entry.to_fields(), wait_s, error)
+        await self.queue.delay(delivery, entry.message_id,
+                               entry.to_fields() | wire.carried(delivery.fields), wait_s, error)
         log.warning("sms.retry_scheduled", message_id=entry.message_id, to=entry.to,
                     attempt=attempt, wait_seconds=round(wait_s, 3), error=error)
 
-    async def _rate_limited(self, shard: int, entry_id: str, raw: RawFields,
-                            entry: RequestEntry, wait_ms: int, attempts: int) -> None:
+    async def _rate_limited(self, delivery: Delivery, entry: RequestEntry, wait_ms: int,
+                            attempts: int) -> None:
         self.metrics.rate_limited.inc()
         if self.settings.on_rate_limit == "defer":
-            await self.ops.delay(shard, entry_id, entry.message_id, entry.to_fields(),
-                                 wait_ms / 1000)
+            await self.queue.delay(delivery, entry.message_id,
+                                   entry.to_fields() | wire.carried(delivery.fields),
+                                   wait_ms / 1000)
             log.info("sms.deferred", message_id=entry.message_id, to=entry.to,
                      retry_after_seconds=round(wait_ms / 1000, 3))
             return
         log.info("sms.rate_limited", message_id=entry.message_id, to=entry.to,
                  retry_after_seconds=round(wait_ms / 1000, 3))
-        await self._dead(shard, entry_id, raw, entry, Reason.RATE_LIMITED, RATE_LIMIT_ERROR,
-                         attempts)
+        await self._dead(delivery, entry, Reason.RATE_LIMITED, RATE_LIMIT_ERROR, attempts)
 
-    async def _dead(self, shard: int, entry_id: str, raw: RawFields, entry: RequestEntry | None,
-                    reason: Reason, error: str, attempts: int, first_attempt_at: str = "",
+    async def _dead(self, delivery: Delivery, entry: RequestEntry | None, reason: Reason,
+                    error: str, attempts: int, first_attempt_at: str = "",
                     last_attempt_at: str = "", *, release_slot: bool = False) -> None:
-        message_id = entry.message_id if entry else ""
-        moved = await self.ops.dead_letter(
-            shard, entry_id, raw, message_id=message_id, phone=entry.to if entry else None,
+        message_id = entry.message_id if entry else _valid_id(delivery)
+        moved = await self.queue.dead_letter(
+            delivery, message_id=message_id or "", phone=entry.to if entry else None,
             reason=reason.value, error=error, attempts=attempts,
             first_attempt_at=first_attempt_at, last_attempt_at=last_attempt_at,
             release_slot=release_slot)
         if moved:
             self.metrics.dead_lettered.labels(reason=reason.value).inc()
-            log.warning("sms.dead_lettered", message_id=message_id or None, entry_id=entry_id,
+            log.warning("sms.dead_lettered", message_id=message_id, entry_id=delivery.entry_id,
                         to=entry.to if entry else None, reason=reason.value, error=error,
                         attempts=attempts)
 
-    async def poison(self, shard: int, entry_id: str, raw: RawFields, deliveries: int) -> None:
+    async def poison(self, delivery: Delivery) -> None:
         """An entry delivered too often without an outcome: set it aside, keep the rest flowing."""
         try:
-            entry: RequestEntry | None = parse_entry(raw)
+            entry: RequestEntry | None = parse_entry(delivery.fields)
         except InvalidEntry:
             entry = None
-        await self._dead(shard, entry_id, raw, entry, Reason.POISON,
-                         f"delivered {deliveries} times without an outcome "
+        await self._dead(delivery, entry, Reason.POISON,
+                         f"delivered {delivery.deliveries} times without an outcome "
                          f"(limit SMSRELAY_MAX_DELIVERIES={self.settings.max_deliveries})", 0)
 
 
-def _field(raw: RawFields, name: str) -> str | None:
-    value = raw.get(name.encode()) if name.encode() in raw else raw.get(name)  # type: ignore[call-overload]
-    if value is None:
+def _resolved(entry: RequestEntry, sid: str, replay_of: str | None) -> dict[str, str]:
+    """The outcome entry that tells the mirror a replayed dead letter was sent."""
+    return {"id": entry.message_id, "status": "resolved", "message_sid": sid,
+            "replay_of": replay_of or "", "resolved_at": clock.now_iso()}
+
+
+def _valid_id(delivery: Delivery) -> str | None:
+    """The message id of an entry that does not parse, when its `id` field is a UUID."""
+    value = wire.field(delivery.fields, "id")
+    try:
+        return str(uuid.UUID(value)) if value else None
+    except ValueError:
         return None
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
+from smsrelay.outage import Outages
 from smsrelay.schemas.dead_letter import DeadLetterReason
 
 # `_created` series double every counter's cardinality and no dashboard reads them.
@@ -44,3 +51,11 @@ class WorkerMetrics:
         self.end_to_end = Histogram(
             "smsrelay_end_to_end_seconds", "From publish to the provider's acceptance.",
             buckets=_E2E_BUCKETS, registry=r)
+        self.redis_writes_refused = Gauge(
+            "smsrelay_redis_writes_refused", "1 while Redis refuses this worker's writes (OOM "
+            "with maxmemory reached, READONLY, MISCONF): nothing is sent meanwhile.",
+            registry=r)
+
+    def watch(self, outages: Outages) -> None:
+        """Report the outages this process notes, at scrape time."""
+        self.redis_writes_refused.set_function(lambda: 1.0 if outages.redis_writes.down else 0.0)

@@ -17,13 +17,14 @@ import redis
 from pydantic import ValidationError
 
 from smsrelay.errors import InvalidMessageError, PublishError
-from smsrelay.keys import shard_keys, shard_of
 from smsrelay.logging import get_logger
-from smsrelay.lua import Scripts
 from smsrelay.producers.spool import Spool, SpooledRequest
-from smsrelay.redis_conn import async_producer_client, producer_client, text
 from smsrelay.schemas.entry import MessageRequest, describe_errors, new_entry_fields
 from smsrelay.settings import Settings
+from smsrelay.streams.clients import async_producer_client, producer_client, text
+from smsrelay.streams.keys import shard_keys, shard_of
+from smsrelay.streams.scripts import Scripts
+from smsrelay.streams.wire import publish_call
 
 log = get_logger("smsrelay.producer")
 
@@ -62,15 +63,9 @@ class _ProducerCore:
             return PublishResult("rejected", error=describe_errors(exc))
 
     def script_args(self, shard: int, fields: dict[str, str],
-                    idempotency_key: str | None) -> tuple[list[str], list[str]]:
-        keys = shard_keys(self.settings.namespace, shard)
-        script_keys = [keys.requests]
-        if idempotency_key:
-            script_keys.append(keys.idempotency(idempotency_key))
-        args = [str(self.settings.idempotency_ttl_seconds), fields["id"]]
-        for name, value in fields.items():
-            args += [name, value]
-        return script_keys, args
+                    idempotency_key: str | None) -> tuple[list[str], list[Any]]:
+        return publish_call(shard_keys(self.settings.namespace, shard), fields,
+                            idempotency_key, self.settings.idempotency_ttl_seconds)
 
     def stream(self, shard: int) -> str:
         return shard_keys(self.settings.namespace, shard).requests
@@ -132,9 +127,7 @@ class _ThreadClients:
         client: redis.Redis | None = getattr(self._local, "client", None)
         # After a fork (gunicorn --preload) the child must not talk on its parent's socket.
         if client is None or self._local.pid != os.getpid():
-            client = producer_client(self._settings.redis_url,
-                                     self._settings.publish_timeout_seconds,
-                                     single_connection_client=True)
+            client = producer_client(self._settings, single_connection_client=True)
             self._local.client, self._local.pid = client, os.getpid()
             with self._lock:
                 self._all.add(client)
@@ -155,8 +148,7 @@ class Producer:
         self._core = _ProducerCore(self.settings)
         self._clients = _ThreadClients(self.settings)
         # Scripts only need a client to register on (no connection): calls pass their own.
-        self._scripts = Scripts(producer_client(self.settings.redis_url,
-                                                self.settings.publish_timeout_seconds))
+        self._scripts = Scripts(producer_client(self.settings))
         self._flusher: threading.Thread | None = None
         self._flusher_lock = threading.Lock()
         self._closed = threading.Event()
@@ -247,8 +239,7 @@ class AsyncProducer:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.load()
         self._core = _ProducerCore(self.settings)
-        self._redis = async_producer_client(self.settings.redis_url,
-                                            self.settings.publish_timeout_seconds)
+        self._redis = async_producer_client(self.settings)
         self._scripts = Scripts(self._redis)
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
@@ -19,23 +20,15 @@ class DeadLetterReason(StrEnum):
 
 
 # Fields the worker adds to the original entry's fields. An original field of the same name
-# (possible only in a malformed entry) is kept under `orig.<name>`.
+# (possible only in a malformed entry) is kept under `orig.<name>`. The `payload_*` fields say
+# that the entry was larger than a dead letter keeps (streams.wire.dead_letter_fields).
 DEAD_LETTER_FIELDS = ("reason", "error", "attempts", "first_attempt_at", "last_attempt_at",
-                      "dead_lettered_at", "source_entry_id")
+                      "dead_lettered_at", "source_entry_id", "payload_truncated",
+                      "payload_bytes", "payload_fields")
 
 # Message ids of malformed entries are derived from the stream entry id, so mirroring the
 # same dead letter twice still lands on one row.
 _INVALID_NS = uuid.UUID("6f7c1f0e-6a1b-4b53-9a53-0f5b8ad3c6f1")
-
-
-def merge_dead_letter_fields(original: dict[bytes, bytes] | dict[str, str],
-                             extra: dict[str, str]) -> dict[bytes | str, bytes | str]:
-    merged: dict[bytes | str, bytes | str] = {}
-    merged.update(extra)
-    for key, value in original.items():
-        name = key.decode(errors="replace") if isinstance(key, bytes) else key
-        merged[f"orig.{name}" if name in extra else key] = value
-    return merged
 
 
 class DeadLetter(BaseModel):
@@ -57,7 +50,8 @@ class DeadLetter(BaseModel):
     fields: dict[str, str]
 
     @classmethod
-    def from_stream(cls, stream_id: str, raw: dict[bytes, bytes] | dict[str, str]) -> DeadLetter:
+    def from_stream(cls, stream_id: str,
+                    raw: Mapping[bytes, bytes] | Mapping[str, str]) -> DeadLetter:
         try:
             fields = decode_fields(raw)
         except ValueError:
@@ -83,6 +77,14 @@ class DeadLetter(BaseModel):
                    last_attempt_at=fields.get("last_attempt_at") or None,
                    dead_lettered_at=fields.get("dead_lettered_at") or None,
                    created_at=fields.get("created_at") or None, fields=fields)
+
+    @property
+    def truncation_note(self) -> str | None:
+        """`payload cut: 1048576 bytes in 10000 fields` when the entry was cut, else None."""
+        if self.fields.get("payload_truncated") != "1":
+            return None
+        return (f"payload cut to 16 KiB: {self.fields.get('payload_bytes', '?')} bytes in "
+                f"{self.fields.get('payload_fields', '?')} fields")
 
     def original_fields(self) -> dict[str, str]:
         """The request entry as it was published (for a replay)."""

@@ -15,8 +15,8 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from smsrelay.consumers.outage import OutageLog
 from smsrelay.errors import StorageError
+from smsrelay.outage import OutageLog
 from smsrelay.store.migrations import migrate
 
 Connection = psycopg.AsyncConnection[DictRow]
@@ -82,11 +82,13 @@ class Database:
 
     def __init__(self, url: str, *, pooled: bool = False, max_size: int = 10,
                  timeout_s: float = 3.0, auto_migrate: bool = True,
-                 log_outages: bool = True) -> None:
+                 log_outages: bool = True, outage: OutageLog | None = None) -> None:
+        """`outage`: the process's Postgres outage log (a new one otherwise)."""
         self.url = url
         self._migrated = not auto_migrate
         # A one-shot command reports the error itself; a service logs when outages begin/end.
-        self.outage = OutageLog("postgres") if log_outages else _QuietOutage("postgres")
+        self.outage = outage or (OutageLog("postgres") if log_outages
+                                 else _QuietOutage("postgres"))
         self._pool: AsyncConnectionPool[Connection] | None = None
         if pooled:
             self._pool = AsyncConnectionPool(

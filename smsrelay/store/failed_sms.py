@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from smsrelay import clock
@@ -98,6 +99,26 @@ async def get_record(conn: Connection, namespace: str,
     return _record(row) if row else None
 
 
+class RecordBusy(Exception):
+    """Another transaction holds the record's row lock (a retry in progress)."""
+
+
+async def lock_record(conn: Connection, namespace: str,
+                      message_id: uuid.UUID) -> FailedSmsRecord | None:
+    """The record under its row lock, for the rest of the caller's transaction.
+
+    Raises RecordBusy at once rather than waiting when another change holds it.
+    """
+    try:
+        cur = await conn.execute(
+            _SELECT + sql.SQL(" WHERE id = %s AND namespace = %s FOR UPDATE NOWAIT"),
+            [message_id, namespace])
+    except psycopg.errors.LockNotAvailable:
+        raise RecordBusy(str(message_id)) from None
+    row = await cur.fetchone()
+    return _record(row) if row else None
+
+
 async def _superseded(conn: Connection, message_id: uuid.UUID,
                       seen: list[StreamRef | None]) -> list[StreamRef]:
     """The dead-letter entries among `seen` that the row no longer points at."""
@@ -154,7 +175,8 @@ async def upsert_dead_letter(conn: Connection, letter: DeadLetter, namespace: st
     reason = _clean(letter.reason)[:64] or DeadLetterReason.INVALID_PAYLOAD.value
     await conn.execute(_UPSERT, {
         "id": message_id, "phone": _clean(letter.phone)[:64],
-        "message": _clean(letter.message), "error": _clean(letter.error) or None,
+        "message": _clean(letter.message),
+        "error": _clean("; ".join(filter(None, [letter.error, letter.truncation_note]))) or None,
         "attempts": letter.attempts, "created_at": _when(letter.created_at),
         "last_attempt_at": _when(letter.last_attempt_at), "reason": reason,
         "namespace": namespace, "shard": shard, "dead_letter_id": letter.stream_id})

@@ -1,103 +1,100 @@
-"""The mirror: dead letters and replay outcomes from Redis into `public.failed_sms`.
+"""The mirror: dead letters and outcomes from Redis into `public.failed_sms`.
 
 A consumer group `mirror` reads `{ns:shard}:dead` and `{ns:shard}:outcomes` of every shard.
 An entry is acknowledged only after its row is committed, so a Postgres outage just leaves
-entries pending: they are read again (own pending first, then XAUTOCLAIM of dead mirrors'
-entries) once Postgres is back. Dead-letter entries stay in their stream (the admin's delete
-removes them); outcome entries are deleted once mirrored.
+entries pending: they are read again (own pending first, then idle ones of dead mirrors)
+once Postgres is back. Outcome entries are deleted once mirrored; dead letters stay in their
+stream SMSRELAY_DEAD_LETTER_RETENTION_DAYS after they were mirrored, then the mirror trims
+them (never one it has not settled: the trim stops at its group's oldest pending entry).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import secrets
-import socket
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import psycopg
 import redis.asyncio as aioredis
 
 from smsrelay import clock
-from smsrelay.consumers.outage import TRANSIENT_REDIS_ERRORS, OutageLog
-from smsrelay.keys import MIRROR_GROUP, ShardKeys, all_shards
 from smsrelay.logging import get_logger
-from smsrelay.redis_conn import text, worker_client
+from smsrelay.outage import Outages, is_outage
 from smsrelay.schemas.dead_letter import DeadLetter
 from smsrelay.settings import Settings
 from smsrelay.store import failed_sms
 from smsrelay.store.db import Connection, Database, DatabaseUnavailable
 from smsrelay.store.failed_sms import Outcome, StreamRef
+from smsrelay.streams.clients import reader_client, text
+from smsrelay.streams.group import ConsumerGroup, Delivery, consumer_name
+from smsrelay.streams.keys import MIRROR_GROUP, all_shards, shard_keys
+from smsrelay.streams.trim import trim_settled
+from smsrelay.streams.wire import RawFields
 
 log = get_logger("smsrelay.mirror")
 
 BLOCK_MS = 500  # short, so a stop request is honoured within half a second
 MAX_BACKOFF_S = 5.0
+TRIM_INTERVAL_S = 60.0
 # Bad data in one entry (not an outage): the entry is logged and acknowledged (a dead letter
 # still sits in its stream), so it cannot block the ones behind it.
 ENTRY_ERRORS: tuple[type[BaseException], ...] = (psycopg.DataError, psycopg.IntegrityError)
 
 
-@dataclass(frozen=True)
-class Source:
-    kind: Literal["dead", "outcome"]
-    shard: int
-
-
-@dataclass(frozen=True)
-class Entry:
-    stream: str
-    source: Source
-    entry_id: str
-    fields: dict[bytes, bytes]
-
-
 class Mirror:
-    def __init__(self, settings: Settings, *, name: str | None = None,
-                 batch_size: int = 100) -> None:
+    def __init__(self, settings: Settings, *, name: str | None = None, batch_size: int = 100,
+                 outages: Outages | None = None) -> None:
         self.settings = settings
-        self.name = name or (f"mirror-{socket.gethostname()}-{os.getpid()}-"
-                             f"{secrets.token_hex(2)}")
+        self.name = name or consumer_name("mirror-")
         self.batch_size = batch_size
-        self.db = Database(settings.database_url)
-        self.sources: dict[str, Source] = {}
+        self.outages = outages or Outages()
+        self.db = Database(settings.database_url, outage=self.outages.postgres)
+        self.kinds: dict[str, Literal["dead", "outcome"]] = {}
+        self.streams: dict[str, int] = {}
         for keys in all_shards(settings.namespace, settings.shards):
-            self.sources[keys.dead] = Source("dead", keys.shard)
-            self.sources[keys.outcomes] = Source("outcome", keys.shard)
+            self.kinds[keys.dead], self.streams[keys.dead] = "dead", keys.shard
+            self.kinds[keys.outcomes], self.streams[keys.outcomes] = "outcome", keys.shard
         self._own_pending_first = True
         self._claim_interval_s = min(max(settings.claim_idle_seconds / 2, 0.1), 5.0)
         self._next_claim = 0.0
-        self._redis_outage = OutageLog("redis")
+        self._next_trim = 0.0
+
+    def group(self, client: aioredis.Redis) -> ConsumerGroup:
+        return ConsumerGroup(client, client, MIRROR_GROUP, self.streams, self.name)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Mirror until `stop` is set; outages are waited out, never raised."""
-        client = worker_client(self.settings.redis_url)
+        client = reader_client(self.settings)
+        group = self.group(client)
         backoff = 0.2
-        groups_ready = False
+        ready = False
         log.info("mirror.started", consumer=self.name, shards=self.settings.shards)
         try:
             while not stop.is_set():
                 try:
-                    if not groups_ready:
-                        await self.ensure_groups(client)
-                        groups_ready = True
-                    await self.step(client)
+                    if not ready:
+                        await group.ensure()
+                        ready = True
+                    await self.step(group)
+                    await self._trim_when_due(client)
                 except DatabaseUnavailable:
                     pass  # logged once per outage by the Database
-                except TRANSIENT_REDIS_ERRORS as exc:
-                    self._redis_outage.failed(exc)
                 except aioredis.ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
+                    if is_outage(exc):
+                        self.outages.redis_failed(exc)
+                    elif "NOGROUP" in str(exc):
+                        ready = False
+                    else:
                         log.exception("mirror.redis_error")
-                    groups_ready = False
-                except Exception:
-                    log.exception("mirror.failed")
+                except Exception as exc:
+                    if is_outage(exc):
+                        self.outages.redis_failed(exc)
+                    else:
+                        log.exception("mirror.failed")
                 else:
-                    self._redis_outage.recovered()
+                    self.outages.redis.recovered()
                     backoff = 0.2
                     continue
                 # Whatever was read stays pending on this consumer: read it again first.
@@ -106,86 +103,90 @@ class Mirror:
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
         finally:
-            # Tidying up must not hold a stopping worker back when Redis is away.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._forget_consumer(client), timeout=2)
-            await client.aclose()
+            try:
+                # Tidying up must not hold a stopping worker back when Redis is away.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(group.forget(), timeout=2)
+            finally:  # (even when the tidying is cancelled)
+                await client.aclose()
             log.info("mirror.stopped", consumer=self.name)
 
-    async def ensure_groups(self, client: aioredis.Redis) -> None:
-        for stream in self.sources:
-            try:
-                await client.xgroup_create(stream, MIRROR_GROUP, id="0", mkstream=True)
-            except aioredis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+    async def drain(self) -> int:
+        """Mirror everything readable now (tests, `smsrelay mirror --once`)."""
+        client = reader_client(self.settings)
+        try:
+            group = self.group(client)
+            await group.ensure()
+            total = 0
+            while True:
+                had_pending = self._own_pending_first
+                settled = await self.step(group, block=False)
+                total += settled
+                if not settled and not had_pending:
+                    return total
+        finally:
+            await client.aclose()
 
-    async def step(self, client: aioredis.Redis, *, block: bool = True) -> int:
+    async def step(self, group: ConsumerGroup, *, block: bool = True) -> int:
         """One batch: take entries, write their rows, acknowledge. Returns how many settled.
 
         With `block`, waits up to BLOCK_MS for new entries when there are none.
         """
-        entries = await self._claim(client)
+        entries = await self._claim(group)
         if not entries:
-            entries = await self._read(client, block)
+            pending = self._own_pending_first
+            entries = await group.read(self.batch_size,
+                                       BLOCK_MS if block and not pending else None,
+                                       own_pending=pending)
+            if pending and not entries:
+                self._own_pending_first = False
         if entries:
-            await self._settle(client, entries)
+            await self._settle(group, entries)
         return len(entries)
 
-    async def drain(self, client: aioredis.Redis) -> int:
-        """Mirror everything readable now (tests, `smsrelay mirror --once`)."""
-        await self.ensure_groups(client)
-        total = 0
-        while True:
-            had_pending = self._own_pending_first
-            settled = await self.step(client, block=False)
-            total += settled
-            if not settled and not had_pending:
-                return total
+    async def trim(self, client: aioredis.Redis) -> int:
+        """Trim dead letters mirrored more than the retention ago; returns how many went."""
+        retention_ms = int(self.settings.dead_letter_retention_days * 86_400_000)
+        removed = 0
+        for keys in all_shards(self.settings.namespace, self.settings.shards):
+            removed += await trim_settled(client, keys.dead, MIRROR_GROUP, retention_ms)
+        if removed:
+            log.info("mirror.trimmed", dead_letters=removed,
+                     retention_days=self.settings.dead_letter_retention_days)
+        return removed
 
-    # -- reading ---------------------------------------------------------------------------
-    async def _read(self, client: aioredis.Redis, block: bool) -> list[Entry]:
-        pending = self._own_pending_first
-        streams: Any = {stream: "0" if pending else ">" for stream in self.sources}
-        reply = await client.xreadgroup(MIRROR_GROUP, self.name, streams,
-                                        count=self.batch_size,
-                                        block=BLOCK_MS if block and not pending else None)
-        entries = [Entry(text(stream), self.sources[text(stream)], text(entry_id), fields)
-                   for stream, batch in reply or [] for entry_id, fields in batch]
-        if pending and not entries:
-            self._own_pending_first = False
-        return entries
+    async def _trim_when_due(self, client: aioredis.Redis) -> None:
+        if clock.monotonic() >= self._next_trim:
+            self._next_trim = clock.monotonic() + TRIM_INTERVAL_S
+            await self.trim(client)
 
-    async def _claim(self, client: aioredis.Redis) -> list[Entry]:
+    async def _claim(self, group: ConsumerGroup) -> list[Delivery]:
         """Entries left pending by a mirror that died (idle past SMSRELAY_CLAIM_IDLE_SECONDS)."""
         if clock.monotonic() < self._next_claim:
             return []
         self._next_claim = clock.monotonic() + self._claim_interval_s
         min_idle_ms = int(self.settings.claim_idle_seconds * 1000)
-        entries: list[Entry] = []
-        for stream, source in self.sources.items():
-            reply = await client.xautoclaim(stream, MIRROR_GROUP, self.name, min_idle_ms,
-                                            start_id="0-0", count=self.batch_size)
-            entries += [Entry(stream, source, text(entry_id), fields)
-                        for entry_id, fields in reply[1]]
+        entries: list[Delivery] = []
+        for stream in self.streams:
+            page = await group.claim(stream, min_idle_ms, self.batch_size, with_counts=False)
+            entries += page.claimed
         return entries
 
     # -- writing ---------------------------------------------------------------------------
-    async def _settle(self, client: aioredis.Redis, entries: Sequence[Entry]) -> None:
+    async def _settle(self, group: ConsumerGroup, entries: Sequence[Delivery]) -> None:
         # Dead letters first: an outcome read in the same batch resolves a row they create.
-        work = sorted(entries, key=lambda e: e.source.kind != "dead")
+        work = sorted(entries, key=lambda e: self.kinds[e.stream] != "dead")
         superseded = await self._write([e for e in work if e.fields])
-        async with client.pipeline(transaction=False) as pipe:
-            for entry in work:
-                pipe.xack(entry.stream, MIRROR_GROUP, entry.entry_id)
-                if entry.source.kind == "outcome":
-                    pipe.xdel(entry.stream, entry.entry_id)
-            for ref in superseded:
-                pipe.xdel(ShardKeys(self.settings.namespace, ref.shard).dead, ref.entry_id)
-            await pipe.execute()
+        await group.ack([e for e in work if self.kinds[e.stream] == "dead"], delete=False)
+        await group.ack([e for e in work if self.kinds[e.stream] == "outcome"], delete=True)
+        if superseded:
+            async with group.client.pipeline(transaction=False) as pipe:
+                for ref in superseded:
+                    pipe.xdel(shard_keys(self.settings.namespace, ref.shard).dead, ref.entry_id)
+                await pipe.execute()
         log.debug("mirror.settled", entries=len(entries), superseded=len(superseded))
 
-    async def _write(self, entries: Sequence[Entry]) -> list[StreamRef]:
+    async def _write(self, entries: Sequence[Delivery]) -> list[StreamRef]:
         if not entries:
             return []
         async with self.db.connection() as conn:
@@ -205,29 +206,19 @@ class Mirror:
                               entry_id=entry.entry_id, error=str(exc).splitlines()[0])
             return refs
 
-    async def _apply(self, conn: Connection, entry: Entry) -> list[StreamRef]:
-        if entry.source.kind == "dead":
+    async def _apply(self, conn: Connection, entry: Delivery) -> list[StreamRef]:
+        if self.kinds[entry.stream] == "dead":
             letter = DeadLetter.from_stream(entry.entry_id, entry.fields)
             return await failed_sms.upsert_dead_letter(conn, letter, self.settings.namespace,
-                                                       entry.source.shard)
+                                                       entry.shard)
         outcome = parse_outcome(entry.fields)
         if outcome is None:
             log.error("mirror.outcome_unreadable", stream=entry.stream, entry_id=entry.entry_id)
             return []
         return await failed_sms.apply_outcome(conn, outcome)
 
-    async def _forget_consumer(self, client: aioredis.Redis) -> None:
-        """Leave the group tidy on a clean stop, unless entries still wait on this consumer."""
-        for stream in self.sources:
-            held = await client.xpending_range(stream, MIRROR_GROUP, min="-", max="+", count=1,
-                                               consumername=self.name)
-            if held:
-                return
-        for stream in self.sources:
-            await client.xgroup_delconsumer(stream, MIRROR_GROUP, self.name)
 
-
-def parse_outcome(raw: dict[bytes, bytes]) -> Outcome | None:
+def parse_outcome(raw: RawFields) -> Outcome | None:
     fields = {text(k): text(v) for k, v in raw.items()}
     if fields.get("status") != "resolved":
         return None
@@ -243,6 +234,7 @@ def parse_outcome(raw: dict[bytes, bytes]) -> Outcome | None:
                    resolved_at=resolved_at, replay_of=fields.get("replay_of") or None)
 
 
-async def run_mirror(settings: Settings, stop: asyncio.Event) -> None:
+async def run_mirror(settings: Settings, stop: asyncio.Event,
+                     outages: Outages | None = None) -> None:
     """The worker's upkeep task (and `smsrelay mirror`): returns once `stop` is set."""
-    await Mirror(settings).run(stop)
+    await Mirror(settings, outages=outages).run(stop)

@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from smsrelay.admin.metrics import admin_metric_names
-from smsrelay.keys import ShardKeys
 from smsrelay.producers.publish import Producer
 from smsrelay.settings import Settings
+from smsrelay.streams.keys import ShardKeys
 from tests.admin.conftest import LIST, admin_client, seed
 from tests.store.dlq import unique_phone
 

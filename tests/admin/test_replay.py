@@ -9,11 +9,11 @@ import httpx
 import redis.asyncio as aioredis
 
 from smsrelay.admin.service import open_service
-from smsrelay.keys import ShardKeys
 from smsrelay.producers.publish import Producer
 from smsrelay.schemas.dead_letter import DeadLetterReason
 from smsrelay.settings import Settings
 from smsrelay.store.mirror import run_mirror
+from smsrelay.streams.keys import ShardKeys
 from tests.admin.conftest import LIST, REPLAY, admin_client, eventually, get_record, seed
 from tests.helpers import running_worker
 from tests.store.dlq import unique_phone

@@ -6,8 +6,8 @@ import uuid
 
 import redis.asyncio as aioredis
 
-from smsrelay.keys import ShardKeys
 from smsrelay.settings import Settings
+from smsrelay.streams.keys import ShardKeys
 from tests.admin.conftest import LIST, REPLAY, admin_client, get_record, seed
 from tests.admin.test_http_errors import assert_error
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from smsrelay.keys import WORKER_GROUP, ShardKeys
+from smsrelay.streams.keys import WORKER_GROUP, ShardKeys
 from tests.deploy.support import (
     K8S,
     cli_parser,

@@ -26,8 +26,8 @@ from typing import Any, cast
 import httpx
 import redis
 
-from smsrelay.keys import WORKER_GROUP, ShardKeys
 from smsrelay.settings import Settings
+from smsrelay.streams.keys import WORKER_GROUP, ShardKeys
 from tests.conftest import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, TEST_FROM
 
 LOOPBACK = "127.0.0.1"

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from smsrelay import AsyncProducer, InvalidMessageError, Producer
-from smsrelay.keys import ShardKeys
 from smsrelay.producers.publish import PublishResult
 from smsrelay.producers.spool import Spool
 from smsrelay.schemas.entry import (
@@ -26,6 +25,7 @@ from smsrelay.schemas.entry import (
     parse_entry,
 )
 from smsrelay.settings import Settings
+from smsrelay.streams.keys import ShardKeys
 from tests.conftest import make_settings
 from tests.fuzz.strategies import any_text, fuzz_settings, publish_args, strict_json
 

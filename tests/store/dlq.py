@@ -9,10 +9,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from smsrelay import clock
-from smsrelay.keys import ShardKeys, shard_of
-from smsrelay.redis_conn import text, worker_client
 from smsrelay.settings import Settings
 from smsrelay.store.mirror import Mirror
+from smsrelay.streams.clients import text
+from smsrelay.streams.keys import ShardKeys, shard_of
 
 
 def unique_phone() -> str:
@@ -48,8 +48,4 @@ async def add_dead_letter(client: aioredis.Redis, settings: Settings, *,
 
 async def mirror_now(settings: Settings) -> int:
     """Mirror everything waiting in the dead-letter and outcome streams into Postgres."""
-    client = worker_client(settings.redis_url)
-    try:
-        return await Mirror(settings, name="test-mirror").drain(client)
-    finally:
-        await client.aclose()
+    return await Mirror(settings, name="test-mirror").drain()

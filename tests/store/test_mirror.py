@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from smsrelay.keys import MIRROR_GROUP, ShardKeys
 from smsrelay.settings import Settings
 from smsrelay.store import failed_sms as fs
 from smsrelay.store.db import Database
 from smsrelay.store.mirror import Mirror, run_mirror
+from smsrelay.streams.keys import MIRROR_GROUP, ShardKeys
 from tests.conftest import make_settings
 from tests.store.dlq import add_dead_letter, mirror_now, unique_phone
 
@@ -100,7 +100,7 @@ async def test_entries_of_a_dead_mirror_are_claimed(
     keys = ShardKeys(mirror_settings.namespace)
     message_id, _ = await add_dead_letter(client, mirror_settings)
     crashed = Mirror(mirror_settings, name="crashed")
-    await crashed.ensure_groups(client)
+    await crashed.group(client).ensure()
     await client.xreadgroup(MIRROR_GROUP, "crashed", {keys.dead: ">"}, count=10)
     assert await record(mirror_settings, message_id) is None
     # When another mirror runs after the claim idle time

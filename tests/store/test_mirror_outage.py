@@ -13,10 +13,10 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from smsrelay.keys import MIRROR_GROUP, ShardKeys
 from smsrelay.producers.publish import Producer
 from smsrelay.settings import Settings
 from smsrelay.store.mirror import run_mirror
+from smsrelay.streams.keys import MIRROR_GROUP, ShardKeys
 from tests.conftest import make_settings
 from tests.helpers import dead_letters, running_worker, wait_until
 from tests.store.dlq import unique_phone

@@ -2,6 +2,9 @@
 -- KEYS[1] request stream; KEYS[2] (optional) idempotency key of the same shard
 -- ARGV[1] idempotency TTL (s); ARGV[2] message id; ARGV[3..] field, value, field, value ...
 -- Returns {1, message id} when queued, {0, original message id} for a duplicate.
+if #ARGV < 4 or #ARGV % 2 ~= 0 or #ARGV > 2 + 2 * 256 or not tonumber(ARGV[1]) then
+  return redis.error_reply('publish.lua: expected a TTL, a message id and 1 to 256 field pairs')
+end
 if #KEYS > 1 then
   local prior = redis.call('GET', KEYS[2])
   if prior then

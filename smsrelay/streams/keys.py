@@ -1,12 +1,15 @@
 """Every Redis key of smsrelay, in one place.
 
 All keys of one shard share the hash tag `{<namespace>:<shard>}`, so each Lua script touches a
-single cluster slot and the same code runs on Redis Cluster. A phone number always maps to the
-same shard, so its rate-limit window lives beside the messages sent to it.
+single cluster slot and the same code runs on Redis Cluster (rule 1 of docs/design.md). A
+phone number always maps to the same shard, so its rate-limit window lives beside the
+messages sent to it. State shared by the whole fleet of a namespace (the replay budget) has a
+tag of its own, `{<namespace>}`, and is consulted per batch, never per message (rule 16).
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 from functools import cache, cached_property
@@ -16,7 +19,13 @@ MIRROR_GROUP = "mirror"
 
 
 def shard_of(phone: str, shards: int) -> int:
-    """Stable across processes and languages (CRC-32 of the E.164 text)."""
+    """Unsigned CRC-32 (IEEE) of the E.164 text, modulo the shard count.
+
+    The same in every language: `zlib.crc32` is unsigned in Python 3; in JavaScript the
+    popular `crc-32` package returns a signed value (`>>> 0` makes it unsigned). Test vector:
+    crc32("+14155552672") = 2345989422 (signed: -1948977874), so with 4 shards that number is
+    on shard 2, where a signed remainder would give -2.
+    """
     return zlib.crc32(phone.encode()) % shards if shards > 1 else 0
 
 
@@ -39,7 +48,7 @@ class ShardKeys:
 
     @cached_property
     def outcomes(self) -> str:
-        """Stream of outcomes of replayed dead letters (sent), mirrored into Postgres."""
+        """Stream of outcomes the mirror writes to Postgres (a replayed dead letter sent)."""
         return f"{self.tag}:outcomes"
 
     @cached_property
@@ -70,19 +79,37 @@ class ShardKeys:
         return f"{self.tag}:sent:{message_id}"
 
     def state(self, message_id: str) -> str:
-        """Hash of a message in progress: owner entry, attempts, attempt times, last error."""
+        """Hash of a message in progress: its owner (the sender now allowed to call the
+        provider), attempts, attempt times, last error."""
         return f"{self.tag}:msg:{message_id}"
-
-    def send_lock(self, message_id: str) -> str:
-        """Held while an admin retry sends a message, so two retries send at most one SMS."""
-        return f"{self.tag}:lock:{message_id}"
 
     def rate_limit(self, phone: str) -> str:
         return f"{self.tag}:rl:{phone}"
 
 
+@dataclass(frozen=True)
+class FleetKeys:
+    """Keys of state shared by every process of a namespace, outside any shard."""
+
+    namespace: str
+
+    @cached_property
+    def tag(self) -> str:
+        return "{" + self.namespace + "}"
+
+    @cached_property
+    def replay_budget(self) -> str:
+        """The bulk replay's rate (GCRA): one budget across requests and admin processes."""
+        return f"{self.tag}:budget:replay"
+
+    @cached_property
+    def readiness_probe(self) -> str:
+        """A short-lived key the admin writes to tell whether Redis accepts writes."""
+        return f"{self.tag}:probe"
+
+
 def all_shards(namespace: str, shards: int) -> list[ShardKeys]:
-    return [ShardKeys(namespace, shard) for shard in range(shards)]
+    return [shard_keys(namespace, shard) for shard in range(shards)]
 
 
 @cache
@@ -90,3 +117,17 @@ def shard_keys(namespace: str, shard: int = 0) -> ShardKeys:
     """One ShardKeys per (namespace, shard) for the process: hot paths name several keys a
     message, and each name is computed once on its object."""
     return ShardKeys(namespace, shard)
+
+
+def request_stream_pattern(namespace: str) -> str:
+    """A SCAN pattern for every request stream of a namespace, whatever its shard label."""
+    escaped = re.sub(r"([\[\]*?\\])", r"\\\1", namespace)
+    return "{" + escaped + ":*}:requests"
+
+
+def shard_label(namespace: str, key: str) -> str | None:
+    """The shard part of a request stream's name (`-4` in `{ns:-4}:requests`)."""
+    prefix, suffix = "{" + namespace + ":", "}:requests"
+    if key.startswith(prefix) and key.endswith(suffix):
+        return key[len(prefix):-len(suffix)]
+    return None

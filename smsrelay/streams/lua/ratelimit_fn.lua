@@ -1,11 +1,11 @@
 -- Sliding-window log: a sorted set per phone, members are message ids, scores the server's
--- time in ms. Idempotent per message: a message that already holds a slot keeps it.
--- Returns 1, 0 when the message may be sent; 0, ms-until-a-slot-frees otherwise.
+-- time in ms (rule 5). Idempotent per message: a message that already holds a slot keeps it.
 local function server_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Returns 1, 0 when the message may be sent; 0, ms-until-a-slot-frees otherwise.
 local function acquire_slot(key, member, max, window_ms)
   local now = server_ms()
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window_ms)
