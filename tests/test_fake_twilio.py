@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
@@ -308,14 +309,24 @@ async def test_http_control_endpoints(fake: FakeTwilio, twilio: Any) -> None:
         ("/_fake/script", {"steps": []}),
         ("/_fake/latency", {"seconds": -1}),
         ("/_fake/latency", {"ms": 5}),
+        ("/_fake/outage", {"seconds": -1}),
+        ("/_fake/outage", {"status": 200}),
+        ("/_fake/outage", {"action": "accept"}),
+        ("/_fake/outage", {"status": 503, "retry_after": "soon"}),
+        ("/_fake/outage", {"action": "drop", "retry_after": 1}),
+        ("/_fake/outage", "not json"),
+        ("/_fake/script", "not json"),
+        ("/_fake/callbacks/wait", {"timeout": 0}),
     ],
 )
 async def test_control_endpoints_reject_bad_input(
-    fake: FakeTwilio, path: str, payload: dict[str, Any]
+    fake: FakeTwilio, path: str, payload: dict[str, Any] | str
 ) -> None:
-    async with aiohttp.ClientSession() as http, http.post(fake.url + path, json=payload) as resp:
+    body = payload if isinstance(payload, str) else json.dumps(payload)
+    async with aiohttp.ClientSession() as http, http.post(fake.url + path, data=body) as resp:
         assert resp.status == 400
-        assert "error" in await resp.json()
+        error = (await resp.json())["error"]
+        assert error and "\n" not in error
 
 
 def test_step_parsing_round_trips() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
+from twilio.rest import Client
 
 from smsrelay.cli import build_parser
 from smsrelay.testing.fake_twilio import FakeTwilio, FakeTwilioThread, Receipts, Step
 from smsrelay.testing.fake_twilio_control import CONTROL_ROUTES
-from tests.test_fake_twilio import ACCOUNT_SID, FROM, OTHER, TO, _client
+from tests.test_fake_twilio import ACCOUNT_SID, FROM, NO_ENV, OTHER, TO, TOKEN, _client
 
 SECRET = "the-auth-token"
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +148,7 @@ async def test_a_receiver_that_is_down_or_failing_is_recorded(
 ) -> None:
     receiver.answer = 500
     await _send(twilio, receiver.url)
-    with contextlib.closing(__import__("socket").socket()) as sock:
+    with contextlib.closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]  # nothing listens there once closed
     await _send(twilio, f"http://127.0.0.1:{closed_port}/cb", to=OTHER)
@@ -174,8 +177,6 @@ async def test_an_answer_slower_than_the_client_still_calls_back(
 
 
 async def test_invalid_status_callback_is_21609(twilio: Any) -> None:
-    from twilio.base.exceptions import TwilioRestException
-
     with pytest.raises(TwilioRestException) as info:
         await _send(twilio, "not a url")
     assert (info.value.status, info.value.code) == (400, 21609)
@@ -234,10 +235,6 @@ async def test_bad_receipts_are_refused(fake: FakeTwilio, payload: dict[str, Any
 
 
 def test_thread_helper_plays_receipts_and_outages() -> None:
-    from twilio.rest import Client
-
-    from tests.test_fake_twilio import NO_ENV, TOKEN
-
     with FakeTwilioThread() as fake:
         client = Client(ACCOUNT_SID, TOKEN, environment=NO_ENV)
         client.api.base_url = fake.url
@@ -272,8 +269,10 @@ def test_help_lists_every_control_route_and_option(capsys: pytest.CaptureFixture
 
 def test_user_document_covers_every_route_with_curl() -> None:
     text = (ROOT / "docs" / "fake-twilio.md").read_text()
+    curls = [line for line in text.splitlines() if "curl" in line]
     for method, path, _ in CONTROL_ROUTES:
         assert f"{method} {path}" in text, (method, path)
-        assert path in text.split("curl", 1)[1], path
+        verb = "" if method == "GET" else f"-X {method} "
+        assert any(f"{verb}$F{path}" in line.replace('"', "") for line in curls), (method, path)
     for topic in _TOPICS:
         assert topic in text, topic

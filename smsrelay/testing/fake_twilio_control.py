@@ -3,6 +3,7 @@ and read what was sent, requested and called back. Bad input is a 400 `{"error":
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -40,9 +41,13 @@ def _bad(message: str) -> web.Response:
 
 async def _json(request: web.Request, empty: object = None) -> object:
     """The JSON body (`empty` when there is none); ValueError when it is not JSON."""
-    if not await request.read():
+    raw = await request.read()
+    if not raw.strip():
         return empty
-    return await request.json()  # json.JSONDecodeError is a ValueError
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the body is not JSON ({exc})") from None
 
 
 def add_control_routes(app: web.Application, fake: FakeTwilio) -> None:
@@ -58,7 +63,7 @@ def add_control_routes(app: web.Application, fake: FakeTwilio) -> None:
     @route("POST", "/_fake/script")
     async def script(request: web.Request) -> web.Response:
         try:
-            to, parsed = Script.from_json(await request.json())
+            to, parsed = Script.from_json(await _json(request))
         except ValueError as exc:
             return _bad(str(exc))
         fake.set_script(to, parsed)
@@ -67,7 +72,7 @@ def add_control_routes(app: web.Application, fake: FakeTwilio) -> None:
     @route("POST", "/_fake/latency")
     async def latency(request: web.Request) -> web.Response:
         try:
-            data = await request.json()
+            data = await _json(request)
             seconds = data["seconds"] if isinstance(data, dict) else None
             if not isinstance(seconds, int | float) or isinstance(seconds, bool):
                 raise ValueError('expected {"seconds": <number>}')
@@ -97,7 +102,7 @@ def add_control_routes(app: web.Application, fake: FakeTwilio) -> None:
     @route("POST", "/_fake/receipts")
     async def receipts(request: web.Request) -> web.Response:
         try:
-            to, plan = Receipts.from_json(await request.json())
+            to, plan = Receipts.from_json(await _json(request))
         except ValueError as exc:
             return _bad(str(exc))
         fake.script_receipts(to, plan)

@@ -124,10 +124,11 @@ class FakeTwilio:
         self._url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
 
     async def stop(self) -> None:
-        await self._callbacks.close()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        # After the handlers finished: callbacks they scheduled are cancelled, not left behind.
+        await self._callbacks.close()
 
     async def __aenter__(self) -> FakeTwilio:
         await self.start()
