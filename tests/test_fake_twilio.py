@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from base64 import b64encode
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,12 @@ async def _client(url: str, http: AsyncTwilioHttpClient, token: str = TOKEN) -> 
 async def twilio(fake: FakeTwilio) -> AsyncIterator[Any]:
     async with AsyncTwilioHttpClient() as http:
         yield await _client(fake.url, http)
+
+
+async def _eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not check():  # noqa: ASYNC110 - polls state the fake changes on its own loop
+            await asyncio.sleep(0.02)
 
 
 def _auth(token: str = TOKEN) -> dict[str, str]:
@@ -216,7 +222,7 @@ async def test_accept_then_drop_sends_without_telling_the_client(
 
 
 async def test_delay_beyond_the_client_timeout_still_sends(fake: FakeTwilio, twilio: Any) -> None:
-    fake.script(TO, [Step.delay(0.5)])
+    fake.script(TO, [Step.delay(1.0)])
 
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(_send(twilio), timeout=0.1)
@@ -227,7 +233,7 @@ async def test_delay_beyond_the_client_timeout_still_sends(fake: FakeTwilio, twi
     assert (request.outcome, request.sid, request.status) == ("accepted", message.sid, None)
     [listed] = await twilio.messages.list_async(to=TO)
     assert (listed.sid, listed.status) == (message.sid, "delivered")
-    await asyncio.sleep(0.6)  # the late answer still goes out (to nobody)
+    await _eventually(lambda: request.status is not None)  # the late answer goes to nobody
     assert request.status == 201
     assert fake.accepted_count(TO, "Hi John") == 1
 
@@ -235,7 +241,7 @@ async def test_delay_beyond_the_client_timeout_still_sends(fake: FakeTwilio, twi
 async def test_accept_then_drop_after_a_delay_records_the_message_first(
     fake: FakeTwilio, twilio: Any
 ) -> None:
-    fake.script(TO, [Step.accept_drop(delay_s=0.3)])
+    fake.script(TO, [Step.accept_drop(delay_s=0.6)])
     sending = asyncio.create_task(_send(twilio))
 
     [message] = await fake.wait_for_messages(1, timeout_s=5)
@@ -524,7 +530,7 @@ async def test_list_payload_is_twilios_page(fake: FakeTwilio, twilio: Any) -> No
 
 
 async def test_a_message_not_sent_yet_has_no_date_sent(fake: FakeTwilio, twilio: Any) -> None:
-    fake.script_receipts(TO, Receipts(delay_s=0.3))
+    fake.script_receipts(TO, Receipts(delay_s=1.0))
     message = await _send(twilio)
 
     fetched = await twilio.messages(message.sid).fetch_async()
@@ -532,7 +538,7 @@ async def test_a_message_not_sent_yet_has_no_date_sent(fake: FakeTwilio, twilio:
     assert len(await twilio.messages.list_async(to=TO)) == 1
     since = datetime.now(UTC) - timedelta(hours=1)
     assert await twilio.messages.list_async(to=TO, date_sent_after=since) == []
-    await asyncio.sleep(0.8)
+    await _eventually(lambda: fake.messages[0].status == "delivered")
     fetched = await twilio.messages(message.sid).fetch_async()
     assert fetched.status == "delivered"
     assert fetched.date_sent is not None

@@ -133,14 +133,14 @@ async def test_receipts_are_scripted_per_number(
 async def test_delayed_receipts_move_the_status_on_in_time(
     fake: FakeTwilio, twilio: Any, receiver: Receiver
 ) -> None:
-    fake.script_receipts(None, Receipts(delay_s=0.3))  # every number
+    fake.script_receipts(None, Receipts(delay_s=0.6))  # every number
     message = await _send(twilio, receiver.url)
 
     assert fake.callbacks() == []
     assert (await twilio.messages(message.sid).fetch_async()).status == "queued"
     records = await fake.wait_for_callbacks(timeout_s=5)
     assert [r.status for r in records] == ["sent", "delivered"]
-    assert records[1].at - records[0].at >= 0.25
+    assert records[1].at - records[0].at >= 0.5
 
 
 async def test_a_receiver_that_is_down_or_failing_is_recorded(
@@ -165,7 +165,7 @@ async def test_a_receiver_that_is_down_or_failing_is_recorded(
 async def test_an_answer_slower_than_the_client_still_calls_back(
     fake: FakeTwilio, twilio: Any, receiver: Receiver
 ) -> None:
-    fake.script(TO, [Step.delay(0.4)])
+    fake.script(TO, [Step.delay(1.0)])
 
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(_send(twilio, receiver.url), timeout=0.1)
