@@ -18,6 +18,67 @@ from smsrelay.settings import Settings
 Command = Callable[[argparse.Namespace, Settings], int]
 
 
+# `smsrelay fake-twilio --help`: the whole surface, kept in step with docs/fake-twilio.md.
+_FAKE_TWILIO_EPILOG = """\
+credentials:
+  HTTP Basic auth as Twilio takes it (Account SID or API key SID, and its secret). Any
+  credentials are accepted unless --account-sid/--auth-token are given; then any others get
+  401, code 20003. Status callbacks are signed with the token the send authenticated with.
+
+Messages API, under /2010-04-01/Accounts/{AccountSid}/:
+  POST Messages.json          create: To, From or MessagingServiceSid, Body, StatusCallback
+  GET  Messages/{Sid}.json    fetch
+  GET  Messages.json          list, newest first: To, From, DateSent, DateSent<, DateSent>
+                              (on or before/after), PageSize (50, max 1000), Page, PageToken
+
+refused as Twilio refuses (HTTP 400, Twilio code):
+  To +15005550001 21211, +15005550002 21612, +15005550003 21408, +15005550004 21610,
+  +15005550009 21614, not E.164 21211; From +15005550001 21212, +15005550008 21611;
+  no To 21604, no From 21603, no Body 21602, Body over 1600 characters 21617,
+  StatusCallback not an http(s) URL 21609; bad list parameter 20001.
+
+control routes (JSON bodies; bad input answers 400 {"error": "..."}):
+  POST /_fake/script           {"to": "+1...", "steps": [STEP, ...], "default": STEP}: the
+                               next requests to that number, one step each, then the default
+  POST /_fake/latency          {"seconds": 0.2}: added to every create request
+  POST /_fake/outage           STEP plus "seconds": every Messages API request (create, fetch,
+                               list, all numbers) gets STEP, for that long or until ended;
+                               scripts wait unconsumed. No body: 503, code 20503
+  GET /_fake/outage            active, step, remaining_s, requests seen during it
+  DELETE /_fake/outage         end the outage
+  POST /_fake/receipts         {"to": "+1..." (absent: every number), "statuses": [...] or
+                               "final": "delivered"|"undelivered"|"failed", "before": [...],
+                               "error_code": 30003, "delay": 0.5}: the status callbacks
+  GET /_fake/callbacks         callbacks attempted (?sid=, ?to=) with the receiver's status
+  POST /_fake/callbacks/wait   {"timeout": 5}: until every scheduled callback was attempted
+                               (504 with the pending count otherwise)
+  GET /_fake/messages          accepted messages (?to=)
+  GET /_fake/requests          create requests and their outcome (?to=)
+  GET /_fake/stats             counters: requests, accepted, errors, dropped, duplicates
+  POST /_fake/reset            forget messages, scripts, receipts, callbacks, the outage
+
+STEP (a script's or an outage's answer):
+  {"status": 503, "code": 20503}    an error (no code: a proxy's HTML page)
+  {"status": 429, "code": 20429, "retry_after": 2}
+                                    Twilio's rate limit, with the header Retry-After: 2
+  "drop"                            connection closed, nothing sent
+  {"delay": 30}                     sent at once, answered 30 s later (past a client timeout)
+  "accept_drop" / {"action": "accept_drop", "delay": 1}
+                                    sent, then the connection is closed unanswered
+  "delay" waits before any answer. A message that was sent is in the list at once.
+
+receipts (status callbacks):
+  A send with StatusCallback gets form-encoded POSTs of MessageSid, SmsSid, MessageStatus,
+  SmsStatus, AccountSid, From, To, ApiVersion (ErrorCode, ErrorMessage when undelivered or
+  failed), signed X-Twilio-Signature as Twilio signs, after the create answer. Default:
+  sent, then delivered. Statuses may repeat or come out of order ("statuses": ["delivered",
+  "sent"]); fetch and list keep the most final. A receiver that is down is recorded.
+
+example:
+  curl -X POST http://127.0.0.1:8765/_fake/outage -d '{"status": 503, "code": 20503, "seconds": 10}'
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smsrelay", description="SMS delivery pipeline on Redis Streams. Settings come from "
@@ -44,10 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole pipeline on this machine, narrated")
     demo.set_defaults(func=_demo)
 
-    fake = sub.add_parser("fake-twilio", help="run the built-in fake Twilio Messages API")
-    fake.add_argument("--host", default="127.0.0.1")
-    fake.add_argument("--port", type=int, default=8765)
-    fake.add_argument("--latency-ms", type=float, default=0.0)
+    fake = sub.add_parser(
+        "fake-twilio", help="run the built-in fake Twilio Messages API",
+        description="A fake of Twilio's Messages API for tests, the demo and benchmarks: the "
+        "real twilio SDK creates, fetches and lists messages on it (set client.api.base_url "
+        "to the printed URL), and control routes script failures, outages, latency and "
+        "signed delivery receipts. Guide: docs/fake-twilio.md.",
+        epilog=_FAKE_TWILIO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fake.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    fake.add_argument("--port", type=int, default=8765, help="0 picks a free port (printed)")
+    fake.add_argument("--latency-ms", type=float, default=0.0,
+                      help="added to every create request (POST /_fake/latency changes it)")
+    fake.add_argument("--account-sid", help="accept only this account SID and --auth-token "
+                      "(default: any Basic credentials)")
+    fake.add_argument("--auth-token", help="the auth token that goes with --account-sid")
     fake.set_defaults(func=_fake_twilio, settings_free=True)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the request stream entry")
@@ -142,7 +213,10 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 def _fake_twilio(args: argparse.Namespace, settings: Settings) -> int:
     from smsrelay.testing.fake_twilio import run_forever
 
-    run_forever(args.host, args.port, latency_s=args.latency_ms / 1000)
+    if (args.account_sid is None) != (args.auth_token is None):
+        raise SmsRelayError("--account-sid and --auth-token go together")
+    run_forever(args.host, args.port, latency_s=args.latency_ms / 1000,
+                account_sid=args.account_sid, auth_token=args.auth_token)
     return 0
 
 

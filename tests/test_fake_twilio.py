@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from base64 import b64encode
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from smsrelay.testing.fake_twilio import FakeTwilio, FakeTwilioThread
+from smsrelay.testing.fake_twilio import FakeTwilio, FakeTwilioThread, Receipts
 from smsrelay.testing.fake_twilio_script import Script, Step
 
 ACCOUNT_SID = "AC" + "0" * 32
 TOKEN = "token"  # the fake accepts any credentials unless told otherwise
 FROM = "+15005550006"
 TO = "+18761234567"
+OTHER = "+18767654321"
 # A non-empty dict: with `{}` the SDK falls back to os.environ (TWILIO_REGION/EDGE).
 NO_ENV = {"SMSRELAY_TEST": "1"}
 
@@ -46,6 +49,16 @@ async def _client(url: str, http: AsyncTwilioHttpClient, token: str = TOKEN) -> 
 async def twilio(fake: FakeTwilio) -> AsyncIterator[Any]:
     async with AsyncTwilioHttpClient() as http:
         yield await _client(fake.url, http)
+
+
+async def _eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not check():  # noqa: ASYNC110 - polls state the fake changes on its own loop
+            await asyncio.sleep(0.02)
+
+
+def _auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": "Basic " + b64encode(f"{ACCOUNT_SID}:{token}".encode()).decode()}
 
 
 async def _send(twilio: Any, to: str = TO, body: str = "Hi John", **kwargs: Any) -> Any:
@@ -208,18 +221,37 @@ async def test_accept_then_drop_sends_without_telling_the_client(
     assert fake.duplicates() == {(TO, "Hi John"): 2}
 
 
-async def test_delay_beyond_the_client_timeout(fake: FakeTwilio, twilio: Any) -> None:
-    fake.script(TO, [Step.delay(0.5)])
-    started = time.monotonic()
+async def test_delay_beyond_the_client_timeout_still_sends(fake: FakeTwilio, twilio: Any) -> None:
+    fake.script(TO, [Step.delay(1.0)])
 
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(_send(twilio), timeout=0.1)
-    assert len(fake.requests) == 1
-    assert fake.messages == []
-    # Twilio finishes what it started even though the client gave up.
-    await fake.wait_for_messages(1, timeout_s=3)
+    # Twilio took the message when the request arrived: the phone gets it, the client cannot
+    # know, and the Messages list already shows it while the answer is still on its way.
+    [request] = fake.requests
+    [message] = fake.messages
+    assert (request.outcome, request.sid, request.status) == ("accepted", message.sid, None)
+    [listed] = await twilio.messages.list_async(to=TO)
+    assert (listed.sid, listed.status) == (message.sid, "delivered")
+    await _eventually(lambda: request.status is not None)  # the late answer goes to nobody
+    assert request.status == 201
     assert fake.accepted_count(TO, "Hi John") == 1
-    assert time.monotonic() - started >= 0.5
+
+
+async def test_accept_then_drop_after_a_delay_records_the_message_first(
+    fake: FakeTwilio, twilio: Any
+) -> None:
+    fake.script(TO, [Step.accept_drop(delay_s=0.6)])
+    sending = asyncio.create_task(_send(twilio))
+
+    [message] = await fake.wait_for_messages(1, timeout_s=5)
+    assert not sending.done()  # accepted, the connection not dropped yet
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await sending
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    found = await twilio.messages.list_async(to=TO, date_sent_after=since)
+    assert [m.sid for m in found] == [message.sid]
+    assert fake.stats()["dropped"] == 1
 
 
 async def test_global_latency_delays_every_send(fake: FakeTwilio, twilio: Any) -> None:
@@ -283,14 +315,24 @@ async def test_http_control_endpoints(fake: FakeTwilio, twilio: Any) -> None:
         ("/_fake/script", {"steps": []}),
         ("/_fake/latency", {"seconds": -1}),
         ("/_fake/latency", {"ms": 5}),
+        ("/_fake/outage", {"seconds": -1}),
+        ("/_fake/outage", {"status": 200}),
+        ("/_fake/outage", {"action": "accept"}),
+        ("/_fake/outage", {"status": 503, "retry_after": "soon"}),
+        ("/_fake/outage", {"action": "drop", "retry_after": 1}),
+        ("/_fake/outage", "not json"),
+        ("/_fake/script", "not json"),
+        ("/_fake/callbacks/wait", {"timeout": 0}),
     ],
 )
 async def test_control_endpoints_reject_bad_input(
-    fake: FakeTwilio, path: str, payload: dict[str, Any]
+    fake: FakeTwilio, path: str, payload: dict[str, Any] | str
 ) -> None:
-    async with aiohttp.ClientSession() as http, http.post(fake.url + path, json=payload) as resp:
+    body = payload if isinstance(payload, str) else json.dumps(payload)
+    async with aiohttp.ClientSession() as http, http.post(fake.url + path, data=body) as resp:
         assert resp.status == 400
-        assert "error" in await resp.json()
+        error = (await resp.json())["error"]
+        assert error and "\n" not in error
 
 
 def test_step_parsing_round_trips() -> None:
@@ -335,3 +377,168 @@ def test_command_line_prints_its_url_and_stops_on_sigterm() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=10) == 0
+
+
+# -- outages of every number ------------------------------------------------------------------
+
+
+async def test_an_outage_fails_every_request_and_leaves_scripts_for_after(
+    fake: FakeTwilio, twilio: Any
+) -> None:
+    earlier = await _send(twilio)
+    fake.script(TO, [Step.error(400, 21610)])
+    fake.start_outage(Step.error(503, 20503))
+
+    for to in (TO, OTHER):
+        error = await _send_error(twilio, to)
+        assert (error.status, error.code) == (503, 20503)
+    with pytest.raises(TwilioRestException) as fetched:
+        await twilio.messages(earlier.sid).fetch_async()
+    assert fetched.value.status == 503
+    # The SDK's list reports a failed page as a bare TwilioException carrying the response.
+    with pytest.raises(TwilioException, match="Unable to fetch page") as listed:
+        await twilio.messages.list_async(to=TO)
+    assert listed.value.args[1].status_code == 503
+    assert fake.outage()["requests"] == 4
+    assert fake.outage()["active"] is True
+
+    fake.end_outage()
+    assert (await _send_error(twilio)).code == 21610  # the script's step was kept for now
+    assert (await _send(twilio, to=OTHER)).status == "queued"
+    assert [m.sid for m in fake.messages] == [earlier.sid, fake.messages[1].sid]
+    assert fake.outage() | {"started_at": 0, "ended_at": 0} == {
+        "active": False, "step": None, "remaining_s": None, "requests": 4,
+        "started_at": 0, "ended_at": 0,
+    }
+
+
+async def test_a_timed_outage_ends_by_itself(fake: FakeTwilio, twilio: Any) -> None:
+    fake.start_outage("drop", seconds=0.3)
+
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await _send(twilio)
+    await asyncio.sleep(0.4)
+    assert (await _send(twilio)).status == "queued"
+    assert fake.outage()["active"] is False
+    assert fake.outage()["requests"] == 1
+    assert fake.stats()["dropped"] == 1
+
+
+async def test_an_outage_of_lost_answers_sends_every_message(
+    fake: FakeTwilio, twilio: Any
+) -> None:
+    fake.start_outage(Step.accept_drop())
+
+    for to in (TO, OTHER):
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await _send(twilio, to)
+    fake.end_outage()
+    assert sorted(m.to for m in fake.messages) == sorted([TO, OTHER])
+
+
+# -- 429 with Retry-After ----------------------------------------------------------------------
+
+
+async def test_429_carries_retry_after_like_twilio(fake: FakeTwilio, twilio: Any) -> None:
+    fake.script(TO, [Step.rate_limited(retry_after_s=2)])
+
+    error = await _send_error(twilio)
+    assert (error.status, error.code) == (429, 20429)
+    assert twilio.http_client._test_only_last_response.headers["Retry-After"] == "2"
+    async with aiohttp.ClientSession() as http:
+        await http.post(f"{fake.url}/_fake/outage", json={
+            "status": 429, "code": 20429, "retry_after": 1.5, "seconds": 30})
+        path = f"{fake.url}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
+        form = {"To": OTHER, "From": FROM, "Body": "x"}
+        async with http.post(path, data=form, headers=_auth()) as resp:
+            assert (resp.status, resp.headers["Retry-After"]) == (429, "1.5")
+            assert (await resp.json())["code"] == 20429
+    assert fake.messages == []
+
+
+# -- the Messages list -------------------------------------------------------------------------
+
+
+async def test_list_filters_and_pages_through_the_sdk(fake: FakeTwilio, twilio: Any) -> None:
+    started = datetime.now(UTC).replace(microsecond=0)
+    mine = [await _send(twilio, body=f"n{i}") for i in range(5)]
+    await _send(twilio, to=OTHER)
+    await _send(twilio, from_="+15005550007")
+
+    listed = await twilio.messages.list_async(to=TO, from_=FROM, page_size=2)
+    assert [m.sid for m in listed] == [m.sid for m in reversed(mine)]  # newest first
+    first = listed[-1]
+    assert (first.to, first.from_, first.body, first.status) == (TO, FROM, "n0", "delivered")
+    assert first.num_segments == "1"
+    assert abs(first.date_sent - started) < timedelta(seconds=5)
+    assert abs(first.date_created - started) < timedelta(seconds=5)
+    assert len(await twilio.messages.list_async(to=TO, limit=3)) == 3
+    assert len(await twilio.messages.list_async()) == 7
+    assert len(await twilio.messages.list_async(from_="+15005550007")) == 1
+
+    async def count(**dates: Any) -> int:
+        return len(await twilio.messages.list_async(to=TO, from_=FROM, **dates))
+
+    hour = timedelta(hours=1)
+    assert await count(date_sent_after=started) == 5
+    assert await count(date_sent_after=started + hour) == 0
+    assert await count(date_sent_before=started - hour) == 0
+    assert await count(date_sent_before=started + hour, date_sent_after=started - hour) == 5
+    assert await count(date_sent=started.date()) == 5
+    assert await count(date_sent="2001-01-01") == 0
+
+
+def test_the_sync_sdk_lists_and_pages_through_the_thread_helper() -> None:
+    with FakeTwilioThread() as fake:
+        client = Client(ACCOUNT_SID, TOKEN, environment=NO_ENV)
+        client.api.base_url = fake.url
+        sids = [client.messages.create(to=TO, from_=FROM, body=f"s{i}").sid for i in range(3)]
+
+        listed = client.messages.list(to=TO, page_size=2)
+        assert [m.sid for m in listed] == sids[::-1]
+        assert [m.body for m in client.messages.list(to=TO, limit=1)] == ["s2"]
+
+
+async def test_list_payload_is_twilios_page(fake: FakeTwilio, twilio: Any) -> None:
+    sids = [(await _send(twilio, body=f"p{i}")).sid for i in range(3)]
+    base = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
+    async with aiohttp.ClientSession(base_url=fake.url, headers=_auth()) as http:
+        async with http.get(base, params={"To": TO, "PageSize": "2"}) as resp:
+            page = await resp.json()
+        assert set(page) == {"end", "first_page_uri", "messages", "next_page_uri", "page",
+                             "page_size", "previous_page_uri", "start", "uri"}
+        assert (page["page"], page["page_size"], page["start"], page["end"]) == (0, 2, 0, 1)
+        assert [m["sid"] for m in page["messages"]] == [sids[2], sids[1]]
+        assert page["previous_page_uri"] is None
+        assert page["uri"] == f"{base}?To=%2B18761234567&PageSize=2&Page=0"
+        assert page["next_page_uri"].endswith(f"&Page=1&PageToken=PA{sids[1]}")
+        async with http.get(page["next_page_uri"]) as resp:
+            second = await resp.json()
+        assert [m["sid"] for m in second["messages"]] == [sids[0]]
+        assert second["next_page_uri"] is None
+        assert (second["page"], second["start"]) == (1, 2)
+        async with http.get(second["previous_page_uri"]) as resp:
+            assert [m["sid"] for m in (await resp.json())["messages"]] == [sids[2], sids[1]]
+        for params in ({"PageSize": "0"}, {"PageSize": "x"}, {"DateSent>": "yesterday"},
+                       {"PageToken": "PASMnope"}, {"Page": "-1"}):
+            async with http.get(base, params=params) as resp:
+                error = await resp.json()
+                assert (resp.status, error["code"]) == (400, 20001), params
+                assert "Invalid parameter" in error["message"]
+        async with http.get(base, headers={"Authorization": "Bearer x"}) as resp:
+            assert resp.status == 401
+
+
+async def test_a_message_not_sent_yet_has_no_date_sent(fake: FakeTwilio, twilio: Any) -> None:
+    fake.script_receipts(TO, Receipts(delay_s=1.0))
+    message = await _send(twilio)
+
+    fetched = await twilio.messages(message.sid).fetch_async()
+    assert (fetched.status, fetched.date_sent) == ("queued", None)
+    assert len(await twilio.messages.list_async(to=TO)) == 1
+    since = datetime.now(UTC) - timedelta(hours=1)
+    assert await twilio.messages.list_async(to=TO, date_sent_after=since) == []
+    await _eventually(lambda: fake.messages[0].status == "delivered")
+    fetched = await twilio.messages(message.sid).fetch_async()
+    assert fetched.status == "delivered"
+    assert fetched.date_sent is not None
