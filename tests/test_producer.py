@@ -194,3 +194,62 @@ def test_a_forked_child_publishes_on_a_connection_of_its_own(settings: Settings)
         assert redis_connection_id(producer) == parent_connection
     assert sorted(e["body"] for e in _entries(settings)) == [
         "child", "parent, after", "parent, before the fork"]
+
+
+@pytest.mark.parametrize(("to", "body", "expected"), [
+    ("+1-800-FLOWERS", "hi", "to: phone number must be written in digits"),
+    ("+1 415 555 2671 ext. 5", "hi", "to: phone number extensions"),
+    ("+14155552671", "colour \x1b[31mred", "body: must not contain control characters"),
+    ("+14155552671", "nul\x00", "body: must not contain control characters"),
+])
+def test_letters_extensions_and_control_characters_are_rejected(
+        settings: Settings, to: str, body: str, expected: str) -> None:
+    with Producer(settings) as producer:
+        result = producer.publish(to, body)
+        assert (result.status, result.message_id) == ("rejected", None)
+        assert (result.error or "").startswith(expected), result.error
+        with pytest.raises(InvalidMessageError):
+            producer.publish(to, body, strict=True)
+        kept = producer.publish("+1 (415) 555-2671", "line one\r\n\tline two")
+    assert kept.status == "queued"
+    assert [(e["to"], e["body"]) for e in _entries(settings)] == [
+        ("+14155552671", "line one\r\n\tline two")]
+
+
+def test_a_5_000_000_item_meta_is_rejected_before_anything_encodes_it(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from smsrelay.schemas import meta as meta_module
+
+    huge = {"ids": list(range(5_000_000))}
+    started = time.perf_counter()
+    json.dumps(huge, separators=(",", ":"))
+    encoding_s = time.perf_counter() - started
+
+    encoded: list[Any] = []
+    walks: list[meta_module.MetaWalk] = []
+    real_encode, real_walk = meta_module.encode_meta, meta_module.walk_meta
+
+    def counting_encode(value: Any) -> str:
+        encoded.append(value)
+        return real_encode(value)
+
+    def recording_walk(value: Any, **limits: int) -> meta_module.MetaWalk:
+        walks.append(real_walk(value, **limits))
+        return walks[-1]
+
+    monkeypatch.setattr(meta_module, "encode_meta", counting_encode)
+    monkeypatch.setattr(meta_module, "walk_meta", recording_walk)
+    with Producer(settings) as producer:
+        started = time.perf_counter()
+        result = producer.publish("+14155552671", "hi", meta=huge)
+        rejecting_s = time.perf_counter() - started
+        assert producer.publish("+14155552671", "hi", meta={"ids": [1, 2]}).status == "queued"
+    assert result.status == "rejected"
+    assert (result.error or "").startswith("meta: must encode to at most 4096 bytes")
+    # The walk looked at the outer object and the list's length, nothing inside; the small
+    # meta was walked and encoded, the huge one never encoded.
+    assert [w.visited for w in walks] == [2, 4]
+    assert encoded == [{"ids": [1, 2]}]
+    # (a generous bound: the rejection is ~10 µs, encoding 5,000,000 items ~0.5 s)
+    assert rejecting_s < encoding_s / 10, (rejecting_s, encoding_s)
+    assert len(_entries(settings)) == 1

@@ -6,7 +6,6 @@ generated from `RequestEntry` (`smsrelay schema`) and kept equal to it by a test
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     Json,
@@ -24,54 +24,63 @@ from pydantic import (
 )
 
 from smsrelay import clock
-from smsrelay.schemas.phone import normalize_e164
+from smsrelay.schemas.meta import (
+    MAX_META_BYTES,
+    MAX_META_DEPTH,
+    bound_meta,
+    check_meta,
+    encode_meta,
+)
+from smsrelay.schemas.phone import (
+    WIRE_E164_PATTERN,
+    check_plain_e164,
+    normalize_e164,
+    strip_separators,
+)
 
 SCHEMA_VERSION = "1"
 MAX_BODY_CHARS = 1600
-MAX_META_BYTES = 4096
-MAX_META_DEPTH = 32  # well inside the JSON parsers' recursion limits (pydantic's is 200)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls and DEL, but tab, line feed and carriage return: what a handset may show
+# as garbage or act on (an ESC sequence), never text a person meant to send.
+_CONTROLS = r"\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f"
+BODY_PATTERN = f"^[^{_CONTROLS}]*$"  # in the JSON Schema
+_BODY_CONTROL = re.compile(f"[{_CONTROLS}]")
+# What describe_errors escapes so that an error stays one line (str.splitlines splits on all).
+_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
-# The pattern is published in the JSON Schema for other languages; here libphonenumber decides,
-# with a clearer error than a regex mismatch.
+
+def _check_body(value: str) -> str:
+    found = _BODY_CONTROL.search(value)
+    if found is not None:
+        raise ValueError(f"must not contain control characters (U+{ord(found.group()):04X} at "
+                         f"character {found.start()}): remove them; newlines and tabs are "
+                         "allowed")
+    return value
+
+
+# A caller's number, as people write it: checked and normalised to E.164 by libphonenumber
+# (with a clearer error than a regex mismatch).
 Phone = Annotated[str, Field(min_length=2, max_length=32,
-                             description="E.164 phone number, e.g. +14155552671",
-                             json_schema_extra={"pattern": r"^\+[1-9][0-9]{6,14}$"}),
+                             description="Phone number in international format, e.g. "
+                                         "+14155552671 or +1 (415) 555-2671"),
                   AfterValidator(normalize_e164)]
+# The wire's number: plain E.164 exactly, as the producer writes it, and valid. The pattern
+# is published in the JSON Schema for other languages; the validator says what is wrong.
+E164 = Annotated[str, Field(description="Plain E.164 phone number ('+' and 7-15 digits, "
+                                        "nothing else), valid per libphonenumber, e.g. "
+                                        "+14155552671",
+                            json_schema_extra={"pattern": WIRE_E164_PATTERN}),
+                 AfterValidator(check_plain_e164)]
 Body = Annotated[str, Field(min_length=1, max_length=MAX_BODY_CHARS,
-                            description="The text to send, 1-1600 characters")]
+                            description="The text to send, 1-1600 characters; no control "
+                                        "characters but tab, line feed and carriage return",
+                            json_schema_extra={"pattern": BODY_PATTERN}),
+                 AfterValidator(_check_body)]
 Kind = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
                             description="What the message is about, for logs and metrics")]
 IdempotencyKey = Annotated[str, Field(min_length=1, max_length=200,
                                       description="Same key within 24 h: no second SMS")]
-
-
-def _depth(value: Any) -> int:
-    """How deep containers nest in `value` (iterative: a hostile value cannot recurse)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack and deepest <= MAX_META_DEPTH:
-        item, level = stack.pop()
-        deepest = max(deepest, level)
-        if isinstance(item, dict):
-            stack.extend((v, level + 1) for v in item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend((v, level + 1) for v in item)
-    return deepest
-
-
-def _check_meta(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if _depth(value) > MAX_META_DEPTH:
-        raise ValueError(f"meta must nest at most {MAX_META_DEPTH} levels deep")
-    try:
-        # Strict JSON (no NaN/Infinity): services in any language read this field.
-        encoded = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"meta must hold only JSON values ({exc})") from None
-    if len(encoded) > MAX_META_BYTES:
-        raise ValueError(f"meta must encode to at most {MAX_META_BYTES} bytes of JSON")
-    return value
+Meta = Annotated[dict[str, Any], BeforeValidator(bound_meta), AfterValidator(check_meta)]
 
 
 class MessageRequest(BaseModel):
@@ -83,14 +92,14 @@ class MessageRequest(BaseModel):
     body: Body
     kind: Kind | None = None
     idempotency_key: IdempotencyKey | None = None
-    meta: Annotated[dict[str, Any] | None, AfterValidator(_check_meta)] = None
+    meta: Meta | None = None
 
     @field_validator("to", mode="before")
     @classmethod
     def _strip_phone(cls, value: object) -> object:
-        # Accept "+1 (415) 555-2671" from forms; the pattern then sees the E.164 digits.
+        # "+1 (415) 555-2671" from a form: the length limit and the cache see the digits.
         if isinstance(value, str):
-            return "".join(ch for ch in value if ch not in " ()-.\t")
+            return strip_separators(value.strip())
         return value
 
 
@@ -102,13 +111,14 @@ class RequestEntry(BaseModel):
 
     v: Literal["1"] = Field(description="Schema version")
     id: uuid.UUID = Field(description="Message id (UUID), assigned at publish")
-    to: Phone
+    to: E164
     body: Body
     created_at: datetime = Field(description="ISO 8601 UTC time of publish")
     kind: Kind | None = None
     idempotency_key: IdempotencyKey | None = None
-    meta: Json[Annotated[dict[str, Any], AfterValidator(_check_meta)]] | None = Field(
-        None, description="A JSON object, encoded as a string")
+    meta: Json[Meta] | None = Field(
+        None, description=f"A JSON object, encoded as a string: at most {MAX_META_BYTES} "
+                          f"bytes as compact JSON, nested at most {MAX_META_DEPTH} levels")
 
     @property
     def message_id(self) -> str:
@@ -138,7 +148,7 @@ def wire_fields(message_id: str, to: str, body: str, created_at: str, kind: str 
     if idempotency_key is not None:
         fields["idempotency_key"] = idempotency_key
     if meta is not None:
-        fields["meta"] = json.dumps(meta, separators=(",", ":"))
+        fields["meta"] = encode_meta(meta)
     return fields
 
 
@@ -177,7 +187,7 @@ def describe_errors(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in error["loc"]) or "input"
         message = str(error["msg"]).removeprefix("Value error, ")
         # pydantic quotes the offending character, which may be a newline: keep one line
-        message = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", message)
+        message = _LINE_BREAKING.sub(lambda m: f"\\u{ord(m.group()):04x}", message)
         if error["type"] == "missing":
             message = "missing"
         parts.append(f"{where}: {message}")

@@ -1,8 +1,17 @@
-"""Phone numbers: parsed and checked by Google's libphonenumber (the `phonenumbers` port)."""
+"""Phone numbers: parsed and checked by Google's libphonenumber (the `phonenumbers` port).
+
+Two doors. A caller's number (`normalize_e164`, at publish) may be written as people write it,
+spaced, dashed, dotted or bracketed; nothing else: letters (`+1-800-FLOWERS`) and extensions
+(`ext. 5`) are refused, never converted, because libphonenumber would silently text another
+number or drop the extension. A stream entry's number (`check_plain_e164`, in the worker) must
+already be the plain, canonical E.164 string the producer writes: a number in two spellings
+would be two numbers to the rate limiter.
+"""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import cache, lru_cache
 
 import phonenumbers
@@ -10,6 +19,51 @@ from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneNumber
 from phonenumbers.phonemetadata import PhoneMetadata
 
 _PLAIN_E164 = re.compile(r"\+([1-9][0-9]{1,16})")
+# What the JSON Schema publishes for the wire (ASCII digits only, as JSON Schema reads \d).
+WIRE_E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
+_WIRE_E164 = re.compile(WIRE_E164_PATTERN)
+# Spaces (tab and Unicode's space separators), dashes, dots and brackets.
+_SEPARATORS = dict.fromkeys(map(ord, "\t \u00a0\u1680\u202f\u205f\u3000-\u2212\uff0d.()[]"
+                                     + "".join(map(chr, range(0x2000, 0x200B)))
+                                     + "".join(map(chr, range(0x2010, 0x2016)))))
+_ASCII_NUMBER = re.compile(r"\+[0-9]*")
+_WRITTEN = re.compile(r"[+\uff0b]\d+")  # \d: digits of any script
+# An extension marker after the number (not after a letter: +1-800-TAX 5 has letters)
+_EXTENSION = re.compile(r"(?:;\s*ext\s*=|#|(?<![^\W\d_])(?:extension|extn|ext|x)\.?:?)\s*\d+\s*$",
+                        re.IGNORECASE)
+INTERNATIONAL = ("phone number must be in international format starting with '+' and a "
+                 "country code, e.g. +14155552671")
+
+
+def strip_separators(text: str) -> str:
+    """`text` without the spaces, dashes, dots and brackets people write numbers with."""
+    return text.translate(_SEPARATORS)
+
+
+def _show(ch: str) -> str:
+    return repr(ch) if ch.isprintable() else f"U+{ord(ch):04X}"
+
+
+def _digits_only(text: str) -> str:
+    """`+` and ASCII digits from a number as written, or a ValueError saying what to fix."""
+    stripped = strip_separators(text.strip())
+    if _ASCII_NUMBER.fullmatch(stripped):  # the common case
+        return stripped
+    if _EXTENSION.search(text):
+        raise ValueError("phone number extensions (ext., x, #) cannot receive an SMS: "
+                         "send to the number without its extension")
+    odd = next((ch for ch in stripped if not (ch.isdecimal() or ch in "+\uff0b")), None)
+    if odd is not None and odd.isalpha():
+        raise ValueError("phone number must be written in digits: letters (as in "
+                         "+1-800-FLOWERS) are not converted")
+    if odd is not None or stripped[1:].count("+") or "\uff0b" in stripped[1:]:
+        shown = _show(odd) if odd is not None else "'+'"
+        raise ValueError("phone number may hold only a leading '+', digits, spaces, dashes, "
+                         f"dots and brackets, not {shown}")
+    if not _WRITTEN.fullmatch(stripped):
+        raise ValueError(INTERNATIONAL)
+    # Digits of any script (fullwidth from an East Asian keyboard): as ASCII
+    return "+" + "".join(str(unicodedata.decimal(ch)) for ch in stripped[1:])
 
 
 # Pure and ~20-50 µs a number: the numbers a service texts repeat (the same customers, the same
@@ -18,11 +72,27 @@ _PLAIN_E164 = re.compile(r"\+([1-9][0-9]{1,16})")
 def normalize_e164(value: str) -> str:
     """Return the E.164 form of a possible, valid international number, or raise ValueError.
 
-    Spaces, dashes and brackets are accepted (`+1 (415) 555-2671`); a national number without
-    a country code is not, because a pipeline serving many countries cannot guess one.
+    Spaces, dashes, dots and brackets are accepted (`+1 (415) 555-2671`); letters and
+    extensions are not, nor is a national number without a country code, because a pipeline
+    serving many countries cannot guess one.
     """
-    text = value.strip()
+    text = _digits_only(value)
     return plain_e164_if_valid(text) or _parse_and_check(text)
+
+
+@lru_cache(maxsize=8192)
+def check_plain_e164(value: str) -> str:
+    """`value` if it is a valid number in plain, canonical E.164 (the wire's form), else a
+    ValueError saying what the publisher must change."""
+    if not _WIRE_E164.fullmatch(value):
+        raise ValueError("must be plain E.164, '+' and 7 to 15 digits without spaces or "
+                         "punctuation, e.g. +14155552671: normalise the number before "
+                         "publishing")
+    if plain_e164_if_valid(value) == value or _parse_and_check(value) == value:
+        return value
+    raise ValueError("must be the number's canonical E.164 form (libphonenumber reads this "
+                     "one as another number, e.g. with a national prefix): normalise it "
+                     "before publishing")
 
 
 def plain_e164_if_valid(text: str) -> str | None:
@@ -87,8 +157,7 @@ def _national_prefix_pattern(country_code: int) -> re.Pattern[str] | None:
 
 def _parse_and_check(text: str) -> str:
     if not text.startswith("+"):
-        raise ValueError("phone number must be in international format starting with '+' "
-                         "and a country code, e.g. +14155552671")
+        raise ValueError(INTERNATIONAL)
     try:
         parsed = phonenumbers.parse(text, None)
     except phonenumbers.NumberParseException as exc:

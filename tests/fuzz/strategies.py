@@ -39,7 +39,8 @@ def phones(draw: st.DrawFn) -> str:
     """Valid numbers as people type them, and near misses."""
     base = draw(st.sampled_from(VALID_PHONES))
     style = draw(st.sampled_from(["plain", "spaced", "dashed", "fullwidth", "trimmed",
-                                  "extended", "noplus", "junk"]))
+                                  "extended", "noplus", "junk", "lettered", "extension",
+                                  "dotted"]))
     if style == "spaced":
         return f"{base[:2]} ({base[2:5]}) {base[5:8]} {base[8:]}"
     if style == "dashed":
@@ -54,6 +55,15 @@ def phones(draw: st.DrawFn) -> str:
         return base[1:]
     if style == "junk":
         return draw(any_text)
+    if style == "lettered":  # a vanity number: libphonenumber would convert it
+        cut = draw(st.integers(3, len(base) - 1))
+        return base[:cut] + draw(st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+                                         min_size=1, max_size=len(base) - cut))
+    if style == "extension":
+        marker = draw(st.sampled_from([" ext. ", " ext ", ";ext=", " x", "x", "#", " extension "]))
+        return base + marker + draw(st.text("0123456789", min_size=1, max_size=5))
+    if style == "dotted":
+        return f"{base[:2]}.{base[2:5]}.{base[5:8]}.{base[8:]}"
     return base
 
 
@@ -71,6 +81,11 @@ non_json_leaves = st.one_of(
     st.builds(object), st.tuples(st.integers()))
 
 
+# C0 and C1 controls and DEL: refused in a body, but tab, line feed and carriage return.
+controls = st.characters(categories=["Cc"])
+BODY_CONTROLS = frozenset(chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]) - set("\t\n\r")
+
+
 def nested(depth: int) -> Any:
     value: Any = "leaf"
     for n in range(depth):
@@ -84,6 +99,11 @@ metas = st.one_of(
     st.dictionaries(st.text(max_size=5), non_json_leaves, min_size=1, max_size=2),
     st.integers(1, 400).map(lambda d: {"deep": nested(d)}),
     st.integers(3000, 6000).map(lambda n: {"big": "x" * n}),
+    # around the limit: {"big":"..."} is 10 bytes of structure and the string
+    st.integers(4080, 4110).map(lambda n: {"big": "x" * (n - 10)}),
+    # many items: refused by the walk before anything encodes them
+    st.integers(2040, 300_000).map(lambda n: {"ids": list(range(n))}),
+    st.integers(2040, 50_000).map(lambda n: {f"k{i}": None for i in range(n)}),
     st.one_of(st.lists(st.integers(), max_size=2), any_text, st.integers()),
 )
 
@@ -109,6 +129,8 @@ VALID = {
 ANY = {
     "to": st.one_of(phones(), anything),
     "body": st.one_of(st.text(any_char, min_size=1, max_size=60),
+                      st.lists(st.one_of(st.text(max_size=8), controls), min_size=1,
+                               max_size=8).map("".join),
                       st.integers(1590, 1610).map(lambda n: "é" * n),
                       st.just(""), st.just("   "), anything),
     "kind": st.one_of(any_text, anything),

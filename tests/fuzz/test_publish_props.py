@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -22,26 +23,44 @@ from smsrelay.schemas.entry import (
     InvalidEntry,
     MessageRequest,
     describe_errors,
+    new_entry_fields,
     parse_entry,
 )
+from smsrelay.schemas.meta import MAX_META_BYTES
 from smsrelay.settings import Settings
 from smsrelay.streams.keys import ShardKeys
 from tests.conftest import make_settings
-from tests.fuzz.strategies import any_text, fuzz_settings, publish_args, strict_json
+from tests.fuzz.strategies import (
+    BODY_CONTROLS,
+    any_text,
+    fuzz_settings,
+    publish_args,
+    strict_json,
+)
 
 pytestmark = pytest.mark.faults
 
 DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+WIRE_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 @fuzz_settings(1500)
 @given(args=publish_args())
 def test_a_request_is_valid_or_refused_with_a_validation_error(args: dict[str, Any]) -> None:
     # Given any input, When it is validated, Then it is a request or a ValidationError
     try:
-        MessageRequest(**args)
+        request = MessageRequest(**args)
     except ValidationError as exc:
         line = describe_errors(exc)
-        assert line and "\n" not in line
+        assert line and len(line.splitlines()) == 1, line
+        return
+    # And what it accepts is what the wire takes: plain E.164, no controls, small meta
+    fields = new_entry_fields(request)
+    assert WIRE_E164.fullmatch(fields["to"]), fields["to"]
+    assert parse_entry(fields).to == request.to
+    to, body = args["to"], args["body"]
+    assert not (isinstance(to, str) and any(ch.isalpha() for ch in to)), to
+    assert not (isinstance(body, str) and BODY_CONTROLS & set(body)), body
+    assert len(fields.get("meta", "")) <= MAX_META_BYTES
 
 
 @fuzz_settings(1500)
@@ -49,17 +68,22 @@ def test_a_request_is_valid_or_refused_with_a_validation_error(args: dict[str, A
     ["v", "id", "to", "body", "created_at", "kind", "idempotency_key", "meta"]), any_text),
     st.one_of(any_text, st.binary(max_size=20).map(lambda b: b.decode("latin-1")),
               st.sampled_from(["1", "c42b55dd-b849-4bbf-a4ce-5ccad843c8b1", "+14155552671",
-                               "2026-01-01T00:00:00Z", "{}", "[]", "NaN", "{\"a\": NaN}"])),
+                               "+1 (415) 555-2671", "+1-800-FLOWERS", "+460253544476",
+                               "hi\x1b[0m", "2026-01-01T00:00:00Z", "{}", "[]", "NaN",
+                               "{\"a\": NaN}"])),
     max_size=9))
 def test_parse_entry_reads_a_request_or_raises_invalid_entry(fields: dict[str, str]) -> None:
     # Given any map of string fields, When the worker parses it, Then only InvalidEntry
     try:
-        parse_entry(fields)
+        entry = parse_entry(fields)
     except InvalidEntry as exc:
         problem = str(exc)
     else:
+        # a parsed entry's number is plain E.164 as written, its body free of controls
+        assert entry.to == fields["to"] and WIRE_E164.fullmatch(entry.to)
+        assert not BODY_CONTROLS & set(entry.body)
         return
-    assert problem and "\n" not in problem
+    assert problem and len(problem.splitlines()) == 1, problem
 
 
 @pytest.fixture

@@ -16,7 +16,9 @@ import redis
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+from smsrelay.keys import ShardKeys
 from smsrelay.schemas.entry import InvalidEntry, parse_entry
+from smsrelay.settings import Settings
 from tests.conftest import make_settings
 from tests.faults.support import (
     Pipeline,
@@ -27,6 +29,7 @@ from tests.faults.support import (
     wait_for,
 )
 from tests.fuzz.strategies import any_text, fuzz_settings
+from tests.helpers import dead_letters, running_worker, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -34,6 +37,7 @@ Fields = dict[bytes, bytes]
 NAMES = [b"v", b"id", b"to", b"body", b"created_at", b"kind", b"idempotency_key", b"meta",
          b"reason", b"error", b"attempts", b"replay_of", b"orig.v", b""]
 PLAUSIBLE = [b"1", b"2", b"", b"+14155552671", b"+1", b"2026-01-01T00:00:00Z", b"yesterday",
+             b"+1 (415) 555-8001", b"+1-800-FLOWERS", b"+460253544476", b"hi \x1b[31m",
              b"{}", b"[]", b"null", b"{\"a\": NaN}", b"[" * 300, b"\x00", b"\xff\xfe",
              str(uuid.uuid4()).encode()]
 # Any Unicode text as its bytes, lone surrogates too (which makes invalid UTF-8).
@@ -133,3 +137,30 @@ def test_arbitrary_entries_are_dead_lettered_and_the_worker_lives_on(
     assert outcomes["invalid"] > 0
     assert events["sms.processing_failed"] == 0
     assert events["worker.claimed"] == 0
+
+
+async def test_entries_another_publisher_did_not_normalise_are_dead_lettered(
+        settings: Settings, fake_twilio: Any) -> None:
+    # Given entries a publisher in another language wrote with a formatted number, a number
+    # libphonenumber reads as another one, and a body with an escape sequence
+    client = redis.Redis.from_url(settings.redis_url)
+    stream = ShardKeys(settings.namespace).requests
+    bad = {"+1 (415) 555-8001": "to: must be plain E.164",
+           "+460253544476": "to: must be the number's canonical E.164 form",
+           "+14155558002": "body: must not contain control characters"}
+    entries: list[Fields] = [
+        {**_valid(), b"to": to.encode(),
+         b"body": b"red \x1b[31malert" if to == "+14155558002" else b"formatted"}
+        for to in bad]
+    for fields in [*entries, {**_valid(), b"to": b"+14155558001", b"body": b"plain"}]:
+        client.xadd(stream, cast(Any, fields))
+    # When a worker reads them
+    async with running_worker(settings):
+        await wait_until(lambda: len(fake_twilio.messages) == 1, what="the plain entry sent")
+        await wait_until(lambda: len(dead_letters(settings)) == len(bad), what="dead letters")
+    # Then only the plain one is sent, the others are invalid payloads saying what to fix
+    assert [(m.to, m.body) for m in fake_twilio.messages] == [("+14155558001", "plain")]
+    dead = dead_letters(settings)
+    assert {d["reason"] for d in dead} == {"invalid_payload"}
+    errors = sorted(d["error"] for d in dead)
+    assert all(any(e.startswith(want) for e in errors) for want in bad.values()), errors
