@@ -9,9 +9,13 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
+from smsrelay.admin.auth import FailedAuth
+from smsrelay.admin.docs import install_docs
 from smsrelay.admin.errors import GuardMiddleware, install_error_handlers
 from smsrelay.admin.routes import api, ops
+from smsrelay.admin.security import SecurityHeaders
 from smsrelay.admin.service import open_service
 from smsrelay.logging import get_logger
 from smsrelay.settings import Settings
@@ -20,9 +24,19 @@ from smsrelay.store.db import DatabaseUnavailable, where
 log = get_logger("smsrelay.admin")
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Raises ConfigError without SMSRELAY_ADMIN_TOKEN: the API never runs unauthenticated."""
-    token = settings.require_admin_token()
+class AdminApp(FastAPI):
+    """FastAPI with the security headers outside every layer, so even a 500 carries them."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
+
+
+def create_app(settings: Settings, *, failed_auth: FailedAuth | None = None) -> FastAPI:
+    """Raises ConfigError without SMSRELAY_ADMIN_TOKEN(S): the API never runs unauthenticated.
+
+    `failed_auth` holds the failed-authentication limits (by default `FailedAuth()`).
+    """
+    credentials = settings.require_admin_credentials()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -37,11 +51,12 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.service = service
             yield
 
-    app = FastAPI(title="smsrelay admin", summary="Failed SMS records: list, retry, delete, "
-                  "replay; pipeline metrics.", version="1", lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+    app = AdminApp(title="smsrelay admin", summary="Failed SMS records: list, retry, delete, "
+                   "replay; pipeline metrics.", version="1", lifespan=lifespan,
+                   docs_url=None, redoc_url=None)
     install_error_handlers(app)
-    app.add_middleware(GuardMiddleware, token=token)
+    app.add_middleware(GuardMiddleware, credentials=credentials, failures=failed_auth)
+    install_docs(app)
     app.include_router(api)
     app.include_router(ops)
     return app
