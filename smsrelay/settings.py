@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     # After admin_token: its validator reads admin_token's validated value (clashes).
     admin_tokens: SecretStr | None = None
+    # Failed authentications from one client address within a minute before it is refused
+    # (429) for a minute; 0: never refused (still logged). Behind a proxy every caller shares
+    # the proxy's address: one caller's failures then refuse them all.
+    admin_auth_max_failures: int = Field(10, ge=0, le=1_000_000)
 
     twilio_account_sid: str | None = Field(
         None, validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "twilio_account_sid"))

@@ -34,9 +34,11 @@ class AdminApp(FastAPI):
 def create_app(settings: Settings, *, failed_auth: FailedAuth | None = None) -> FastAPI:
     """Raises ConfigError without SMSRELAY_ADMIN_TOKEN(S): the API never runs unauthenticated.
 
-    `failed_auth` holds the failed-authentication limits (by default `FailedAuth()`).
+    `failed_auth` holds the failed-authentication limits (by default from the settings).
     """
     credentials = settings.require_admin_credentials()
+    if failed_auth is None:
+        failed_auth = FailedAuth(max_failures=settings.admin_auth_max_failures)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -100,6 +100,8 @@ class _Client:
 class FailedAuth:
     """Failed authentications per client: logged, rate-limited, in a bounded table.
 
+    `max_failures=0` only logs: no client is ever refused.
+
     The table keeps at most `max_clients` clients, the least recently failing one dropped
     first: a client with many addresses can push others out, but each of its addresses is
     still refused after `max_failures` guesses.
@@ -154,7 +156,7 @@ class FailedAuth:
                         since_s=None if client.logged_at == -math.inf
                         else round(now - client.logged_at))
             client.logged_at, client.unlogged = now, 0
-        if client.failures < self.max_failures:
+        if not self.max_failures or client.failures < self.max_failures:
             return None
         client.blocked_until = now + self.cooldown_s
         log.warning("admin.auth_blocked", client=key, failures=client.failures,

@@ -153,7 +153,10 @@ class ReplayRequest(BaseModel):
     @field_validator("limit", mode="before")
     @classmethod
     def _strict_limit(cls, value: Any) -> Any:
-        # Lax pydantic takes true, "5" and 5.0 for 5: the document says integer, so only that.
+        # Lax pydantic takes true and "5" for 1 and 5: the document says integer, so only that
+        # (5.0 is one too, for JSON Schema, and for the clients it generates).
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
         if value is not None and type(value) is not int:
             raise ValueError("must be a JSON integer")
         return value

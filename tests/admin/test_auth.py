@@ -120,15 +120,17 @@ BYSTANDER = ("198.51.100.9", 40001)
 
 async def test_repeated_failures_are_refused_for_a_while(role_settings: Settings) -> None:
     app = create_app(role_settings)
+    limit = role_settings.admin_auth_max_failures
+    assert limit == 10  # the default
     with capture_logs() as logs:
         async with admin_client(role_settings, headers={}, client=ATTACKER, app=app) as attacker, \
                 admin_client(role_settings, headers={}, client=BYSTANDER, app=app) as bystander:
             # Given one client sending wrong tokens, as fast as it can
             statuses = [(await attacker.get(LIST, headers=bearer(f"guess-{n:016d}"))).status_code
-                        for n in range(3 * auth.MAX_FAILURES)]
+                        for n in range(3 * limit)]
             # Then it is refused with 401 at first, then with 429 for the cool-down
-            assert statuses[:auth.MAX_FAILURES - 1] == [401] * (auth.MAX_FAILURES - 1)
-            assert set(statuses[auth.MAX_FAILURES:]) == {429}, statuses
+            assert statuses[:limit - 1] == [401] * (limit - 1)
+            assert set(statuses[limit - 1:]) == {429}, statuses
             refused = await attacker.get(LIST, headers=bearer(TOKEN))  # even the right token
             assert refused.status_code == 429
             retry_after = int(refused.headers["Retry-After"])
@@ -146,7 +148,7 @@ async def test_repeated_failures_are_refused_for_a_while(role_settings: Settings
     blocked = [entry for entry in logs if entry["event"] == "admin.auth_blocked"]
     assert 1 <= len(failed) <= 2, failed
     assert failed[0]["client"] == ATTACKER[0] and failed[0]["token_length"] == 22
-    assert len(blocked) == 1 and blocked[0]["failures"] == auth.MAX_FAILURES
+    assert len(blocked) == 1 and blocked[0]["failures"] == limit
     assert blocked[0]["client"] == ATTACKER[0]
     assert not any("guess-" in repr(entry) or TOKEN in repr(entry) for entry in logs)
 
@@ -154,10 +156,23 @@ async def test_repeated_failures_are_refused_for_a_while(role_settings: Settings
 async def test_a_request_without_a_token_is_not_a_guess(role_settings: Settings) -> None:
     # Given a client (a browser, a probe) calling without any Authorization header
     async with admin_client(role_settings, headers={}, client=ATTACKER) as client:
-        statuses = {(await client.get(LIST)).status_code for _ in range(3 * auth.MAX_FAILURES)}
+        statuses = {(await client.get(LIST)).status_code for _ in range(30)}
         # Then it is told 401 every time, and is not locked out
         assert statuses == {401}
         assert (await client.get(LIST, headers=bearer(VIEWER))).status_code == 200
+
+
+@pytest.mark.parametrize(("limit", "refused_after"), [(3, 3), (0, None)])
+async def test_the_limit_is_a_setting(role_settings: Settings, limit: int,
+                                      refused_after: int | None) -> None:
+    # Given SMSRELAY_ADMIN_AUTH_MAX_FAILURES (0: never refused, only logged)
+    settings = role_settings.model_copy(update={"admin_auth_max_failures": limit})
+    async with admin_client(settings, headers=bearer("y" * 20), client=ATTACKER) as client:
+        statuses = [(await client.get(LIST)).status_code for _ in range(25)]
+    if refused_after is None:
+        assert set(statuses) == {401}
+    else:
+        assert statuses.index(429) == refused_after - 1 and set(statuses[refused_after:]) == {429}
 
 
 class Clock:
