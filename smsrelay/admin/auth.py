@@ -88,7 +88,7 @@ def client_key(host: str | None) -> str:
     return str(address)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Client:
     window_start: float
     failures: int = 0  # in the current window

@@ -25,6 +25,7 @@ from smsrelay.admin.auth import (
     client_key,
     credential_length,
 )
+from smsrelay.admin.security import is_api
 from smsrelay.admin.service import InvalidRequestError, RedisUnavailable, SenderNotConfigured
 from smsrelay.errors import (
     ConflictError,
@@ -203,8 +204,7 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
-        if path == "/api" or path.startswith("/api/"):
+        if is_api(scope):
             refusal, scope = self.authorize(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)

@@ -22,7 +22,21 @@ HTML_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; "
 OTHER_POLICY = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 
-def is_api(path: str) -> bool:
+def route_path(scope: Scope) -> str:
+    """The path the router matches: the ASGI path less the root path (a proxy's prefix).
+
+    The same rule as Starlette's router; the raw `scope["path"]` holds the root path, so a
+    check on it alone would let `/prefix/api/...` reach the API unguarded.
+    """
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (path == root or path[len(root)] == "/"):
+        return path[len(root):]
+    return path
+
+
+def is_api(scope: Scope) -> bool:
+    path = route_path(scope)
     return path == "/api" or path.startswith("/api/")
 
 
@@ -36,7 +50,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        api = is_api(scope["path"])
+        api = is_api(scope)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

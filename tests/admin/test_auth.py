@@ -231,3 +231,24 @@ def test_ipv6_clients_are_counted_by_their_64_prefix() -> None:
     assert auth.client_key("2001:db8:1:3::1") != auth.client_key("2001:db8:1:2::1")
     assert auth.client_key("203.0.113.7") == "203.0.113.7"
     assert auth.client_key(None) == "unknown"
+
+
+async def test_a_root_path_does_not_open_a_way_around_the_guard(role_settings: Settings) -> None:
+    # Given the app mounted under a root path (a proxy's prefix: the ASGI path then holds it)
+    app = create_app(role_settings)
+    transport = httpx.ASGITransport(app=app, root_path="/admin")
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=transport, base_url="http://admin") as client:
+        # Then the API still needs a token, and its answers are still not cached
+        anonymous = await client.get(f"/admin{LIST}")
+        assert anonymous.status_code == 401, anonymous.text
+        assert anonymous.headers["Cache-Control"] == "no-store"
+        viewer = await client.get(f"/admin{LIST}", headers=bearer(VIEWER))
+        assert viewer.status_code == 200 and viewer.headers["Cache-Control"] == "no-store"
+        assert (await client.delete(f"/admin{LIST}", params={"id": str(uuid.uuid4())},
+                                    headers=bearer(VIEWER))).status_code == 403
+        # And /docs points at assets and a document under the prefix
+        page = (await client.get("/admin/docs")).text
+        assert 'src="/admin/docs/assets/swagger-init.js"' in page
+        assert 'data-openapi-url="/admin/openapi.json"' in page
+        assert (await client.get("/admin/docs/assets/swagger-init.js")).status_code == 200

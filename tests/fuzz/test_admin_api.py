@@ -264,3 +264,15 @@ def test_a_client_guessing_tokens_is_refused_and_others_are_not(
     assert log.count("admin.auth_failed") <= 2, log
     assert '"client": "127.0.2.1"' in log
     assert not any(guess in log for guess in guesses) and ADMIN_TOKEN not in log
+
+
+def test_x_forwarded_for_does_not_make_a_new_client(guarded_admin: tuple[str, Managed]) -> None:
+    url, _ = guarded_admin
+    with from_address(url, LOOPBACK) as guesser:
+        # Given a client (on the same host as the service, as a local proxy would be) naming a
+        # new address in X-Forwarded-For with each wrong token
+        statuses = [guesser.get(LIST, headers={"Authorization": f"Bearer guess-{n:020d}",
+                                               "X-Forwarded-For": f"203.0.113.{n}"}).status_code
+                    for n in range(1, 41)]
+    # Then its failures are still counted as its own: refused
+    assert 429 in statuses, statuses
