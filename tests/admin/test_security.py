@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from html.parser import HTMLParser
+from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import phonenumbers
 import pytest
 
 from tests.admin.conftest import LIST
@@ -118,8 +120,6 @@ async def test_every_response_is_nosniff(api: httpx.AsyncClient, path: str) -> N
 
 async def test_the_document_tells_roles_limits_and_a_valid_example(
         api: httpx.AsyncClient) -> None:
-    import phonenumbers
-
     document = (await api.get("/openapi.json")).json()
     paths = document["paths"]
     for path, operations in paths.items():
@@ -135,3 +135,14 @@ async def test_the_document_tells_roles_limits_and_a_valid_example(
     wrong = (await api.get(LIST, params={"phone": "12"})).json()["error"]
     assert phonenumbers.is_valid_number(phonenumbers.parse(wrong.split("like ")[1].split()[0]))
     assert "8761234567" not in str(document)
+
+
+async def test_security_md_names_every_route_open_without_a_token(
+        api: httpx.AsyncClient) -> None:
+    # A route added outside /api/ is reachable by anyone: SECURITY.md must say so.
+    text = (Path(__file__).parents[2] / "SECURITY.md").read_text()
+    open_paths = [path for path in (await api.get("/openapi.json")).json()["paths"]
+                  if not path.startswith("/api/")] + ["/openapi.json", "/docs"]
+    assert len(open_paths) >= 5
+    for path in open_paths:
+        assert f"`{path}`" in text, f"{path} is not in SECURITY.md"
