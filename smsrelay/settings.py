@@ -6,9 +6,11 @@ A wrong value stops the process at start with one line naming the variable
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -29,7 +31,23 @@ _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$|^[0-9A-Fa-f:.]+$")  # a DNS name or an IP address
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: it travels in an HTTP header
+# Names are shorter than any token: an error that quotes a name (or a role) never shows a token
+# written in its place by mistake (`token:viewer:name`).
+_TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+MIN_TOKEN_LENGTH = 16
+ADMIN_ROLES = ("viewer", "operator")
+Role = Literal["viewer", "operator"]
 _DAY_S = 86_400
+
+
+@dataclass(frozen=True)
+class AdminCredential:
+    """One bearer token of the admin API: who holds it (`name`, the audit's actor) and its role."""
+
+    name: str
+    role: Role
+    token: SecretStr
 
 
 def _default_spool_dir() -> Path:
@@ -68,6 +86,12 @@ class Settings(BaseSettings):
     replay_rate: float = Field(50, gt=0, le=100_000)
 
     admin_token: SecretStr | None = None
+    # After admin_token: its validator reads admin_token's validated value (clashes).
+    admin_tokens: SecretStr | None = None
+    # Failed authentications from one client address within a minute before it is refused
+    # (429) for a minute; 0: never refused (still logged). Behind a proxy every caller shares
+    # the proxy's address: one caller's failures then refuse them all.
+    admin_auth_max_failures: int = Field(10, ge=0, le=1_000_000)
 
     twilio_account_sid: str | None = Field(
         None, validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "twilio_account_sid"))
@@ -135,14 +159,6 @@ class Settings(BaseSettings):
         _ = parts.port
         return value.rstrip("/")
 
-    @field_validator("metrics_host")
-    @classmethod
-    def _metrics_host(cls, value: str) -> str:
-        if not value:
-            raise ValueError("must be an IP address or a host name")
-        _check_host(value)
-        return value
-
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, value: str) -> str:
@@ -164,11 +180,35 @@ class Settings(BaseSettings):
     @field_validator("admin_token")
     @classmethod
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 8:
-            raise ValueError("must be at least 8 characters")
-        if value is not None and not _TOKEN_RE.match(value.get_secret_value()):
-            raise ValueError("must be visible ASCII characters without spaces (it is sent "
-                             "in an HTTP header)")
+        if value is not None:
+            problem = _token_problem(value.get_secret_value())
+            if problem:
+                raise ValueError(problem)
+        return value
+
+    @field_validator("admin_tokens")
+    @classmethod
+    def _tokens(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        admin = info.data.get("admin_token")
+        _, problems = parse_admin_tokens(
+            value.get_secret_value(), admin.get_secret_value() if admin else None)
+        if problems:
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise ValueError("; ".join(problems[:5]) + more)
+        return value
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _metrics_host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            labels = value.removesuffix(".").split(".")
+            if len(value) > 253 or not all(_HOST_LABEL_RE.match(label) for label in labels):
+                raise ValueError("must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host "
+                                 "name") from None
         return value
 
     @field_validator("twilio_account_sid", "twilio_messaging_service_sid")
@@ -208,11 +248,85 @@ class Settings(BaseSettings):
             raise ConfigError("SMSRELAY_TWILIO_FROM or SMSRELAY_TWILIO_MESSAGING_SERVICE_SID "
                               "must be set to send SMS")
 
-    def require_admin_token(self) -> str:
-        if self.admin_token is None or not self.admin_token.get_secret_value():
-            raise ConfigError("SMSRELAY_ADMIN_TOKEN must be set: the admin API refuses to run "
-                              "without a bearer token")
-        return self.admin_token.get_secret_value()
+    def require_admin_credentials(self) -> tuple[AdminCredential, ...]:
+        """Every admin credential (`SMSRELAY_ADMIN_TOKEN` is the operator `admin`), at least one."""
+        credentials: list[AdminCredential] = []
+        if self.admin_token is not None and self.admin_token.get_secret_value():
+            credentials.append(AdminCredential("admin", "operator", self.admin_token))
+        if self.admin_tokens is not None:
+            credentials += parse_admin_tokens(self.admin_tokens.get_secret_value())[0]
+        if not credentials:
+            raise ConfigError("SMSRELAY_ADMIN_TOKEN or SMSRELAY_ADMIN_TOKENS must be set: the "
+                              "admin API refuses to run without a bearer token")
+        return tuple(credentials)
+
+    def require_admin_token(self) -> tuple[AdminCredential, ...]:
+        """The check `smsrelay admin` makes at start (the name it has always had)."""
+        return self.require_admin_credentials()
+
+
+def _token_problem(token: str) -> str | None:
+    """Why a token cannot be an admin token, in words that never quote it; None if it can."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"must be at least {MIN_TOKEN_LENGTH} characters"
+    if not _TOKEN_RE.match(token):
+        return "must be visible ASCII characters without spaces (it is sent in an HTTP header)"
+    return None
+
+
+def parse_admin_tokens(raw: str, admin_token: str | None = None,
+                       ) -> tuple[list[AdminCredential], list[str]]:
+    """`name:role:token,...` as credentials, and every problem found (an empty list: valid).
+
+    A problem names the entry by position and, once the name is valid, by name; it never
+    quotes a token (nor a whole entry, which holds one).
+    """
+    credentials: list[AdminCredential] = []
+    problems: list[str] = []
+    names: dict[str, int] = {}
+    tokens: dict[str, str] = {}
+    if admin_token:
+        tokens[admin_token] = "SMSRELAY_ADMIN_TOKEN"
+    entries = [entry.strip() for entry in raw.split(",")]
+    if not any(entries):
+        return [], ["has no name:role:token entry"]
+    for position, entry in enumerate(entries, 1):
+        if not entry:
+            continue  # a trailing or doubled comma
+        parts = entry.split(":", 2)  # the token may hold colons; name and role cannot
+        if len(parts) != 3:
+            problems.append(f"entry {position}: must be name:role:token")
+            continue
+        name, role, token = parts[0].strip(), parts[1].strip().lower(), parts[2].strip()
+        if not _TOKEN_NAME_RE.match(name):
+            problems.append(f"entry {position}: name must be 1-15 characters of letters, "
+                            "digits, '_', '.', '-'")
+            continue
+        where = f"entry {position} ('{name}')"
+        entry_problems: list[str] = []
+        if role not in ADMIN_ROLES:
+            shown = f" {role!r}" if _TOKEN_NAME_RE.match(role) else ""
+            entry_problems.append(f"{where}: role{shown} is neither viewer nor operator")
+        token_problem = _token_problem(token)
+        if token_problem:
+            entry_problems.append(f"{where}: token {token_problem}")
+        if name == "admin" and admin_token:
+            entry_problems.append(f"{where}: the name 'admin' is SMSRELAY_ADMIN_TOKEN's")
+        elif name in names:
+            entry_problems.append(f"{where}: the name '{name}' is used twice")
+        if not token_problem and token in tokens:
+            other = tokens[token]
+            entry_problems.append(
+                f"{where}: '{name}' has the same token as {other}" if other.isupper()
+                else f"{where}: '{other}' and '{name}' have the same token")
+        problems += entry_problems
+        names.setdefault(name, position)
+        tokens.setdefault(token, name)
+        if not entry_problems:
+            credentials.append(AdminCredential(name, cast(Role, role), SecretStr(token)))
+    if not credentials and not problems:
+        problems.append("has no name:role:token entry")
+    return credentials, problems
 
 
 def env_name(field: str) -> str:
@@ -228,7 +342,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     name = loc if loc.isupper() else env_name(loc)
     given = error.get("input")
     message = str(error["msg"]).removeprefix("Value error, ")
-    secret = name.endswith(("TOKEN", "_URL")) or isinstance(given, dict)
+    secret = name.endswith(("TOKEN", "TOKENS", "_URL")) or isinstance(given, dict)
     shown = "" if secret else f" (got {given!r})"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{name}: {message}{shown}{more}"

@@ -1,13 +1,12 @@
 """Every failure of the admin API as `{"success": false, "error": "..."}` with a fitting status.
 
-The guard middleware checks the bearer token and the body size before FastAPI parses
-anything, so an unauthenticated caller learns nothing from validation errors, and an oversize
-body is refused without being read into memory.
+The guard middleware checks the bearer token, the caller's role and the body size before
+FastAPI parses anything, so an unauthenticated caller learns nothing from validation errors,
+a viewer changes nothing, and an oversize body is refused without being read into memory.
 """
 
 from __future__ import annotations
 
-import hmac
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,8 +15,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from smsrelay.admin.auth import (
+    READ_METHODS,
+    FailedAuth,
+    TokenTable,
+    client_key,
+    credential_length,
+)
+from smsrelay.admin.security import is_api
 from smsrelay.admin.service import InvalidRequestError, RedisUnavailable, SenderNotConfigured
 from smsrelay.errors import (
     ConflictError,
@@ -27,6 +35,7 @@ from smsrelay.errors import (
     SmsRelayError,
 )
 from smsrelay.logging import get_logger
+from smsrelay.settings import AdminCredential
 from smsrelay.store.db import DatabaseUnavailable
 
 log = get_logger("smsrelay.admin")
@@ -94,6 +103,26 @@ def describe_request_errors(errors: Sequence[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path answers, over all its routes.
+
+    Starlette's 405 names only the first route whose path matched; a path served by several
+    routes (GET, POST and DELETE on /api/admin/retry-failed-sms) has more. Each method is
+    tried against the router as a request of its own would be.
+    """
+    allowed = []
+    for method in _METHODS:
+        probe: Scope = {"type": "http", "method": method, "path": request.scope["path"],
+                        "root_path": request.scope.get("root_path", ""), "headers": [],
+                        "query_string": b""}
+        if any(route.matches(probe)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -105,6 +134,10 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"no such route: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
+            allowed = allowed_methods(request)
+            if allowed:
+                return error_response(405, message, headers={**(exc.headers or {}),
+                                                             "Allow": allowed})
         else:
             message = str(exc.detail)
         return error_response(exc.status_code, message, headers=exc.headers)
@@ -125,34 +158,57 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class GuardMiddleware:
-    """Bearer auth on `/api/`, then a body-size limit (413), as plain ASGI."""
+    """On `/api/`: who calls (bearer token, 401), may they (role, 403), are they refused for
+    failing too often (429); then, everywhere, the body-size limit (413). Plain ASGI.
 
-    def __init__(self, app: ASGIApp, token: str, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    The caller's name and role go into the scope's state: `request.state.actor` and
+    `request.state.role` in a route.
+    """
+
+    def __init__(self, app: ASGIApp, credentials: Sequence[AdminCredential],
+                 failures: FailedAuth | None = None,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
-        self._expected = f"Bearer {token}".encode()
+        self.tokens = TokenTable(credentials)
+        self.failures = failures if failures is not None else FailedAuth()
         self.max_body_bytes = max_body_bytes
 
-    def authorized(self, scope: Scope) -> bool:
-        given = b""
+    def authorize(self, scope: Scope) -> tuple[JSONResponse | None, Scope]:
+        """A refusal, or None and the scope the app sees (the caller in its state)."""
+        client = scope.get("client")
+        key = client_key(client[0] if client else None)
+        wait = self.failures.blocked(key)
+        if wait is not None:
+            return _too_many_failures(wait), scope
+        header: bytes | None = None
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
-                given = value
+                header = value
                 break
-        scheme, _, credentials = given.partition(b" ")
-        # Compare the whole header in constant time; only the scheme word is case-free.
-        candidate = b"Bearer " + credentials.strip() if scheme.lower() == b"bearer" else b""
-        return hmac.compare_digest(candidate, self._expected)
+        identity = self.tokens.identify(header or b"")
+        if identity is None:
+            # A request with no Authorization header guesses nothing: not counted.
+            if header is not None:
+                wait = self.failures.failed(key, credential_length(header))
+                if wait is not None:
+                    return _too_many_failures(wait), scope
+            return error_response(401, "missing or invalid bearer token",
+                                  headers={"WWW-Authenticate": "Bearer"}), scope
+        if identity.role != "operator" and scope["method"] not in READ_METHODS:
+            return error_response(403, f"the token '{identity.name}' is a viewer's: it reads, "
+                                       f"and cannot {scope['method']} here"), scope
+        state = {**scope.get("state", {}), "actor": identity.name, "role": identity.role}
+        return None, {**scope, "state": state}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
-        if (path == "/api" or path.startswith("/api/")) and not self.authorized(scope):
-            response = error_response(401, "missing or invalid bearer token",
-                                      headers={"WWW-Authenticate": "Bearer"})
-            await response(scope, receive, send)
-            return
+        if is_api(scope):
+            refusal, scope = self.authorize(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
         if scope["method"] in _BODY_METHODS:
             body = await self._read_body(scope, receive)
             if body is None:
@@ -186,6 +242,12 @@ class GuardMiddleware:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+def _too_many_failures(retry_after: int) -> JSONResponse:
+    return error_response(429, f"too many failed authentication attempts from this address; "
+                               f"retry after {retry_after} s",
+                          headers={"Retry-After": str(retry_after)}, retryAfter=retry_after)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

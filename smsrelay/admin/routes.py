@@ -48,16 +48,24 @@ def get_service(request: Request) -> AdminService:
 
 Service = Annotated[AdminService, Depends(get_service)]
 
-# The guard middleware checks the token before any route runs; this scheme only documents
-# it in the OpenAPI description (so /docs has an "Authorize" button).
-bearer = HTTPBearer(auto_error=False, description="SMSRELAY_ADMIN_TOKEN")
+# The guard middleware checks the token and the role before any route runs; this scheme only
+# documents it in the OpenAPI description (so /docs has an "Authorize" button).
+bearer = HTTPBearer(auto_error=False, description=(
+    "SMSRELAY_ADMIN_TOKEN (the operator `admin`) or a token of SMSRELAY_ADMIN_TOKENS; a "
+    "viewer's token reads only (403 on every change). Too many failed attempts from one "
+    "address: 429 with Retry-After."))
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def _errors(*statuses: int, changes: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The error answers of an /api/ route: `changes` adds the viewer's 403."""
     described: dict[int | str, dict[str, Any]] = {
         status: {"model": ErrorResponse} for status in (400, 401, 503, *statuses)}
-    if 429 in statuses:
-        described[429] = {"model": RateLimitedResponse}
+    if changes:
+        described[403] = {"model": ErrorResponse,
+                          "description": "The token is a viewer's: it cannot change anything"}
+    # Any /api/ call: the failed-authentication limit; the retry: the phone's rate limit too.
+    described[429] = {"model": RateLimitedResponse, "headers": {
+        "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}}
     return described
 
 
@@ -73,7 +81,7 @@ async def list_failed_sms(
     status: RecordStatus | None = None,
     reason: DeadLetterReason | None = None,
     phone: Annotated[str | None, Query(max_length=40, json_schema_extra={"pattern": PHONE_FILTER},
-                                       description="E.164, e.g. +18761234567"),
+                                       description="E.164, e.g. +14155552671"),
                      AfterValidator(normalize_phone_filter)] = None,
 ) -> ListResponse:
     """Failed SMS records, newest first."""
@@ -86,14 +94,15 @@ async def list_failed_sms(
 
 
 @api.post("/retry-failed-sms", response_model=RetryResponse,
-          responses=_errors(404, 409, 429, 502))
+          responses=_errors(404, 409, 502, changes=True))
 async def retry_failed_sms(body: RetryRequest, service: Service) -> RetryResponse:
     """Send one now, through the rate limiter unless `force`."""
     result = await service.retry(body.id, force=body.force)
     return RetryResponse(message_sid=result.message_sid)
 
 
-@api.delete("/retry-failed-sms", response_model=DeleteResponse, responses=_errors(404))
+@api.delete("/retry-failed-sms", response_model=DeleteResponse,
+            responses=_errors(404, changes=True))
 async def delete_failed_sms(id: Annotated[MessageId, Query()],  # the contract names it `id`
                             service: Service) -> DeleteResponse:
     """Delete the record and its dead-letter stream entry."""
@@ -102,7 +111,7 @@ async def delete_failed_sms(id: Annotated[MessageId, Query()],  # the contract n
 
 
 @api.post("/dead-letters/replay", status_code=202, response_model=ReplayResponse,
-          responses=_errors())
+          responses=_errors(changes=True))
 async def replay_dead_letters(body: ReplayRequest, service: Service) -> ReplayResponse:
     """Put dead letters back on the request stream, at SMSRELAY_REPLAY_RATE per second."""
     plan = await service.plan_replay(ids=body.ids, reason=body.reason,

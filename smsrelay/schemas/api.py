@@ -52,11 +52,11 @@ def normalize_phone_filter(value: str | None) -> str | None:
     """The list's `phone` filter as E.164; raises ValueError with the reason."""
     if value is None:
         return None
-    # An unencoded `+` in a query string arrives as a space: `?phone=+1876...`.
+    # An unencoded `+` in a query string arrives as a space: `?phone=+1415...`.
     phone = value.strip()
     phone = phone if phone.startswith("+") else "+" + phone
     if not _E164.match(phone):
-        raise ValueError("must be an E.164 number like +18761234567")
+        raise ValueError("must be an E.164 number like +14155552671")
     return phone
 
 
@@ -150,6 +150,24 @@ class ReplayRequest(BaseModel):
                              "do not parse; fix the publisher, then delete them")
         return value
 
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _strict_limit(cls, value: Any) -> Any:
+        # Lax pydantic takes true and "5" for 1 and 5: the document says integer, so only that
+        # (5.0 is one too, for JSON Schema, and for the clients it generates).
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if value is not None and type(value) is not int:
+            raise ValueError("must be a JSON integer")
+        return value
+
+    @field_validator("ids", mode="before")
+    @classmethod
+    def _strict_ids(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, list):
+            raise ValueError("must be a JSON array of UUID strings")
+        return value
+
     @model_validator(mode="after")
     def _one_selection(self) -> ReplayRequest:
         if (self.ids is None) == (self.reason is None):
@@ -171,7 +189,9 @@ class ErrorResponse(ApiModel):
 
 
 class RateLimitedResponse(ErrorResponse):
-    retry_after: int = Field(description="Seconds until the phone's rate-limit window reopens")
+    retry_after: int = Field(description="Seconds to wait: until the phone's rate-limit window "
+                                         "reopens (retry), or until this client may authenticate "
+                                         "again after too many failures")
 
 
 class HealthResponse(ApiModel):

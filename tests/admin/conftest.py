@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from fastapi import FastAPI
 
 from smsrelay.admin.app import create_app
 from smsrelay.settings import Settings
@@ -32,14 +33,16 @@ def admin_settings(redis_url: str, namespace: str, tmp_path: Path, fake_twilio: 
 
 
 @asynccontextmanager
-async def admin_client(settings: Settings,
-                       headers: dict[str, str] | None = None) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
+async def admin_client(settings: Settings, headers: dict[str, str] | None = None, *,
+                       client: tuple[str, int] = ("127.0.0.1", 50000),
+                       app: FastAPI | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app (by default a new one) calling from the address `client`."""
+    app = app or create_app(settings)
+    transport = httpx.ASGITransport(app=app, client=client)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=transport, base_url="http://admin",
-            headers=AUTH if headers is None else headers) as client:
-        yield client
+            headers=AUTH if headers is None else headers) as http:
+        yield http
 
 
 @pytest.fixture

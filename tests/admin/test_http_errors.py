@@ -105,6 +105,9 @@ JSON = {"Content-Type": "application/json"}
     ({"json": {"id": str(uuid.uuid4()), "force": "yes"}}, "force:"),
     ({"json": {"id": str(uuid.uuid4()), "force": 1}}, "force:"),
     ({"json": {"id": str(uuid.uuid4()), "forse": True}}, "forse: unknown field"),
+    ({"json": {"id": str(uuid.uuid4()), "force": "true"}}, "force:"),
+    ({"json": {"id": str(uuid.uuid4()), "force": 0}}, "force:"),
+    ({"json": {"id": [str(uuid.uuid4())]}}, "id: must be a UUID"),
 ])
 async def test_bad_retry_bodies_are_400(api: httpx.AsyncClient, kwargs: dict[str, Any],
                                         fragment: str) -> None:
@@ -131,6 +134,18 @@ async def test_bad_delete_ids_are_400(api: httpx.AsyncClient, query: str, fragme
     ({"reason": "poison", "limit": 0}, "limit:"),
     ({"reason": "poison", "limit": 10001}, "limit:"),
     ({"reason": "poison", "limit": "many"}, "limit:"),
+    ({"reason": "poison", "limit": None}, "limit: must not be null"),
+    ({"ids": None, "reason": "poison"}, "ids: must not be null"),
+    ({"reason": "poison", "limit": True}, "limit: must be a JSON integer"),
+    ({"reason": "poison", "limit": "5"}, "limit: must be a JSON integer"),
+    ({"reason": "poison", "limit": 5.5}, "limit: must be a JSON integer"),
+    ({"reason": "poison", "limit": [5]}, "limit: must be a JSON integer"),
+    ({"reason": 1}, "reason:"),
+    ({"reason": ["poison"]}, "reason:"),
+    ({"reason": "POISON"}, "reason:"),
+    ({"ids": [1]}, "ids.0: must be a UUID"),
+    ({"ids": [True]}, "ids.0: must be a UUID"),
+    ({"ids": {"a": str(uuid.uuid4())}}, "ids:"),
     ({"reason": "invalid_payload"}, "cannot be replayed"),
     ({"reason": "poison", "extra": 1}, "extra: unknown field"),
 ])
@@ -157,3 +172,19 @@ async def test_unknown_routes_and_methods(api: httpx.AsyncClient) -> None:
     assert_error(await api.get("/nothing-here"), 404, "no such route")
     assert_error(await api.put(LIST), 405, "not allowed")
     assert_error(await api.get(REPLAY), 405, "not allowed")
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("PUT", LIST, {"GET", "POST", "DELETE"}),
+    ("PATCH", LIST, {"GET", "POST", "DELETE"}),
+    ("GET", REPLAY, {"POST"}),
+    ("POST", "/healthz", {"GET"}),
+    ("DELETE", "/openapi.json", {"GET", "HEAD"}),
+])
+async def test_405_names_every_method_of_the_path(api: httpx.AsyncClient, method: str,
+                                                  path: str, allowed: set[str]) -> None:
+    # Given a path with several routes (GET, POST, DELETE), When another method is used,
+    # Then Allow lists them all (not only the first route's)
+    response = await api.request(method, path)
+    assert_error(response, 405, "not allowed")
+    assert set(response.headers["Allow"].split(", ")) == allowed

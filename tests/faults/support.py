@@ -224,9 +224,9 @@ def start_worker(procs: Processes, settings: Settings, name: str, *, mirror: boo
 ADMIN_TOKEN = "faults-admin-token-0123456789"
 
 
-def start_admin(procs: Processes, settings: Settings, port: int) -> Managed:
+def start_admin(procs: Processes, settings: Settings, port: int, **extra: str) -> Managed:
     """`smsrelay admin` as a real process (token ADMIN_TOKEN); waits until /healthz answers."""
-    env = worker_env(settings, SMSRELAY_ADMIN_TOKEN=ADMIN_TOKEN)
+    env = worker_env(settings, SMSRELAY_ADMIN_TOKEN=ADMIN_TOKEN, **extra)
     child = procs.start("admin", [sys.executable, "-m", "smsrelay.cli", "admin", "--host",
                                   LOOPBACK, "--port", str(port)], env)
 

@@ -1,6 +1,7 @@
 """The admin service as it is deployed (`smsrelay admin`, a real process) under generated and
 hostile requests: schemathesis from its own OpenAPI document with the bearer token, the same
-with Postgres gone, oversized and malformed bodies, and every way to get the token wrong.
+with Postgres gone, oversized and malformed bodies, every way to get the token wrong, and a
+client guessing tokens as fast as it can.
 
 Every answer must be documented (status, content type, body schema) and none may be a 5xx,
 except the documented 503 while a store is down.
@@ -26,6 +27,7 @@ from tests.conftest import make_settings
 from tests.faults.support import (
     ADMIN_TOKEN,
     LOOPBACK,
+    Managed,
     Processes,
     free_port,
     phone,
@@ -44,6 +46,9 @@ LIST = "/api/admin/retry-failed-sms"
 REPLAY = "/api/admin/dead-letters/replay"
 NOWHERE_PG = f"postgresql://postgres@{LOOPBACK}:1/postgres"
 NO_INPUTS = {"/healthz", "/readyz", "/metrics"}  # nothing to get wrong in a request
+# schemathesis sends wrong tokens on every operation (its ignored_auth check): with the
+# failed-auth limit on, its valid requests would soon be refused too.
+NO_AUTH_LIMIT = {"SMSRELAY_ADMIN_AUTH_MAX_FAILURES": "0"}
 
 
 @pytest.fixture
@@ -57,7 +62,7 @@ def admin(redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
     start_worker(procs, settings, "worker", mirror=True)
     publish_all(settings, [(phone(300 + n), f"refused-{n}") for n in range(6)])
     port = free_port()
-    start_admin(procs, settings, port)
+    start_admin(procs, settings, port, **NO_AUTH_LIMIT)
     url = f"http://{LOOPBACK}:{port}"
     with httpx.Client(base_url=url, headers=AUTH, timeout=15) as api:
         wait_for(lambda: api.get(LIST, params={"reason": "permanent_error"}).json().get(
@@ -71,8 +76,25 @@ def admin_without_postgres(redis_url: str, namespace: str, tmp_path: Path, fake_
     settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
                              database_url=NOWHERE_PG)
     port = free_port()
-    start_admin(procs, settings, port)
+    start_admin(procs, settings, port, **NO_AUTH_LIMIT)
     return f"http://{LOOPBACK}:{port}"
+
+
+@pytest.fixture
+def guarded_admin(redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
+                  database_url: str, procs: Processes) -> tuple[str, Managed]:
+    """`smsrelay admin` as deployed: the failed-authentication limit on (its default)."""
+    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
+                             database_url=database_url)
+    port = free_port()
+    child = start_admin(procs, settings, port)
+    return f"http://{LOOPBACK}:{port}", child
+
+
+def from_address(url: str, address: str) -> httpx.Client:
+    """A client whose connections come from `address` (any 127.x.y.z is this machine)."""
+    return httpx.Client(base_url=url, timeout=15,
+                        transport=httpx.HTTPTransport(local_address=address))
 
 
 def _run_schema(url: str, mode: GenerationMode, examples: int, *,
@@ -192,12 +214,15 @@ WRONG_AUTH: list[dict[str, str]] = [
 ]
 
 
-def test_every_wrong_token_is_401_on_every_api_route_and_health_needs_none(admin: str) -> None:
+def test_every_wrong_token_is_401_on_every_api_route_and_health_needs_none(
+        guarded_admin: tuple[str, Managed]) -> None:
+    url, _ = guarded_admin
     some_id = str(uuid.uuid4())
-    with httpx.Client(base_url=admin, timeout=15) as api:
-        # Given every way to get the bearer token wrong, When any /api/ route is called,
-        # Then 401 with the error body, before any validation
-        for headers in WRONG_AUTH:
+    # Given every way to get the bearer token wrong (each from an address of its own: five
+    # failures each stay under the failed-auth limit), When any /api/ route is called,
+    # Then 401 with the error body, before any validation
+    for n, headers in enumerate(WRONG_AUTH):
+        with from_address(url, f"127.0.1.{n + 1}") as api:
             for response in (api.get(LIST, headers=headers),
                              api.post(LIST, json={"id": some_id}, headers=headers),
                              api.delete(LIST, params={"id": some_id}, headers=headers),
@@ -206,7 +231,48 @@ def test_every_wrong_token_is_401_on_every_api_route_and_health_needs_none(admin
                 assert response.status_code == 401, (headers.keys(), response.status_code)
                 assert response.json() == {"success": False,
                                            "error": "missing or invalid bearer token"}
+                assert response.headers["Cache-Control"] == "no-store"
+    with httpx.Client(base_url=url, timeout=15) as api:
         # And the token is compared exactly, except the word Bearer; health needs none
         assert api.get(LIST, headers={"Authorization": f"bearer {ADMIN_TOKEN}"}).status_code == 200
         for path in ("/healthz", "/readyz", "/metrics"):
             assert api.get(path).status_code == 200, path
+
+
+def test_a_client_guessing_tokens_is_refused_and_others_are_not(
+        guarded_admin: tuple[str, Managed]) -> None:
+    url, child = guarded_admin
+    guesses = [f"guess-{n:020d}" for n in range(40)]
+    with from_address(url, "127.0.2.1") as attacker, from_address(url, "127.0.2.2") as other:
+        # Given a client sending wrong tokens as fast as it can
+        answers = [attacker.get(LIST, headers={"Authorization": f"Bearer {guess}"})
+                   for guess in guesses]
+        statuses = [answer.status_code for answer in answers]
+        # Then after a few 401s it is refused with 429 and Retry-After, for a cool-down,
+        # even with the right token
+        assert statuses[0] == 401 and 429 in statuses, statuses
+        assert set(statuses[statuses.index(429):]) == {429}, statuses
+        refused = attacker.get(LIST, headers=AUTH)
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert refused.json()["success"] is False and refused.json()["error"]
+        # And another client is not affected
+        assert other.get(LIST, headers=AUTH).status_code == 200
+    # And the failures are in the log, a few lines, never a token
+    wait_for(lambda: "admin.auth_blocked" in child.log_text(), 10, "the blocked line")
+    log = child.log_text()
+    assert log.count("admin.auth_failed") <= 2, log
+    assert '"client": "127.0.2.1"' in log
+    assert not any(guess in log for guess in guesses) and ADMIN_TOKEN not in log
+
+
+def test_x_forwarded_for_does_not_make_a_new_client(guarded_admin: tuple[str, Managed]) -> None:
+    url, _ = guarded_admin
+    with from_address(url, LOOPBACK) as guesser:
+        # Given a client (on the same host as the service, as a local proxy would be) naming a
+        # new address in X-Forwarded-For with each wrong token
+        statuses = [guesser.get(LIST, headers={"Authorization": f"Bearer guess-{n:020d}",
+                                               "X-Forwarded-For": f"203.0.113.{n}"}).status_code
+                    for n in range(1, 41)]
+    # Then its failures are still counted as its own: refused
+    assert 429 in statuses, statuses

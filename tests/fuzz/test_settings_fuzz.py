@@ -36,12 +36,12 @@ CONTRACT = [
     "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "SMSRELAY_TWILIO_FROM",
     "SMSRELAY_TWILIO_MESSAGING_SERVICE_SID", "SMSRELAY_TWILIO_BASE_URL",
     "SMSRELAY_TWILIO_TIMEOUT_SECONDS", "SMSRELAY_SPOOL_DIR", "SMSRELAY_LOG_FORMAT",
-    "SMSRELAY_LOG_LEVEL",
+    "SMSRELAY_LOG_LEVEL", "SMSRELAY_ADMIN_TOKENS", "SMSRELAY_METRICS_HOST",
 ]
 DURATIONS = ["SMSRELAY_RATE_LIMIT_WINDOW_SECONDS", "SMSRELAY_BACKOFF_BASE_SECONDS",
              "SMSRELAY_BACKOFF_MAX_SECONDS", "SMSRELAY_CLAIM_IDLE_SECONDS",
              "SMSRELAY_TWILIO_TIMEOUT_SECONDS"]
-SECRET = ("TOKEN", "_URL")
+SECRET = ("TOKEN", "TOKENS", "_URL")
 
 
 @pytest.fixture
@@ -75,6 +75,14 @@ WRONG: list[tuple[str, str, str]] = [
     ("SMSRELAY_REPLAY_RATE", "inf", "infinite rate"),
     ("SMSRELAY_ADMIN_TOKEN", " " * 12, "blank: no client can send it"),
     ("SMSRELAY_ADMIN_TOKEN", "abc\x01defghij", "a control character cannot go in a header"),
+    ("SMSRELAY_ADMIN_TOKEN", "abc\x01defghij0123456", "a control character, 16+ characters"),
+    ("SMSRELAY_ADMIN_TOKEN", "0123456789abcde", "15 characters: too short to resist guessing"),
+    ("SMSRELAY_ADMIN_TOKENS", "ops:viewer:0123456789abcde", "15 characters"),
+    ("SMSRELAY_ADMIN_TOKENS", "ops:viewer:0123456789abcdef,ops:viewer:0123456789abcdeg",
+     "two credentials with one name: the audit could not tell them apart"),
+    ("SMSRELAY_ADMIN_TOKENS", "ops:reader:0123456789abcdef", "no such role"),
+    ("SMSRELAY_METRICS_HOST", "local host", "a space in the host"),
+    ("SMSRELAY_METRICS_HOST", "0.0.0.0:9464", "a port in the host"),
     ("TWILIO_ACCOUNT_SID", "my-account", "Twilio account SIDs are AC + 32 hex digits"),
     ("SMSRELAY_TWILIO_MESSAGING_SERVICE_SID", "my-service", "MG + 32 hex digits"),
     ("SMSRELAY_REDIS_URL", "redis://local host:6379/0", "a space in the host"),
