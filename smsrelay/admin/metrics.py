@@ -40,6 +40,8 @@ class Snapshot:
     dead_letters: dict[str, int] = field(default_factory=dict)
     admin_retries: dict[str, int] = field(default_factory=dict)
     records: dict[str, int] = field(default_factory=dict)
+    unmirrored: dict[int, int] = field(default_factory=dict)
+    unread_streams: int = 0
     errors: dict[str, bool] = field(default_factory=lambda: {"redis": False, "postgres": False})
 
 
@@ -59,11 +61,16 @@ class SnapshotCollector(Collector):
              "settled (in flight, or held by a dead worker until claimed).", s.stream_pending),
             ("smsrelay_dead_letter_stream_length", "Entries in the dead-letter stream.",
              s.dead_letter_length),
+            ("smsrelay_dead_letters_unmirrored", "Dead letters in Redis the mirror has not yet "
+             "written to Postgres (the mirror group's pending + lag).", s.unmirrored),
         ):
             gauge = GaugeMetricFamily(name, doc, labels=["shard"])
             for shard, value in sorted(values.items()):
                 gauge.add_metric([str(shard)], value)
             yield gauge
+        yield GaugeMetricFamily("smsrelay_unread_streams", "Request streams of the namespace "
+                                "that no worker reads (entries there are never sent).",
+                                value=s.unread_streams)
         records = GaugeMetricFamily("smsrelay_failed_sms_records",
                                     "Rows of failed_sms, by status.", labels=["status"])
         for status, value in sorted(s.records.items()):

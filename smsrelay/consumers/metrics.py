@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 from smsrelay.schemas.dead_letter import DeadLetterReason
 
@@ -44,3 +50,6 @@ class WorkerMetrics:
         self.end_to_end = Histogram(
             "smsrelay_end_to_end_seconds", "From publish to the provider's acceptance.",
             buckets=_E2E_BUCKETS, registry=r)
+        self.redis_writes_refused = Gauge(
+            "smsrelay_redis_writes_refused", "1 while Redis refuses this worker's writes (OOM at "
+            "maxmemory, READONLY, MISCONF), else 0.", registry=r)
