@@ -221,6 +221,20 @@ def admin_metric_names() -> tuple[set[str], str]:
     return {str(n) for n in names()}, "smsrelay.admin.metrics.admin_metric_names()"
 
 
+def admin_metric_labels() -> dict[str, frozenset[str]]:
+    """Each sample name of the admin's /metrics (counters with `_total`) and its own labels."""
+    from smsrelay.admin.metrics import Snapshot, SnapshotCollector
+
+    labels: dict[str, frozenset[str]] = {}
+    for family in SnapshotCollector(Snapshot()).describe():
+        name = family.name + "_total" if family.type == "counter" else family.name
+        # The *MetricFamily classes keep the label names they were built with, samples or not.
+        names = getattr(family, "_labelnames", None)
+        assert names is not None, f"{name}: its label names cannot be read from {type(family)}"
+        labels[name] = frozenset(str(n) for n in names)
+    return labels
+
+
 # ---- PromQL -----------------------------------------------------------------------------------
 
 _PROMQL_WORDS = frozenset({

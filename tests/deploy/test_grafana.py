@@ -36,6 +36,10 @@ REQUIRED_PANELS: dict[str, tuple[str, list[str]]] = {
                           [r"rate\(smsrelay_messages_rate_limited_total"]),
     "failed_sms by status": (r"(?i)failed_sms by status",
                              [r"by \(status\).*smsrelay_failed_sms_records"]),
+    "dead letters not yet mirrored": (r"(?i)not yet mirrored",
+                                      [r"by \(shard\).*smsrelay_dead_letters_unmirrored"]),
+    "workers Redis refuses": (r"(?i)redis refuses", [r"sum\(smsrelay_redis_writes_refused"]),
+    "unread request streams": (r"(?i)unread request streams", [r"smsrelay_unread_streams"]),
 }
 
 

@@ -18,6 +18,7 @@ from tests.deploy.support import (
     dashboard_exprs,
     load_yaml,
     output,
+    promql_metric_names,
     run,
 )
 
@@ -30,6 +31,15 @@ REQUIRED_ALERTS = {
     "provider error ratio high": r"ProviderErrorRatio",
     "no worker up": r"NoWorkerUp",
     "dead-letter stream not mirrored": r"NotMirrored",
+    "Redis refuses a worker's writes": r"RedisRefusesWrites",
+    "request streams no worker reads": r"UnreadStreams",
+}
+
+# Alerts that must read a given gauge (the one that says what they mean), and for how long.
+ALERT_GAUGES = {
+    "SmsrelayDeadLettersNotMirrored": ("smsrelay_dead_letters_unmirrored", "5m"),
+    "SmsrelayRedisRefusesWrites": ("smsrelay_redis_writes_refused", "1m"),
+    "SmsrelayUnreadStreams": ("smsrelay_unread_streams", "5m"),
 }
 
 
@@ -74,6 +84,15 @@ def test_every_required_alert_exists() -> None:
                if not any(re.search(pattern, name) for name in names)]
     assert not missing, f"no alert for: {missing} (alerts: {names})"
     assert len(names) == len(set(names)), "alert names repeat"
+
+
+@pytest.mark.parametrize("alert", sorted(ALERT_GAUGES))
+def test_alert_reads_its_gauge(alert: str) -> None:
+    # NotMirrored once compared deltas of two gauges across a window, which one retry hid.
+    metric, duration = ALERT_GAUGES[alert]
+    (rule,) = [rule for rule in alert_rules() if rule.get("alert") == alert]
+    assert promql_metric_names(str(rule["expr"])) == {metric}, rule["expr"]
+    assert rule["for"] == duration, rule
 
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: str(rule.get("alert")))
