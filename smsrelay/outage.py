@@ -125,11 +125,14 @@ def describe(exc: BaseException) -> str:
 
 async def until_done(operation: Callable[[], Awaitable[T]], outages: Outages,
                      stop: asyncio.Event | None = None,
-                     max_delay_s: float = RETRY_MAX_DELAY_S) -> T:
-    """Run a Redis write until it succeeds, backing off while Redis is away or refuses writes.
+                     max_delay_s: float = RETRY_MAX_DELAY_S,
+                     wrote: Callable[[T], bool] | None = None) -> T:
+    """Run a Redis step until it succeeds, backing off while Redis is away or refuses writes.
 
-    Used for the writes that must not be given up on (the sent marker after the provider
+    Used for the steps that must not be given up on (the sent marker after the provider
     accepted). Raises the last error only when `stop` is set and the operation still fails.
+    `wrote(result)` says whether the result proves that Redis took a write (a script that
+    answered early wrote nothing): only such a success ends a refusal of writes.
     """
     delay = 0.05
     while True:
@@ -145,5 +148,6 @@ async def until_done(operation: Callable[[], Awaitable[T]], outages: Outages,
             delay = min(delay * 2, max_delay_s)
             continue
         outages.redis.recovered()
-        outages.redis_writes.recovered()
+        if wrote is None or wrote(result):
+            outages.redis_writes.recovered()
         return result

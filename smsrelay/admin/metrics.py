@@ -68,9 +68,12 @@ class SnapshotCollector(Collector):
             for shard, value in sorted(values.items()):
                 gauge.add_metric([str(shard)], value)
             yield gauge
-        yield GaugeMetricFamily("smsrelay_unread_streams", "Request streams of the namespace "
-                                "that no worker reads (a shard outside 0..SMSRELAY_SHARDS-1): "
-                                "their messages are never sent.", value=s.unread_streams)
+        unread = GaugeMetricFamily("smsrelay_unread_streams", "Request streams of the "
+                                   "namespace that no worker reads (a shard outside "
+                                   "0..SMSRELAY_SHARDS-1): their messages are never sent.")
+        if not s.errors["redis"]:  # (unknown, not zero, when Redis could not be read)
+            unread.add_metric([], s.unread_streams)
+        yield unread
         records = GaugeMetricFamily("smsrelay_failed_sms_records",
                                     "Rows of failed_sms, by status.", labels=["status"])
         for status, value in sorted(s.records.items()):

@@ -64,8 +64,9 @@ class DirectSender:
         try:
             receipt = await self.provider.send(phone, body, message_id=message_id)
         except ProviderError:
+            # (DEL and ZREM free memory: their success does not prove that Redis takes writes)
             await until_done(lambda: self.queue.release(shard, sender, message_id, phone),
-                             self.outages)
+                             self.outages, wrote=lambda _: False)
             raise
         # The provider has the message: the marker must be written whatever Redis does now,
         # or a later retry or replay would send it again (rule 4).

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 from smsrelay import clock
 from smsrelay.consumers.metrics import WorkerMetrics
@@ -25,6 +27,7 @@ from smsrelay.streams.keys import shard_of
 from smsrelay.streams.queue import Begin, BeginCall, Queue, Sender
 
 log = get_logger("smsrelay.worker")
+T = TypeVar("T")
 
 RATE_LIMIT_ERROR = "Rate limit exceeded"
 CRASHED_DURING_ATTEMPT = "the worker stopped during the last attempt (no provider answer recorded)"
@@ -82,6 +85,14 @@ class MessageHandler:
         task = asyncio.ensure_future(self.decide_batch(deliveries))
         return [PendingDecision(task, index) for index in range(len(deliveries))]
 
+    async def _through_outages(self, operation: Callable[[], Awaitable[T]],
+                               wrote: Callable[[T], bool] | None = None) -> T:
+        """Run a Redis step of this entry until Redis takes it: an outage (Redis away, or
+        refusing writes) pauses the entry, which keeps its claim fresh meanwhile (the
+        heartbeat), instead of leaving it to be claimed and begun again after the outage.
+        The drain cancels the wait at the end of the grace period."""
+        return await until_done(operation, self.outages, wrote=wrote)
+
     def _on_its_shard(self, delivery: Delivery, entry: RequestEntry) -> bool:
         return shard_of(entry.to, self.settings.shards) == delivery.shard
 
@@ -101,16 +112,18 @@ class MessageHandler:
             known: Begin | None = None
         else:
             entry, known = decided
-        decision = known or await self.queue.begin(
-            BeginCall(delivery.shard, Sender.of(delivery), entry.message_id, entry.to))
+        begin = partial(self.queue.begin,
+                        BeginCall(delivery.shard, Sender.of(delivery), entry.message_id, entry.to))
+        decision = known if known is not None else await self._through_outages(
+            begin, wrote=lambda d: d.verdict == "go")
         replay_of = wire.field(delivery.fields, "replay_of")
         if decision.verdict == "sent":
             if replay_of is None:
-                await self.queue.drop(delivery)
+                await self._through_outages(partial(self.queue.drop, delivery), _no_write)
             else:  # a replay of a message that did go out: its record must still resolve
-                await self.queue.mark_sent(delivery.shard, delivery, entry.message_id,
-                                           decision.sid, _resolved(entry, decision.sid,
-                                                                   replay_of))
+                await self._through_outages(partial(
+                    self.queue.mark_sent, delivery.shard, delivery, entry.message_id,
+                    decision.sid, _resolved(entry, decision.sid, replay_of)))
             log.info("sms.already_sent", message_id=entry.message_id, sid=decision.sid)
         elif decision.verdict == "busy":
             await self._busy(delivery, entry, decision, replay_of)
@@ -129,16 +142,16 @@ class MessageHandler:
                     replay_of: str | None) -> None:
         if replay_of is None:
             # A copy of a message another entry is sending: that entry settles the message.
-            await self.queue.drop(delivery)
+            await self._through_outages(partial(self.queue.drop, delivery), _no_write)
             log.info("sms.duplicate_entry", message_id=entry.message_id,
                      entry_id=delivery.entry_id)
             return
         # An admin asked for this replay while another sender (a "retry now") holds the
         # message: ask again later. If that send succeeds this copy finds the sent marker and
         # resolves the record; if it fails, this copy sends.
-        await self.queue.delay(delivery, entry.message_id,
-                               entry.to_fields() | wire.carried(delivery.fields),
-                               self.busy_wait_s)
+        await self._through_outages(partial(
+            self.queue.delay, delivery, entry.message_id,
+            entry.to_fields() | wire.carried(delivery.fields), self.busy_wait_s), bool)
         log.info("sms.waiting_for_other_sender", message_id=entry.message_id,
                  wait_seconds=self.busy_wait_s)
 
@@ -146,7 +159,7 @@ class MessageHandler:
         """An entry on a shard its number does not hash to (a publisher in another language
         with another shard count, or a signed CRC): its rate-limit window is elsewhere."""
         target = shard_of(entry.to, self.settings.shards)
-        await self.queue.move(delivery, target)
+        await self._through_outages(partial(self.queue.move, delivery, target))
         log.warning("sms.moved_to_its_shard", message_id=entry.message_id,
                     from_shard=delivery.shard, to_shard=target,
                     hint="publish to shard crc32(to) % SMSRELAY_SHARDS, unsigned")
@@ -170,8 +183,8 @@ class MessageHandler:
         # drain cancels them at the end of the grace period, and Redis may be back by then.
         replay_of = wire.field(delivery.fields, "replay_of")
         outcome = _resolved(entry, receipt.sid, replay_of) if replay_of is not None else None
-        await until_done(lambda: self.queue.mark_sent(delivery.shard, delivery, message_id,
-                                                      receipt.sid, outcome), self.outages)
+        await self._through_outages(partial(self.queue.mark_sent, delivery.shard, delivery,
+                                            message_id, receipt.sid, outcome))
         self.metrics.send_attempts.labels(outcome="success").inc()
         self.metrics.messages_sent.inc()
         self.metrics.end_to_end.observe(max(0.0, (clock.now() - entry.created_at).total_seconds()))
@@ -193,8 +206,9 @@ class MessageHandler:
                              first_attempt_at, clock.now_iso(), release_slot=True)
             return
         wait_s = self.policy.delay_s(attempt)
-        await self.queue.delay(delivery, entry.message_id,
-                               entry.to_fields() | wire.carried(delivery.fields), wait_s, error)
+        await self._through_outages(partial(
+            self.queue.delay, delivery, entry.message_id,
+            entry.to_fields() | wire.carried(delivery.fields), wait_s, error), bool)
         log.warning("sms.retry_scheduled", message_id=entry.message_id, to=entry.to,
                     attempt=attempt, wait_seconds=round(wait_s, 3), error=error)
 
@@ -202,9 +216,9 @@ class MessageHandler:
                             attempts: int) -> None:
         self.metrics.rate_limited.inc()
         if self.settings.on_rate_limit == "defer":
-            await self.queue.delay(delivery, entry.message_id,
-                                   entry.to_fields() | wire.carried(delivery.fields),
-                                   wait_ms / 1000)
+            await self._through_outages(partial(
+                self.queue.delay, delivery, entry.message_id,
+                entry.to_fields() | wire.carried(delivery.fields), wait_ms / 1000), bool)
             log.info("sms.deferred", message_id=entry.message_id, to=entry.to,
                      retry_after_seconds=round(wait_ms / 1000, 3))
             return
@@ -216,11 +230,11 @@ class MessageHandler:
                     error: str, attempts: int, first_attempt_at: str = "",
                     last_attempt_at: str = "", *, release_slot: bool = False) -> None:
         message_id = entry.message_id if entry else _valid_id(delivery)
-        moved = await self.queue.dead_letter(
-            delivery, message_id=message_id or "", phone=entry.to if entry else None,
-            reason=reason.value, error=error, attempts=attempts,
-            first_attempt_at=first_attempt_at, last_attempt_at=last_attempt_at,
-            release_slot=release_slot)
+        moved = await self._through_outages(partial(
+            self.queue.dead_letter, delivery, message_id=message_id or "",
+            phone=entry.to if entry else None, reason=reason.value, error=error,
+            attempts=attempts, first_attempt_at=first_attempt_at,
+            last_attempt_at=last_attempt_at, release_slot=release_slot), bool)
         if moved:
             self.metrics.dead_lettered.labels(reason=reason.value).inc()
             log.warning("sms.dead_lettered", message_id=message_id, entry_id=delivery.entry_id,
@@ -236,6 +250,11 @@ class MessageHandler:
         await self._dead(delivery, entry, Reason.POISON,
                          f"delivered {delivery.deliveries} times without an outcome "
                          f"(limit SMSRELAY_MAX_DELIVERIES={self.settings.max_deliveries})", 0)
+
+
+def _no_write(_: object) -> bool:
+    """XACK and XDEL do not grow memory: Redis takes them even when it refuses writes."""
+    return False
 
 
 def _resolved(entry: RequestEntry, sid: str, replay_of: str | None) -> dict[str, str]:

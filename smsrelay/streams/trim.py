@@ -40,4 +40,5 @@ async def trim_settled(client: aioredis.Redis, stream: str, group: str,
     ms, seq = min(bounds)
     if ms <= 0:
         return 0
-    return int(await client.xtrim(stream, minid=f"{ms}-{seq}"))
+    # exact (`=`), not `~`: an approximate trim removes only whole internal nodes
+    return int(await client.xtrim(stream, minid=f"{ms}-{seq}", approximate=False))

@@ -16,9 +16,9 @@ import redis
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from smsrelay.keys import ShardKeys
 from smsrelay.schemas.entry import InvalidEntry, parse_entry
 from smsrelay.settings import Settings
+from smsrelay.streams.keys import ShardKeys
 from tests.conftest import make_settings
 from tests.faults.support import (
     Pipeline,
