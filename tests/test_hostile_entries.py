@@ -17,7 +17,7 @@ from tests.conftest import make_settings
 from tests.helpers import dead_letters, running_worker, stream_state, wait_until
 
 
-def _entry(to: str, body: str = "hello", **extra: Any) -> dict[str, Any]:
+def _entry(to: str, body: str = "hello", **extra: str) -> dict[Any, Any]:
     return {"v": "1", "id": str(uuid.uuid4()), "to": to, "body": body,
             "created_at": clock.now_iso(), **extra}
 

@@ -98,7 +98,8 @@ async def test_a_worker_started_while_redis_refuses_writes_sends_once_it_accepts
     _refuse_writes(server, True)
     async with running_worker(settings) as worker:
         await wait_until(lambda: worker.outages.redis_writes.down, what="the refusal noticed")
-        assert worker.metrics.redis_writes_refused.collect()[0].samples[0].value == 1
+        [gauge] = worker.metrics.redis_writes_refused.collect()
+        assert gauge.samples[0].value == 1
         await asyncio.sleep(1)
         assert fake_twilio.requests == []  # a begin that cannot be written sends nothing
         # When memory is freed, Then they go out within seconds, once each
