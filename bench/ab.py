@@ -20,15 +20,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--a", type=Path, default=ROOT, help="checkout A (default: this one)")
     parser.add_argument("--b", type=Path, required=True, help="checkout B")
-    parser.add_argument("--scenarios", default="0:64",
-                        help="latency_ms:concurrency pairs, comma-separated")
+    parser.add_argument(
+        "--scenarios", default="0:64", help="latency_ms:concurrency pairs, comma-separated"
+    )
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bare", action="store_true", help="also run the bare loop")
     args = parser.parse_args()
     install_cleanup()
-    scenarios = [(float(s.split(":")[0]), int(s.split(":")[1]))
-                 for s in args.scenarios.split(",")]
+    scenarios = [(float(s.split(":")[0]), int(s.split(":")[1])) for s in args.scenarios.split(",")]
     roots = {"A": args.a.resolve(), "B": args.b.resolve()}
     rates: dict[tuple[str, float, int], list[float]] = {}
     cpus: dict[tuple[str, float, int], list[float]] = {}
@@ -40,21 +40,27 @@ def main() -> None:
                     order.append("bare")
                 for who in order:
                     name = "bare" if who == "bare" else "smsrelay"
-                    r = e2e.measure(name, fake, args.messages, lat, conc,
-                                    smsrelay_root=roots.get(who, ROOT))
+                    r = e2e.measure(
+                        name, fake, args.messages, lat, conc, smsrelay_root=roots.get(who, ROOT)
+                    )
                     key = (who, lat, conc)
                     if r.ok:
                         rates.setdefault(key, []).append(r.rate)
                         cpus.setdefault(key, []).append(r.cpu_us_per_msg)
-                    print(f"#{rep + 1} {who:4} {lat:g} ms/{conc}: {r.rate:7,.0f} msg/s "
-                          f"{r.cpu_us_per_msg:5,.0f} µs/msg {r.error}", flush=True)
+                    print(
+                        f"#{rep + 1} {who:4} {lat:g} ms/{conc}: {r.rate:7,.0f} msg/s "
+                        f"{r.cpu_us_per_msg:5,.0f} µs/msg {r.error}",
+                        flush=True,
+                    )
     print()
     for lat, conc in scenarios:
         line = [f"{lat:g} ms/{conc}:"]
         for who in ("A", "B", "bare"):
             if (who, lat, conc) in rates:
-                line.append(f"{who} {median(rates[(who, lat, conc)]):,.0f} msg/s "
-                            f"({median(cpus[(who, lat, conc)]):,.0f} µs/msg)")
+                line.append(
+                    f"{who} {median(rates[(who, lat, conc)]):,.0f} msg/s "
+                    f"({median(cpus[(who, lat, conc)]):,.0f} µs/msg)"
+                )
         a, b = rates.get(("A", lat, conc)), rates.get(("B", lat, conc))
         if a and b:
             line.append(f"B/A {median(b) / median(a):.2f}x")

@@ -57,12 +57,12 @@ async def main() -> None:
                 with_slot.clear()
                 await with_slot.wait()
                 continue
-            reply = await reader.xreadgroup(GROUP, "bare-1", {stream: ">"}, count=free,
-                                            block=1000)
+            reply = await reader.xreadgroup(GROUP, "bare-1", {stream: ">"}, count=free, block=1000)
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     task = asyncio.create_task(
-                        one(entry_id, fields[b"to"].decode(), fields[b"body"].decode()))
+                        one(entry_id, fields[b"to"].decode(), fields[b"body"].decode())
+                    )
                     inflight.add(task)
                     task.add_done_callback(done)
         if inflight:

@@ -73,15 +73,29 @@ _children: list[subprocess.Popen[Any]] = []
 _children_lock = threading.Lock()
 
 
-def spawn(cmd: Sequence[str], env: Mapping[str, str] | None = None, *, log: Path | None = None,
-          stdout: int | None = None, cwd: Path = ROOT) -> subprocess.Popen[Any]:
+def spawn(
+    cmd: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    log: Path | None = None,
+    stdout: int | None = None,
+    cwd: Path = ROOT,
+) -> subprocess.Popen[Any]:
     """Start a child in its own process group and remember it for clean-up."""
-    out: Any = stdout if stdout is not None else (
-        open(log, "ab") if log is not None else subprocess.DEVNULL)  # noqa: SIM115
+    out: Any = (
+        stdout
+        if stdout is not None
+        else (open(log, "ab") if log is not None else subprocess.DEVNULL)  # noqa: SIM115
+    )
     try:
-        proc = subprocess.Popen(list(cmd), env=dict(env) if env is not None else None,
-                                stdout=out, stderr=subprocess.STDOUT if log else None,
-                                start_new_session=True, cwd=cwd)
+        proc = subprocess.Popen(
+            list(cmd),
+            env=dict(env) if env is not None else None,
+            stdout=out,
+            stderr=subprocess.STDOUT if log else None,
+            start_new_session=True,
+            cwd=cwd,
+        )
     finally:
         if log is not None and stdout is None:
             out.close()
@@ -132,8 +146,13 @@ def install_cleanup() -> None:
 
 
 @contextlib.contextmanager
-def running(cmd: Sequence[str], env: Mapping[str, str] | None = None, *,
-            log: Path | None = None, cwd: Path = ROOT) -> Iterator[subprocess.Popen[Any]]:
+def running(
+    cmd: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    log: Path | None = None,
+    cwd: Path = ROOT,
+) -> Iterator[subprocess.Popen[Any]]:
     proc = spawn(cmd, env, log=log, cwd=cwd)
     try:
         yield proc
@@ -182,8 +201,12 @@ def get_json(url: str) -> Any:
 
 
 def post_json(url: str, payload: object) -> Any:
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=60) as resp:  # loopback only
         return json.loads(resp.read())
 
@@ -204,8 +227,15 @@ class FakeTwilioProcess:
         self.url = ""
 
     def __enter__(self) -> FakeTwilioProcess:
-        cmd = [PYTHON, "-m", "smsrelay.testing.fake_twilio", "--port", "0",
-               "--latency-ms", str(self.latency_ms)]
+        cmd = [
+            PYTHON,
+            "-m",
+            "smsrelay.testing.fake_twilio",
+            "--port",
+            "0",
+            "--latency-ms",
+            str(self.latency_ms),
+        ]
         self.proc = spawn(cmd, stdout=subprocess.PIPE)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
@@ -257,7 +287,6 @@ def redis_url(db: int) -> str:
 
 def redis_client(db: int) -> redis.Redis:
     return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
-
 
 
 def delete_matching(db: int, pattern: str) -> int:
@@ -336,29 +365,52 @@ def machine() -> Machine:
     from importlib import metadata
 
     packages = {}
-    for name in ("twilio", "aiohttp", "redis", "hiredis", "uvloop", "dramatiq", "celery", "kombu",
-                 "arq", "requests"):
+    for name in (
+        "twilio",
+        "aiohttp",
+        "redis",
+        "hiredis",
+        "uvloop",
+        "dramatiq",
+        "celery",
+        "kombu",
+        "arq",
+        "requests",
+    ):
         with contextlib.suppress(metadata.PackageNotFoundError):
             packages[name] = metadata.version(name)
-    return Machine(cpus=os.cpu_count() or 0, cpu_model=model,
-                   memory_gib=round(mem_kib / 1024 / 1024, 1),
-                   python=platform.python_version(), redis_version=redis_version,
-                   os=f"{platform.system()} {platform.release()}", packages=packages)
+    return Machine(
+        cpus=os.cpu_count() or 0,
+        cpu_model=model,
+        memory_gib=round(mem_kib / 1024 / 1024, 1),
+        python=platform.python_version(),
+        redis_version=redis_version,
+        os=f"{platform.system()} {platform.release()}",
+        packages=packages,
+    )
 
 
 def code_state(root: Path) -> dict[str, Any]:
     """The smsrelay code under test: its commit and the files changed since (a moving tree)."""
+
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                                  timeout=10, check=False).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
+            ).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return ""
 
-    changed = [line[3:] for line in git("status", "--porcelain", "--", "smsrelay").splitlines()
-               if not line[3:].endswith((".pyc", "/"))]
-    return {"root": str(root), "commit": git("rev-parse", "--short", "HEAD"),
-            "changed": [c for c in changed if "__pycache__" not in c]}
+    changed = [
+        line[3:]
+        for line in git("status", "--porcelain", "--", "smsrelay").splitlines()
+        if not line[3:].endswith((".pyc", "/"))
+    ]
+    return {
+        "root": str(root),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "changed": [c for c in changed if "__pycache__" not in c],
+    }
 
 
 def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.05) -> bool:

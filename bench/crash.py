@@ -60,37 +60,69 @@ class CrashResult:
 def scenarios(preset: str) -> list[Scenario]:
     """The full run measures each peer at its defaults where that fits in the cap."""
     out = [
-        Scenario("smsrelay", "SMSRELAY_CLAIM_IDLE_SECONDS=30 (default)",
-                 expected="claim idle 30 s (counted from the last heartbeat) + claim scan "
-                          "interval (min(idle/10, 1 s))"),
-        Scenario("smsrelay", "SMSRELAY_CLAIM_IDLE_SECONDS=5",
-                 (("SMSRELAY_CLAIM_IDLE_SECONDS", "5"),), default=False,
-                 expected="claim idle 5 s + scan interval 0.5 s"),
-        Scenario("dramatiq", "heartbeat_timeout=60 s, maintenance_chance=1000/1e6 (defaults)",
-                 expected="60 s, then the first maintenance pass on that queue: 0.1 % of "
-                          "broker calls, and an idle worker fetches that queue ~0.5 times/s "
-                          "(measured), so ~33 min on average, geometric"),
-        Scenario("celery", "visibility_timeout=30 s (default 3600 s)",
-                 (("BENCH_CELERY_VISIBILITY_TIMEOUT", "30"),), default=False,
-                 expected="visibility timeout + up to 100 s (unacked messages are restored "
-                          "every 10th 10-s tick); at the default: 3600-3700 s"),
-        Scenario("arq", "job_timeout=300 s (default)",
-                 expected="job_timeout + 10 s (the in-progress mark expires), then poll 0.5 s"),
+        Scenario(
+            "smsrelay",
+            "SMSRELAY_CLAIM_IDLE_SECONDS=30 (default)",
+            expected="claim idle 30 s (counted from the last heartbeat) + claim scan "
+            "interval (min(idle/10, 1 s))",
+        ),
+        Scenario(
+            "smsrelay",
+            "SMSRELAY_CLAIM_IDLE_SECONDS=5",
+            (("SMSRELAY_CLAIM_IDLE_SECONDS", "5"),),
+            default=False,
+            expected="claim idle 5 s + scan interval 0.5 s",
+        ),
+        Scenario(
+            "dramatiq",
+            "heartbeat_timeout=60 s, maintenance_chance=1000/1e6 (defaults)",
+            expected="60 s, then the first maintenance pass on that queue: 0.1 % of "
+            "broker calls, and an idle worker fetches that queue ~0.5 times/s "
+            "(measured), so ~33 min on average, geometric",
+        ),
+        Scenario(
+            "celery",
+            "visibility_timeout=30 s (default 3600 s)",
+            (("BENCH_CELERY_VISIBILITY_TIMEOUT", "30"),),
+            default=False,
+            expected="visibility timeout + up to 100 s (unacked messages are restored "
+            "every 10th 10-s tick); at the default: 3600-3700 s",
+        ),
+        Scenario(
+            "arq",
+            "job_timeout=300 s (default)",
+            expected="job_timeout + 10 s (the in-progress mark expires), then poll 0.5 s",
+        ),
     ]
     if preset == "full":
         return out
     if preset == "smoke":
-        return [Scenario("smsrelay", "SMSRELAY_CLAIM_IDLE_SECONDS=2",
-                         (("SMSRELAY_CLAIM_IDLE_SECONDS", "2"),), default=False,
-                         expected="claim idle 2 s + scan interval 0.5 s")]
+        return [
+            Scenario(
+                "smsrelay",
+                "SMSRELAY_CLAIM_IDLE_SECONDS=2",
+                (("SMSRELAY_CLAIM_IDLE_SECONDS", "2"),),
+                default=False,
+                expected="claim idle 2 s + scan interval 0.5 s",
+            )
+        ]
     return [
         out[1],
         Scenario("dramatiq", "heartbeat_timeout=60 s (default)", expected=out[2].expected),
-        Scenario("celery", "visibility_timeout=5 s (default 3600 s)",
-                 (("BENCH_CELERY_VISIBILITY_TIMEOUT", "5"),), default=False,
-                 expected="visibility timeout + up to 100 s"),
-        Scenario("arq", "job_timeout=5 s (default 300 s)", (("BENCH_ARQ_JOB_TIMEOUT", "5"),),
-                 default=False, expected="job_timeout + 10 s, then poll 0.5 s"),
+        Scenario(
+            "celery",
+            "visibility_timeout=5 s (default 3600 s)",
+            (("BENCH_CELERY_VISIBILITY_TIMEOUT", "5"),),
+            default=False,
+            expected="visibility timeout + up to 100 s",
+        ),
+        Scenario(
+            "arq",
+            "job_timeout=5 s (default 300 s)",
+            (("BENCH_ARQ_JOB_TIMEOUT", "5"),),
+            default=False,
+            expected="job_timeout + 10 s, then poll 0.5 s",
+        ),
     ]
 
 
@@ -109,9 +141,15 @@ class Countdown:
                 self._event.set()
 
 
-def run_one(scenario: Scenario, in_flight: int, cap_s: float, settle_s: float = 3.0,
-            concurrency: int = 64, log_dir: Path | None = None,
-            killed: Countdown | None = None) -> CrashResult:
+def run_one(
+    scenario: Scenario,
+    in_flight: int,
+    cap_s: float,
+    settle_s: float = 3.0,
+    concurrency: int = 64,
+    log_dir: Path | None = None,
+    killed: Countdown | None = None,
+) -> CrashResult:
     """One scenario; `killed.done()` once its victim is dead (or its set-up failed)."""
     signalled: list[bool] = []
 
@@ -126,11 +164,23 @@ def run_one(scenario: Scenario, in_flight: int, cap_s: float, settle_s: float = 
         mark_killed()
 
 
-def _run_one(scenario: Scenario, in_flight: int, cap_s: float, settle_s: float,
-             concurrency: int, log_dir: Path | None,
-             mark_killed: Callable[[], None]) -> CrashResult:
-    result = CrashResult(scenario.system, scenario.setting, scenario.default, scenario.expected,
-                         in_flight, cap_s=cap_s)
+def _run_one(
+    scenario: Scenario,
+    in_flight: int,
+    cap_s: float,
+    settle_s: float,
+    concurrency: int,
+    log_dir: Path | None,
+    mark_killed: Callable[[], None],
+) -> CrashResult:
+    result = CrashResult(
+        scenario.system,
+        scenario.setting,
+        scenario.default,
+        scenario.expected,
+        in_flight,
+        cap_s=cap_s,
+    )
     system = systems.make(scenario.system, run_tag(), dict(scenario.overrides))
     victim = survivor = None
     try:
@@ -138,8 +188,11 @@ def _run_one(scenario: Scenario, in_flight: int, cap_s: float, settle_s: float,
             system.enqueue(0, in_flight)
 
             def log(role: str) -> Path | None:
-                return log_dir / f"crash-{scenario.system}-{system.tag}-{role}.log" \
-                    if log_dir else None
+                return (
+                    log_dir / f"crash-{scenario.system}-{system.tag}-{role}.log"
+                    if log_dir
+                    else None
+                )
 
             victim = system.start_worker(fake.url, concurrency, log("victim"))
             if not wait_until(lambda: len(fake.requests()) >= in_flight, 60, 0.1):
@@ -185,17 +238,25 @@ def _run_one(scenario: Scenario, in_flight: int, cap_s: float, settle_s: float,
     return result
 
 
-def run_all(preset: str, in_flight: int, cap_s: float, log_dir: Path | None = None,
-            only: tuple[str, ...] = systems.SYSTEMS, settle_s: float = 3.0,
-            waiting: threading.Event | None = None) -> list[CrashResult]:
+def run_all(
+    preset: str,
+    in_flight: int,
+    cap_s: float,
+    log_dir: Path | None = None,
+    only: tuple[str, ...] = systems.SYSTEMS,
+    settle_s: float = 3.0,
+    waiting: threading.Event | None = None,
+) -> list[CrashResult]:
     """Every scenario in parallel; `waiting` is set once all victims are dead (from then on the
     scenarios only wait, and other measurements may run beside them)."""
     chosen = [s for s in scenarios(preset) if s.system in only]
     killed = Countdown(len(chosen), waiting or threading.Event())
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(chosen), 1)) as pool:
-            futures = [pool.submit(run_one, s, in_flight, cap_s, settle_s, log_dir=log_dir,
-                                   killed=killed) for s in chosen]
+            futures = [
+                pool.submit(run_one, s, in_flight, cap_s, settle_s, log_dir=log_dir, killed=killed)
+                for s in chosen
+            ]
             return [f.result() for f in futures]
     finally:
         if waiting is not None:

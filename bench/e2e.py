@@ -39,9 +39,17 @@ class E2EResult:
         return asdict(self)
 
 
-def measure(name: str, fake: FakeTwilioProcess, messages: int, latency_ms: float,
-            concurrency: int, *, timeout_s: float | None = None, log_dir: Path | None = None,
-            smsrelay_root: Path | None = None) -> E2EResult:
+def measure(
+    name: str,
+    fake: FakeTwilioProcess,
+    messages: int,
+    latency_ms: float,
+    concurrency: int,
+    *,
+    timeout_s: float | None = None,
+    log_dir: Path | None = None,
+    smsrelay_root: Path | None = None,
+) -> E2EResult:
     """One drain of `messages` by one worker of system `name`; never raises for a failed run."""
     kwargs: dict[str, Any] = {"smsrelay_root": smsrelay_root} if smsrelay_root else {}
     system = systems.make(name, run_tag(), **kwargs)
@@ -53,8 +61,11 @@ def measure(name: str, fake: FakeTwilioProcess, messages: int, latency_ms: float
     worker = None
     try:
         system.enqueue(0, messages)
-        log = log_dir / f"e2e-{name}-{latency_ms:g}ms-{concurrency}-{system.tag}.log" \
-            if log_dir else None
+        log = (
+            log_dir / f"e2e-{name}-{latency_ms:g}ms-{concurrency}-{system.tag}.log"
+            if log_dir
+            else None
+        )
         worker = system.start_worker(fake.url, concurrency, log)
         if not wait_until(lambda: fake.accepted() > 0 or worker.poll() is not None, 60):
             result.error = "no message sent within 60 s of start"

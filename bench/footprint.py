@@ -87,8 +87,14 @@ def _peak_bytes(pid: int) -> int:
     return total
 
 
-def worker_rss(name: str, messages: int, fake: FakeTwilioProcess, concurrency: int = 64,
-               settle_s: float = 3.0, log_dir: Path | None = None) -> WorkerRss:
+def worker_rss(
+    name: str,
+    messages: int,
+    fake: FakeTwilioProcess,
+    concurrency: int = 64,
+    settle_s: float = 3.0,
+    log_dir: Path | None = None,
+) -> WorkerRss:
     result = WorkerRss(name, messages)
     system = systems.make(name, run_tag())
     fake.reset(0)

@@ -37,8 +37,9 @@ async def send_sms(ctx: dict[str, Any], to: str, text: str) -> str:
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    ctx["sender"] = AsyncSender(os.environ["BENCH_FAKE_URL"],
-                                int(os.environ.get("BENCH_CONCURRENCY", "64")))
+    ctx["sender"] = AsyncSender(
+        os.environ["BENCH_FAKE_URL"], int(os.environ.get("BENCH_CONCURRENCY", "64"))
+    )
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

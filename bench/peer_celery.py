@@ -64,9 +64,11 @@ def register(app: Any) -> Any:
 
 
 _vt = os.environ.get("BENCH_CELERY_VISIBILITY_TIMEOUT")
-app = make_app(os.environ.get("BENCH_PREFIX", "bench-celery"),
-               os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6"),
-               float(_vt) if _vt else None)
+app = make_app(
+    os.environ.get("BENCH_PREFIX", "bench-celery"),
+    os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6"),
+    float(_vt) if _vt else None,
+)
 send_sms = register(app)
 if os.environ.get("BENCH_CELERY_WAKE_S"):
     _wake_hub(float(os.environ["BENCH_CELERY_WAKE_S"]))

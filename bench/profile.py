@@ -69,20 +69,34 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
 PROBES: tuple[tuple[str, str, str], ...] = (
     ("handle one entry (all of it)", "smsrelay/consumers/handler.py", "handle"),
     ("parse_entry (pydantic + phonenumbers)", "smsrelay/schemas/entry.py", "parse_entry"),
-    ("begin.lua for a read batch (decide_batch, one pipeline)",
-     "smsrelay/consumers/handler.py", "decide_batch"),
-    ("begin.lua one by one (Queue.begin: claimed entries)",
-     "smsrelay/streams/queue.py", "begin"),
+    (
+        "begin.lua for a read batch (decide_batch, one pipeline)",
+        "smsrelay/consumers/handler.py",
+        "decide_batch",
+    ),
+    ("begin.lua one by one (Queue.begin: claimed entries)", "smsrelay/streams/queue.py", "begin"),
     ("provider send (TwilioProvider.send)", "smsrelay/consumers/providers/twilio.py", "send"),
-    ("  SDK MessageList.create_async", "twilio/rest/api/v2010/account/message/__init__.py",
-     "create_async"),
-    ("  SDK request logging (log_request/log_response)", "twilio/http/__init__.py",
-     "log_request|log_response"),
-    ("  SDK MessageInstance (response -> object)", "twilio/rest/api/v2010/account/message/"
-     "__init__.py", "__init__"),
+    (
+        "  SDK MessageList.create_async",
+        "twilio/rest/api/v2010/account/message/__init__.py",
+        "create_async",
+    ),
+    (
+        "  SDK request logging (log_request/log_response)",
+        "twilio/http/__init__.py",
+        "log_request|log_response",
+    ),
+    (
+        "  SDK MessageInstance (response -> object)",
+        "twilio/rest/api/v2010/account/message/__init__.py",
+        "__init__",
+    ),
     ("  aiohttp ClientSession._request", "aiohttp/client.py", "_request"),
-    ("sent.lua and other coalesced scripts (ScriptBatcher pipelines)",
-     "smsrelay/streams/batching.py", "_run"),
+    (
+        "sent.lua and other coalesced scripts (ScriptBatcher pipelines)",
+        "smsrelay/streams/batching.py",
+        "_run",
+    ),
     ("redis-py execute_command (all)", "redis/asyncio/client.py", "execute_command"),
     ("redis-py Script.__call__ (EVALSHA)", "redis/commands/core.py", "__call__"),
     ("read loop (XREADGROUP + dispatch)", "smsrelay/consumers/worker.py", "_read_loop"),
@@ -90,8 +104,11 @@ PROBES: tuple[tuple[str, str, str], ...] = (
     ("prometheus_client calls", "/prometheus_client/", "*"),
     ("segment_count", "smsrelay/schemas/segments.py", "segment_count"),
     ("clock.now / now_iso", "smsrelay/clock.py", "*"),
-    ("heartbeat / claim / mover upkeep", "smsrelay/consumers/worker.py",
-     "_heartbeat_loop|_claim_loop|_mover_loop"),
+    (
+        "heartbeat / claim / mover upkeep",
+        "smsrelay/consumers/worker.py",
+        "_heartbeat_loop|_claim_loop|_mover_loop",
+    ),
 )
 
 
@@ -139,8 +156,9 @@ def _probe_hit(frames: list[tuple[str, str]], fragment: str, funcs: str) -> bool
     return any(fragment in path and (funcs == "*" or func in names) for path, func in frames)
 
 
-def analyse(raw: Path) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]],
-                                list[tuple[str, float]]]:
+def analyse(
+    raw: Path,
+) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]], list[tuple[str, float]]]:
     categories: Counter[str] = Counter()
     probes: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
@@ -151,7 +169,8 @@ def analyse(raw: Path) -> tuple[int, list[tuple[str, float]], list[tuple[str, fl
             continue
         frames = _frames(stack)
         if not any(path.endswith(_LOOP_FILES) for path, _ in frames) or any(
-                "importlib._bootstrap" in path for path, _ in frames):
+            "importlib._bootstrap" in path for path, _ in frames
+        ):
             continue  # not under the event loop, or importing: start-up, not the drain
         if frames[-1][1] == "select" and frames[-1][0].endswith("selectors.py"):
             continue  # the loop waiting in epoll: idle, not CPU
@@ -179,9 +198,15 @@ def _pyspy() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-def profile(latency_ms: float, concurrency: int, messages: int, out_dir: Path,
-            smsrelay_root: Path = ROOT, rate_hz: int = 200, system_name: str = "smsrelay",
-            ) -> Profile:
+def profile(
+    latency_ms: float,
+    concurrency: int,
+    messages: int,
+    out_dir: Path,
+    smsrelay_root: Path = ROOT,
+    rate_hz: int = 200,
+    system_name: str = "smsrelay",
+) -> Profile:
     result = Profile(system_name, latency_ms, concurrency, messages, 0.0, 0.0, 0)
     pyspy = _pyspy()
     if pyspy is None:
@@ -196,9 +221,24 @@ def profile(latency_ms: float, concurrency: int, messages: int, out_dir: Path,
         try:
             system.enqueue(0, messages)
             worker = system.start_worker(fake.url, concurrency)
-            spy = spawn([pyspy, "record", "--pid", str(worker.pid), "-o", str(raw), "-f", "raw",
-                         "-r", str(rate_hz), "--nonblocking", "--full-filenames",
-                         "--nolineno"], stdout=subprocess.DEVNULL)
+            spy = spawn(
+                [
+                    pyspy,
+                    "record",
+                    "--pid",
+                    str(worker.pid),
+                    "-o",
+                    str(raw),
+                    "-f",
+                    "raw",
+                    "-r",
+                    str(rate_hz),
+                    "--nonblocking",
+                    "--full-filenames",
+                    "--nolineno",
+                ],
+                stdout=subprocess.DEVNULL,
+            )
             if not wait_until(lambda: fake.accepted() > 0, 60):
                 result.error = "the worker sent nothing within 60 s"
                 return result
@@ -221,17 +261,19 @@ def profile(latency_ms: float, concurrency: int, messages: int, out_dir: Path,
                 stop(worker)
             system.cleanup()
     if raw.exists():
-        (result.samples, result.categories, result.probes,
-         result.top_self) = analyse(raw)
+        (result.samples, result.categories, result.probes, result.top_self) = analyse(raw)
     elif not result.error:
         result.error = "py-spy wrote no output (ptrace not permitted?)"
     return result
 
 
 def to_markdown(p: Profile) -> str:
-    lines = [f"**{p.system}, {p.latency_ms:g} ms latency, {p.concurrency} in flight, "
-             f"{p.messages:,} messages** — {p.rate:,.0f} msg/s under the profiler, worker CPU "
-             f"{p.cpu_us_per_msg:,.0f} µs/msg, {p.samples:,} samples (`{p.raw_file}`)", ""]
+    lines = [
+        f"**{p.system}, {p.latency_ms:g} ms latency, {p.concurrency} in flight, "
+        f"{p.messages:,} messages** — {p.rate:,.0f} msg/s under the profiler, worker CPU "
+        f"{p.cpu_us_per_msg:,.0f} µs/msg, {p.samples:,} samples (`{p.raw_file}`)",
+        "",
+    ]
     if p.error:
         return "\n".join([*lines, f"profile failed: {p.error}", ""])
     lines += ["| self time by library (leaf frame) | % of CPU |", "|---|---:|"]
@@ -249,15 +291,25 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
-    parser.add_argument("--smsrelay-root", type=Path, default=ROOT,
-                        help="profile the smsrelay package of another checkout")
+    parser.add_argument(
+        "--smsrelay-root",
+        type=Path,
+        default=ROOT,
+        help="profile the smsrelay package of another checkout",
+    )
     parser.add_argument("--system", choices=("smsrelay", "bare"), default="smsrelay")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     install_cleanup()
     started = time.monotonic()
-    result = profile(args.latency_ms, args.concurrency, args.messages, args.out,
-                     args.smsrelay_root.resolve(), system_name=args.system)
+    result = profile(
+        args.latency_ms,
+        args.concurrency,
+        args.messages,
+        args.out,
+        args.smsrelay_root.resolve(),
+        system_name=args.system,
+    )
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:

@@ -96,11 +96,13 @@ def _smsrelay_sync(tag: str, count: int, warmup: int) -> list[float]:
     system = systems.make("smsrelay", tag)
     try:
         with Producer(system.smsrelay_settings()) as producer:
+
             def call(i: int) -> object:
                 result = producer.publish(phone(i), body(tag, i))
                 if result.status != "queued":
                     raise RuntimeError(str(result))
                 return result
+
             return _time_sync(call, count, warmup)
     finally:
         system.cleanup()
@@ -113,11 +115,13 @@ def _smsrelay_async(tag: str, count: int, warmup: int) -> list[float]:
 
     async def run() -> list[float]:
         async with AsyncProducer(system.smsrelay_settings()) as producer:
+
             async def call(i: int) -> object:
                 result = await producer.publish(phone(i), body(tag, i))
                 if result.status != "queued":
                     raise RuntimeError(str(result))
                 return result
+
             return await _time_async(call, count, warmup)
 
     try:
@@ -127,16 +131,24 @@ def _smsrelay_async(tag: str, count: int, warmup: int) -> list[float]:
 
 
 def _fields(tag: str, i: int) -> dict[str, str]:
-    return {"v": "1", "id": str(uuid.uuid4()), "to": phone(i), "body": body(tag, i),
-            "created_at": _now_iso()}
+    return {
+        "v": "1",
+        "id": str(uuid.uuid4()),
+        "to": phone(i),
+        "body": body(tag, i),
+        "created_at": _now_iso(),
+    }
 
 
 def _xadd_sync(tag: str, count: int, warmup: int) -> list[float]:
     system = systems.make("smsrelay", tag)
     client = redis.Redis.from_url(redis_url(SMSRELAY_DB))
     try:
-        return _time_sync(lambda i: client.xadd(system.stream, _fields(tag, i)),  # type: ignore[arg-type]
-                          count, warmup)
+        return _time_sync(
+            lambda i: client.xadd(system.stream, _fields(tag, i)),  # type: ignore[arg-type]
+            count,
+            warmup,
+        )
     finally:
         client.close()
         system.cleanup()
@@ -148,8 +160,10 @@ def _xadd_async(tag: str, count: int, warmup: int) -> list[float]:
     async def run() -> list[float]:
         client = aioredis.Redis.from_url(redis_url(SMSRELAY_DB))
         try:
+
             async def call(i: int) -> object:
                 return await client.xadd(system.stream, _fields(tag, i))
+
             return await _time_async(call, count, warmup)
         finally:
             await client.aclose()
@@ -195,20 +209,21 @@ def _arq(tag: str, count: int, warmup: int) -> list[float]:
         pool = await create_pool(RedisSettings.from_dsn(system.url))
         queue = f"{system.prefix}:queue"
         try:
+
             async def call(i: int) -> object:
                 # arq's default job id (a uuid4 hex); the key prefix only names the queue, so
                 # the jobs are found for clean-up by the ids it returns.
-                job = await pool.enqueue_job("send_sms", phone(i), body(tag, i),
-                                             _queue_name=queue)
+                job = await pool.enqueue_job("send_sms", phone(i), body(tag, i), _queue_name=queue)
                 if job is not None:
                     made.append(job.job_id)
                 return job
+
             made: list[str] = []
             try:
                 return await _time_async(call, count, warmup)
             finally:
                 for start in range(0, len(made), 500):
-                    await pool.delete(*[f"arq:job:{j}" for j in made[start:start + 500]])
+                    await pool.delete(*[f"arq:job:{j}" for j in made[start : start + 500]])
         finally:
             await pool.aclose()
 
@@ -219,17 +234,22 @@ def _arq(tag: str, count: int, warmup: int) -> list[float]:
 
 
 MEASURE: dict[str, Callable[[str, int, int], list[float]]] = {
-    "smsrelay.sync": _smsrelay_sync, "smsrelay.async": _smsrelay_async,
-    "xadd.sync": _xadd_sync, "xadd.async": _xadd_async,
-    "dramatiq": _dramatiq, "celery": _celery, "arq": _arq,
+    "smsrelay.sync": _smsrelay_sync,
+    "smsrelay.async": _smsrelay_async,
+    "xadd.sync": _xadd_sync,
+    "xadd.async": _xadd_async,
+    "dramatiq": _dramatiq,
+    "celery": _celery,
+    "arq": _arq,
 }
 
 
 ALL_APIS = tuple(api for api, _ in APIS)
 
 
-def measure(count: int, rounds: int, warmup: int = 200,
-            apis: tuple[str, ...] = ALL_APIS) -> list[PublishCost]:
+def measure(
+    count: int, rounds: int, warmup: int = 200, apis: tuple[str, ...] = ALL_APIS
+) -> list[PublishCost]:
     results = {api: PublishCost(api, label, count) for api, label in APIS if api in apis}
     for _ in range(rounds):
         for api, cost in results.items():

@@ -58,14 +58,23 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     for api, floor in (("smsrelay.sync", "xadd.sync"), ("smsrelay.async", "xadd.async")):
         if api in pub and floor in pub:
             ratio = pub[api]["median_us"] / pub[floor]["median_us"]
-            out.append((f"publish median ≤ 1.5x raw XADD (`{api}` vs `{floor}`)",
-                        f"{pub[api]['median_us']:.0f} µs vs {pub[floor]['median_us']:.0f} µs "
-                        f"= {ratio:.2f}x", ratio <= 1.5))
+            out.append(
+                (
+                    f"publish median ≤ 1.5x raw XADD (`{api}` vs `{floor}`)",
+                    f"{pub[api]['median_us']:.0f} µs vs {pub[floor]['median_us']:.0f} µs "
+                    f"= {ratio:.2f}x",
+                    ratio <= 1.5,
+                )
+            )
         if api in pub and peers_pub:
             best = min(peers_pub)
-            out.append((f"publish median lower than every peer (`{api}`)",
-                        f"{pub[api]['median_us']:.0f} µs vs best peer {best:.0f} µs",
-                        pub[api]["median_us"] < best))
+            out.append(
+                (
+                    f"publish median lower than every peer (`{api}`)",
+                    f"{pub[api]['median_us']:.0f} µs vs best peer {best:.0f} µs",
+                    pub[api]["median_us"] < best,
+                )
+            )
     med = e2e_medians(results.get("e2e", []))
 
     def rate(system: str, lat: float, conc: int) -> float | None:
@@ -78,32 +87,55 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
 
     ours, bare, peer = rate("smsrelay", 0, 64), rate("bare", 0, 64), best_peer(0, 64)
     if ours and peer:
-        out.append(("end-to-end 0 ms / 64: ≥ 2x the best peer",
-                    f"{ours:,.0f} vs {peer[0]} {peer[1]:,.0f} msg/s = {ours / peer[1]:.2f}x",
-                    ours >= 2 * peer[1]))
+        out.append(
+            (
+                "end-to-end 0 ms / 64: ≥ 2x the best peer",
+                f"{ours:,.0f} vs {peer[0]} {peer[1]:,.0f} msg/s = {ours / peer[1]:.2f}x",
+                ours >= 2 * peer[1],
+            )
+        )
     if ours and bare:
-        out.append(("end-to-end 0 ms / 64: ≥ 0.6x the bare loop",
-                    f"{ours:,.0f} vs {bare:,.0f} msg/s = {ours / bare:.2f}x", ours >= 0.6 * bare))
+        out.append(
+            (
+                "end-to-end 0 ms / 64: ≥ 0.6x the bare loop",
+                f"{ours:,.0f} vs {bare:,.0f} msg/s = {ours / bare:.2f}x",
+                ours >= 0.6 * bare,
+            )
+        )
     for conc, goal in ((64, 288), (256, 1152)):
         ours = rate("smsrelay", 200, conc)
         if ours:
             bare = rate("bare", 200, conc)
             extra = f" (bare loop {bare:,.0f})" if bare else ""
-            out.append((f"end-to-end 200 ms / {conc}: ≥ {goal:,} msg/s",
-                        f"{ours:,.0f} msg/s{extra}", ours >= goal))
+            out.append(
+                (
+                    f"end-to-end 200 ms / {conc}: ≥ {goal:,} msg/s",
+                    f"{ours:,.0f} msg/s{extra}",
+                    ours >= goal,
+                )
+            )
     ours, peer = rate("smsrelay", 200, 256), best_peer(200, 256)
     if ours and peer:
-        out.append(("end-to-end 200 ms / 256: ≥ 2x the best peer",
-                    f"{ours:,.0f} vs {peer[0]} {peer[1]:,.0f} msg/s = {ours / peer[1]:.2f}x",
-                    ours >= 2 * peer[1]))
+        out.append(
+            (
+                "end-to-end 200 ms / 256: ≥ 2x the best peer",
+                f"{ours:,.0f} vs {peer[0]} {peer[1]:,.0f} msg/s = {ours / peer[1]:.2f}x",
+                ours >= 2 * peer[1],
+            )
+        )
     for lat, conc in ((0.0, 64), (200.0, 256)):
         ours = rate("smsrelay", lat, conc)
         tuned = [(p, r) for p in (*PEERS, *TUNED) if (r := rate(p, lat, conc))]
         if ours and any(p in TUNED for p, _ in tuned):
             name, best = max(tuned, key=lambda x: x[1])
-            out.append((f"(beyond the issue) {lat:g} ms / {conc}: ≥ 2x the best peer, tuned "
-                        "variants included", f"{ours:,.0f} vs {name} {best:,.0f} msg/s = "
-                        f"{ours / best:.2f}x", ours >= 2 * best))
+            out.append(
+                (
+                    f"(beyond the issue) {lat:g} ms / {conc}: ≥ 2x the best peer, tuned "
+                    "variants included",
+                    f"{ours:,.0f} vs {name} {best:,.0f} msg/s = {ours / best:.2f}x",
+                    ours >= 2 * best,
+                )
+            )
     for row in results.get("crash", []):
         if row["system"] != "smsrelay":
             continue
@@ -111,9 +143,15 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         if "=" in row["setting"]:
             idle = float(row["setting"].split("=", 1)[1].split()[0])
         got = row["recovery_s"]
-        out.append((f"crash recovery ≤ claim idle + 2 s ({row['setting']})",
-                    f"{got:.1f} s (limit {idle + 2:g} s)" if got is not None
-                    else f"not within {row['cap_s']:g} s", got is not None and got <= idle + 2))
+        out.append(
+            (
+                f"crash recovery ≤ claim idle + 2 s ({row['setting']})",
+                f"{got:.1f} s (limit {idle + 2:g} s)"
+                if got is not None
+                else f"not within {row['cap_s']:g} s",
+                got is not None and got <= idle + 2,
+            )
+        )
     return out
 
 
@@ -121,8 +159,14 @@ def _code_line(code: dict[str, Any] | None) -> str:
     if not code:
         return "- smsrelay code: not recorded"
     changed = code.get("changed") or []
-    extra = (f", with {len(changed)} uncommitted change(s) under smsrelay/ "
-             f"({', '.join(changed[:8])}{', ...' if len(changed) > 8 else ''})") if changed else ""
+    extra = (
+        (
+            f", with {len(changed)} uncommitted change(s) under smsrelay/ "
+            f"({', '.join(changed[:8])}{', ...' if len(changed) > 8 else ''})"
+        )
+        if changed
+        else ""
+    )
     return f"- smsrelay code: commit `{code.get('commit') or '?'}`{extra}"
 
 
@@ -176,102 +220,153 @@ def render(results: dict[str, Any]) -> str:
     ]
     verdicts = targets(results)
     if verdicts:
-        lines += ["## Targets (issue 5), from this run", "", "| target | measured | verdict |",
-                  "|---|---|---|"]
+        lines += [
+            "## Targets (issue 5), from this run",
+            "",
+            "| target | measured | verdict |",
+            "|---|---|---|",
+        ]
         lines += [f"| {t} | {got} | {_verdict(ok)} |" for t, got, ok in verdicts]
         lines.append("")
     if results.get("ceiling"):
         lines += ["## The fake Twilio is not the bottleneck", ""]
-        lines += [f"- its own ceiling, raw aiohttp POSTs from another process: "
-                  f"**{c['rate']:,.0f} req/s** at {c['concurrency']} concurrent"
-                  for c in results["ceiling"]]
-        lines += ["- its CPU per message during the end-to-end runs is in the table below "
-                  "(fake µs/msg)", ""]
+        lines += [
+            f"- its own ceiling, raw aiohttp POSTs from another process: "
+            f"**{c['rate']:,.0f} req/s** at {c['concurrency']} concurrent"
+            for c in results["ceiling"]
+        ]
+        lines += [
+            "- its CPU per message during the end-to-end runs is in the table below (fake µs/msg)",
+            "",
+        ]
     if results.get("publish"):
         pub = results["publish"]
         floor = next((c for c in pub if c["api"] == "xadd.sync" and not c["error"]), None)
-        lines += ["## 1. Publish cost (per call, one at a time)", "",
-                  f"{cfg['publish_count']:,} calls per round after a 200-call warm-up, "
-                  f"{cfg['publish_rounds']} round(s); median over rounds of each round's median "
-                  "and p99.", "",
-                  "| API | median µs | p99 µs | x raw XADD (median) |", "|---|---:|---:|---:|"]
+        lines += [
+            "## 1. Publish cost (per call, one at a time)",
+            "",
+            f"{cfg['publish_count']:,} calls per round after a 200-call warm-up, "
+            f"{cfg['publish_rounds']} round(s); median over rounds of each round's median "
+            "and p99.",
+            "",
+            "| API | median µs | p99 µs | x raw XADD (median) |",
+            "|---|---:|---:|---:|",
+        ]
         for c in pub:
             if c["error"]:
                 lines.append(f"| {c['label']} | failed: {c['error']} | | |")
                 continue
-            lines.append(f"| {c['label']} | {c['median_us']:,.1f} | {c['p99_us']:,.0f} | "
-                         f"{_ratio(c['median_us'], floor['median_us'] if floor else None)} |")
+            lines.append(
+                f"| {c['label']} | {c['median_us']:,.1f} | {c['p99_us']:,.0f} | "
+                f"{_ratio(c['median_us'], floor['median_us'] if floor else None)} |"
+            )
         lines.append("")
     if results.get("e2e"):
         med = e2e_medians(results["e2e"])
-        lines += ["## 2. End-to-end throughput", "",
-                  f"{cfg['e2e_messages']:,} SMS queued before the worker starts; rate = messages "
-                  "/ (last request - first request + latency), i.e. the drain, not start-up. "
-                  "CPU µs/msg is the worker's process tree CPU over the drain.", ""]
+        lines += [
+            "## 2. End-to-end throughput",
+            "",
+            f"{cfg['e2e_messages']:,} SMS queued before the worker starts; rate = messages "
+            "/ (last request - first request + latency), i.e. the drain, not start-up. "
+            "CPU µs/msg is the worker's process tree CPU over the drain.",
+            "",
+        ]
         for lat, conc in [tuple(s) for s in cfg["e2e_scenarios"]]:
             ours = med.get(("smsrelay", float(lat), int(conc)), {}).get("rate")
-            lines += [f"### {lat:g} ms provider latency, {conc} in flight"
-                      + (f" (ideal {conc / (lat / 1000):,.0f} msg/s)" if lat else ""), "",
-                      "| system | msg/s (median) | runs | drain s | worker CPU µs/msg | "
-                      "fake µs/msg | smsrelay ÷ this |", "|---|---:|---|---:|---:|---:|---:|"]
+            lines += [
+                f"### {lat:g} ms provider latency, {conc} in flight"
+                + (f" (ideal {conc / (lat / 1000):,.0f} msg/s)" if lat else ""),
+                "",
+                "| system | msg/s (median) | runs | drain s | worker CPU µs/msg | "
+                "fake µs/msg | smsrelay ÷ this |",
+                "|---|---:|---|---:|---:|---:|---:|",
+            ]
             for name in cfg["systems"]:
                 row = med.get((name, float(lat), int(conc)))
                 if row is None:
                     continue
-                fail = f" ({len(row['failures'])} failed: {row['failures'][0]})" \
-                    if row["failures"] else ""
+                fail = (
+                    f" ({len(row['failures'])} failed: {row['failures'][0]})"
+                    if row["failures"]
+                    else ""
+                )
                 dup = f"; {row['duplicates']} duplicate sends" if row["duplicates"] else ""
                 lines.append(
                     f"| {LABELS[name]} | {_fmt(row['rate'])}{fail}{dup} | "
                     f"{', '.join(map(str, row['rates']))} | {_fmt(row['drain_s'], 2)} | "
                     f"{_fmt(row['cpu_us_per_msg'])} | {_fmt(row['fake_cpu_us_per_msg'])} | "
-                    f"{_ratio(ours, row['rate'])} |")
+                    f"{_ratio(ours, row['rate'])} |"
+                )
             lines.append("")
     if results.get("crash"):
-        lines += ["## 3. Crash recovery", "",
-                  f"{cfg['crash_in_flight']} SMS in flight in the victim (the fake holds every "
-                  "request), a second worker running; SIGKILL of the victim's process group at "
-                  "t0; recovery = t0 → the last of them accepted from the survivor. Cap "
-                  f"{cfg['crash_cap_s']:g} s. 'held' = how long before the kill the victim had "
-                  "taken them (timers based on delivery started then)."
-                  + (" The scenarios ran in parallel, beside the other phases (they mostly "
-                     "wait)." if cfg.get("crash_background") else ""), "",
-                  "| system | setting | recovery s | first s | held s | recovered | "
-                  "mechanism (expected) |", "|---|---|---:|---:|---:|---|---|"]
+        lines += [
+            "## 3. Crash recovery",
+            "",
+            f"{cfg['crash_in_flight']} SMS in flight in the victim (the fake holds every "
+            "request), a second worker running; SIGKILL of the victim's process group at "
+            "t0; recovery = t0 → the last of them accepted from the survivor. Cap "
+            f"{cfg['crash_cap_s']:g} s. 'held' = how long before the kill the victim had "
+            "taken them (timers based on delivery started then)."
+            + (
+                " The scenarios ran in parallel, beside the other phases (they mostly wait)."
+                if cfg.get("crash_background")
+                else ""
+            ),
+            "",
+            "| system | setting | recovery s | first s | held s | recovered | "
+            "mechanism (expected) |",
+            "|---|---|---:|---:|---:|---|---|",
+        ]
         for r in results["crash"]:
-            rec = _fmt(r["recovery_s"], 1) if r["recovery_s"] is not None else \
-                f"not within {r['cap_s']:g}"
+            rec = (
+                _fmt(r["recovery_s"], 1)
+                if r["recovery_s"] is not None
+                else f"not within {r['cap_s']:g}"
+            )
             err = f" — {r['error']}" if r["error"] else ""
             label = r["setting"] + ("" if r["default"] else " *(not the default)*")
-            lines.append(f"| {r['system']} | {label} | {rec} | {_fmt(r['first_s'], 1)} | "
-                         f"{r['held_before_kill_s']:.1f} | {r['recovered']}/{r['in_flight']}"
-                         f"{err} | {r['expected']} |")
+            lines.append(
+                f"| {r['system']} | {label} | {rec} | {_fmt(r['first_s'], 1)} | "
+                f"{r['held_before_kill_s']:.1f} | {r['recovered']}/{r['in_flight']}"
+                f"{err} | {r['expected']} |"
+            )
         lines.append("")
     if results.get("queued_bytes") or results.get("rss"):
         lines += ["## 4. Footprint", ""]
     if results.get("queued_bytes"):
         qb = results["queued_bytes"]
         ours = next((q["bytes_per_msg"] for q in qb if q["system"] == "smsrelay"), None)
-        lines += [f"Redis bytes per queued message ({qb[0]['messages']:,} queued, no worker):",
-                  "", "| system | bytes/msg (MEMORY USAGE) | used_memory Δ/msg (noisy) | keys | "
-                  "this ÷ smsrelay |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            f"Redis bytes per queued message ({qb[0]['messages']:,} queued, no worker):",
+            "",
+            "| system | bytes/msg (MEMORY USAGE) | used_memory Δ/msg (noisy) | keys | "
+            "this ÷ smsrelay |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for q in qb:
             err = f" failed: {q['error']}" if q["error"] else ""
-            lines.append(f"| {q['system']}{err} | {q['bytes_per_msg']:,.0f} | "
-                         f"{q['used_memory_per_msg']:,.0f} | {q['keys']:,} | "
-                         f"{_ratio(q['bytes_per_msg'], ours)} |")
+            lines.append(
+                f"| {q['system']}{err} | {q['bytes_per_msg']:,.0f} | "
+                f"{q['used_memory_per_msg']:,.0f} | {q['keys']:,} | "
+                f"{_ratio(q['bytes_per_msg'], ours)} |"
+            )
         lines.append("")
     if results.get("rss"):
         rs = results["rss"]
-        lines += [f"Worker RSS (process tree) before and after {rs[0]['messages']:,} messages "
-                  "(0 ms latency, 64 in flight):", "",
-                  "| system | before MiB | after MiB | growth MiB | peak MiB |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [
+            f"Worker RSS (process tree) before and after {rs[0]['messages']:,} messages "
+            "(0 ms latency, 64 in flight):",
+            "",
+            "| system | before MiB | after MiB | growth MiB | peak MiB |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for r in rs:
             err = f" failed: {r['error']}" if r["error"] else ""
-            lines.append(f"| {LABELS[r['system']]}{err} | {r['before_mib']:.1f} | "
-                         f"{r['after_mib']:.1f} | {r['after_mib'] - r['before_mib']:+.1f} | "
-                         f"{r['peak_mib']:.1f} |")
+            lines.append(
+                f"| {LABELS[r['system']]}{err} | {r['before_mib']:.1f} | "
+                f"{r['after_mib']:.1f} | {r['after_mib'] - r['before_mib']:+.1f} | "
+                f"{r['peak_mib']:.1f} |"
+            )
         lines.append("")
     if results.get("profiles"):
         lines += ["## 5. Where the smsrelay worker's time goes (py-spy)", ""]

@@ -59,16 +59,57 @@ class Config:
 SCENARIOS = [(0.0, 64), (200.0, 64), (200.0, 256)]
 
 PRESETS: dict[str, Config] = {
-    "full": Config("full", 5000, 3, SCENARIOS, 5000, 3, 20, 1800.0, 10_000, 50_000,
-                   [(0.0, 64, 30_000), (200.0, 256, 20_000)], 3.0, crash_background=True),
-    "quick": Config("quick", 2000, 1, SCENARIOS, 1000, 1, 20, 150.0, 2000, 5000,
-                    [(0.0, 64, 5000), (200.0, 256, 5000)], 2.0, crash_background=True,
-                    output="bench/out/BENCHMARKS-quick.md"),
+    "full": Config(
+        "full",
+        5000,
+        3,
+        SCENARIOS,
+        5000,
+        3,
+        20,
+        1800.0,
+        10_000,
+        50_000,
+        [(0.0, 64, 30_000), (200.0, 256, 20_000)],
+        3.0,
+        crash_background=True,
+    ),
+    "quick": Config(
+        "quick",
+        2000,
+        1,
+        SCENARIOS,
+        1000,
+        1,
+        20,
+        150.0,
+        2000,
+        5000,
+        [(0.0, 64, 5000), (200.0, 256, 5000)],
+        2.0,
+        crash_background=True,
+        output="bench/out/BENCHMARKS-quick.md",
+    ),
     # CI: behaviour, not speed. Small counts, peers only where they are quick.
-    "smoke": Config("smoke", 300, 1, [(0.0, 64)], 200, 1, 10, 30.0, 300, 300, [], 1.0,
-                    phases=["publish", "e2e", "crash", "footprint"],
-                    crash_systems=["smsrelay"], rss_systems=["smsrelay", "bare"], settle_s=1.5,
-                    output="bench/out/BENCHMARKS-smoke.md"),
+    "smoke": Config(
+        "smoke",
+        300,
+        1,
+        [(0.0, 64)],
+        200,
+        1,
+        10,
+        30.0,
+        300,
+        300,
+        [],
+        1.0,
+        phases=["publish", "e2e", "crash", "footprint"],
+        crash_systems=["smsrelay"],
+        rss_systems=["smsrelay", "bare"],
+        settle_s=1.5,
+        output="bench/out/BENCHMARKS-smoke.md",
+    ),
 }
 
 
@@ -107,12 +148,14 @@ def run_ceiling(cfg: Config) -> list[dict[str, Any]]:
 
 def run_publish(cfg: Config) -> list[dict[str, Any]]:
     peers = [p for p in systems.PEERS if p in cfg.systems]
-    apis = tuple(a for a, _ in publish_cost.APIS
-                 if publish_cost.PEER_OF_API.get(a, "smsrelay") in (*peers, "smsrelay"))
+    apis = tuple(
+        a
+        for a, _ in publish_cost.APIS
+        if publish_cost.PEER_OF_API.get(a, "smsrelay") in (*peers, "smsrelay")
+    )
     costs = publish_cost.measure(cfg.publish_count, cfg.publish_rounds, apis=apis)
     for c in costs:
-        _log(f"publish {c.label}: median {c.median_us:.1f} µs, p99 {c.p99_us:.0f} µs "
-             f"{c.error}")
+        _log(f"publish {c.label}: median {c.median_us:.1f} µs, p99 {c.p99_us:.0f} µs {c.error}")
     return [c.as_dict() for c in costs]
 
 
@@ -125,28 +168,40 @@ def run_e2e(cfg: Config, log_dir: Path) -> list[dict[str, Any]]:
                 shift = rep % len(cfg.systems)
                 order = cfg.systems[shift:] + cfg.systems[:shift]
                 for name in order:
-                    r = e2e.measure(name, fake, cfg.e2e_messages, lat, conc, log_dir=log_dir,
-                                    smsrelay_root=root)
-                    _log(f"e2e #{rep + 1} {name} {lat:g} ms/{conc}: {r.rate:,.0f} msg/s "
-                         f"(worker {r.cpu_us_per_msg:,.0f} µs/msg) {r.error}")
+                    r = e2e.measure(
+                        name, fake, cfg.e2e_messages, lat, conc, log_dir=log_dir, smsrelay_root=root
+                    )
+                    _log(
+                        f"e2e #{rep + 1} {name} {lat:g} ms/{conc}: {r.rate:,.0f} msg/s "
+                        f"(worker {r.cpu_us_per_msg:,.0f} µs/msg) {r.error}"
+                    )
                     rows.append(r.as_dict())
     return rows
 
 
-def run_crash(cfg: Config, log_dir: Path,
-              waiting: threading.Event | None = None) -> list[dict[str, Any]]:
+def run_crash(
+    cfg: Config, log_dir: Path, waiting: threading.Event | None = None
+) -> list[dict[str, Any]]:
     _log(f"crash recovery, scenarios in parallel (cap {cfg.crash_cap_s:g} s)")
     only = tuple(s for s in cfg.systems if s != "bare" and s in cfg.crash_systems)
-    results = crash.run_all(cfg.mode, cfg.crash_in_flight, cfg.crash_cap_s, log_dir=log_dir,
-                            only=only, settle_s=cfg.settle_s, waiting=waiting)
+    results = crash.run_all(
+        cfg.mode,
+        cfg.crash_in_flight,
+        cfg.crash_cap_s,
+        log_dir=log_dir,
+        only=only,
+        settle_s=cfg.settle_s,
+        waiting=waiting,
+    )
     for r in results:
-        _log(f"crash {r.system} [{r.setting}]: {r.recovery_s} s, "
-             f"{r.recovered}/{r.in_flight} {r.error}")
+        _log(
+            f"crash {r.system} [{r.setting}]: {r.recovery_s} s, "
+            f"{r.recovered}/{r.in_flight} {r.error}"
+        )
     return [r.as_dict() for r in results]
 
 
-def run_footprint(cfg: Config, log_dir: Path) -> tuple[list[dict[str, Any]],
-                                                          list[dict[str, Any]]]:
+def run_footprint(cfg: Config, log_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     queued = []
     for name in cfg.systems:
         if name == "bare" or name in systems.TUNED:
@@ -157,8 +212,9 @@ def run_footprint(cfg: Config, log_dir: Path) -> tuple[list[dict[str, Any]],
     rss = []
     with FakeTwilioProcess() as fake:
         for name in (s for s in cfg.systems if s in cfg.rss_systems and s not in systems.TUNED):
-            r = footprint.worker_rss(name, cfg.rss_messages, fake, settle_s=cfg.settle_s,
-                                     log_dir=log_dir)
+            r = footprint.worker_rss(
+                name, cfg.rss_messages, fake, settle_s=cfg.settle_s, log_dir=log_dir
+            )
             _log(f"RSS {name}: {r.before_mib} -> {r.after_mib} MiB {r.error}")
             rss.append(r.as_dict())
     return queued, rss
@@ -177,7 +233,8 @@ def run_profiles(cfg: Config) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="smsrelay vs Dramatiq, Celery, arq and a bare asyncio loop")
+        description="smsrelay vs Dramatiq, Celery, arq and a bare asyncio loop"
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="a few minutes, small counts")
     mode.add_argument("--smoke", action="store_true", help="under a minute (CI)")
@@ -187,10 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, help="messages per end-to-end run")
     parser.add_argument("--output", help="where to write the report (BENCHMARKS.md for full)")
     parser.add_argument("--json", dest="json_path", help="where to write the raw results")
-    parser.add_argument("--smsrelay-root", type=Path,
-                        help="benchmark the smsrelay package of another checkout (A/B)")
-    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
-                        help="only write the report again from a results file")
+    parser.add_argument(
+        "--smsrelay-root",
+        type=Path,
+        help="benchmark the smsrelay package of another checkout (A/B)",
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="only write the report again from a results file",
+    )
     args = parser.parse_args(argv)
     if args.render:
         saved = json.loads(args.render.read_text())
@@ -227,8 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     results: dict[str, Any] = {
-        "command": " ".join([_interpreter(), "-m bench.run",
-                             *map(shlex.quote, argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [
+                _interpreter(),
+                "-m bench.run",
+                *map(shlex.quote, argv if argv is not None else sys.argv[1:]),
+            ]
+        ),
         "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "config": asdict(cfg),
         "machine": asdict(machine()),

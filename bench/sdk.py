@@ -57,8 +57,9 @@ def send_from_worker(to: str, text: str) -> None:
     if _worker_client is None:
         with _worker_client_lock:
             if _worker_client is None:
-                _worker_client = sync_client(os.environ["BENCH_FAKE_URL"],
-                                             int(os.environ.get("BENCH_CONCURRENCY", "64")))
+                _worker_client = sync_client(
+                    os.environ["BENCH_FAKE_URL"], int(os.environ.get("BENCH_CONCURRENCY", "64"))
+                )
     sync_send(_worker_client, to, text)
 
 
@@ -68,14 +69,16 @@ class AsyncSender:
     def __init__(self, base_url: str, pool_size: int) -> None:
         self.http = AsyncTwilioHttpClient(pool_connections=False)
         self.http.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=pool_size, limit_per_host=pool_size))
+            connector=aiohttp.TCPConnector(limit=pool_size, limit_per_host=pool_size)
+        )
         self.client = Client(ACCOUNT_SID, AUTH_TOKEN, http_client=self.http, environment=_ENV)
         self.client.api.base_url = base_url
         self._messages: Any = self.client.api.account.messages
 
     async def send(self, to: str, text: str) -> str:
         message = await asyncio.wait_for(
-            self._messages.create_async(to=to, from_=FROM_NUMBER, body=text), timeout=TIMEOUT_S)
+            self._messages.create_async(to=to, from_=FROM_NUMBER, body=text), timeout=TIMEOUT_S
+        )
         return str(message.sid)
 
     async def close(self) -> None:

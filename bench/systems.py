@@ -44,8 +44,10 @@ LABELS = {
     "arq_tuned": "arq, + poll_delay=0.05 s, on uvloop",
 }
 KIND = {"celery_tuned": "celery", "arq_tuned": "arq"}
-TUNING = {"celery_tuned": {"BENCH_CELERY_WAKE_S": "0.1"},
-          "arq_tuned": {"BENCH_ARQ_POLL_DELAY": "0.05", "BENCH_ARQ_UVLOOP": "1"}}
+TUNING = {
+    "celery_tuned": {"BENCH_CELERY_WAKE_S": "0.1"},
+    "arq_tuned": {"BENCH_ARQ_POLL_DELAY": "0.05", "BENCH_ARQ_UVLOOP": "1"},
+}
 # Each peer in its own database, so no two systems' keys can meet (smsrelay: DB 0, namespaced).
 PEER_DB = {"dramatiq": 5, "celery": 6, "arq": 7}
 
@@ -99,9 +101,13 @@ class System:
 
     # -- publishing (set-up, not timed here: bench.publish_cost times it) ---------------------
     def enqueue(self, start: int, count: int) -> None:
-        publish = {"smsrelay": self._enqueue_smsrelay, "bare": self._enqueue_smsrelay,
-                   "dramatiq": self._enqueue_dramatiq, "celery": self._enqueue_celery,
-                   "arq": self._enqueue_arq}[self.kind]
+        publish = {
+            "smsrelay": self._enqueue_smsrelay,
+            "bare": self._enqueue_smsrelay,
+            "dramatiq": self._enqueue_dramatiq,
+            "celery": self._enqueue_celery,
+            "arq": self._enqueue_arq,
+        }[self.kind]
         publish(start, count)
 
     def smsrelay_settings(self) -> Any:
@@ -150,8 +156,9 @@ class System:
         try:
             queue = f"{self.prefix}:queue"
             for i, (to, text) in enumerate(_messages(start, count, self.tag), start):
-                job = await pool.enqueue_job("send_sms", to, text, _queue_name=queue,
-                                             _job_id=f"{self.prefix}-{i}")
+                job = await pool.enqueue_job(
+                    "send_sms", to, text, _queue_name=queue, _job_id=f"{self.prefix}-{i}"
+                )
                 if job is None:
                     raise RuntimeError("arq enqueue_job returned None (duplicate job id)")
         finally:
@@ -165,52 +172,94 @@ class System:
         if self.kind == "bare":
             return [PYTHON, "-m", "bench.bare_loop"]
         if self.kind == "dramatiq":
-            return [PYTHON, "-m", "dramatiq", "bench.peer_dramatiq", "--processes", "1",
-                    "--threads", str(concurrency)]
+            return [
+                PYTHON,
+                "-m",
+                "dramatiq",
+                "bench.peer_dramatiq",
+                "--processes",
+                "1",
+                "--threads",
+                str(concurrency),
+            ]
         if self.kind == "celery":
             from bench.peer_celery import queue_name
 
-            return [PYTHON, "-m", "celery", "-A", "bench.peer_celery", "worker", "--pool",
-                    "threads", "--concurrency", str(concurrency), "-Q", queue_name(self.prefix),
-                    "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
-                    "--without-heartbeat", "--hostname", f"{self.prefix}-%h-{os.getpid()}"]
+            return [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "bench.peer_celery",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(concurrency),
+                "-Q",
+                queue_name(self.prefix),
+                "--loglevel",
+                "WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--hostname",
+                f"{self.prefix}-%h-{os.getpid()}",
+            ]
         return [PYTHON, "-m", "bench.peer_arq"]
 
     def worker_env(self, fake_url: str, concurrency: int) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SMSRELAY_", "TWILIO_", "BENCH_"))}
-        env["PYTHONPATH"] = os.pathsep.join(
-            dict.fromkeys([str(self.smsrelay_root), str(ROOT)]))
-        env.update({"BENCH_REDIS_URL": self.url, "BENCH_PREFIX": self.prefix,
-                    "BENCH_FAKE_URL": fake_url, "BENCH_CONCURRENCY": str(concurrency),
-                    "BENCH_STREAM": self.stream, "BENCH_DRAMATIQ_WORKER": "1"})
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SMSRELAY_", "TWILIO_", "BENCH_"))
+        }
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(self.smsrelay_root), str(ROOT)]))
+        env.update(
+            {
+                "BENCH_REDIS_URL": self.url,
+                "BENCH_PREFIX": self.prefix,
+                "BENCH_FAKE_URL": fake_url,
+                "BENCH_CONCURRENCY": str(concurrency),
+                "BENCH_STREAM": self.stream,
+                "BENCH_DRAMATIQ_WORKER": "1",
+            }
+        )
         env.update(TUNING.get(self.name, {}))
         if self.kind == "smsrelay":
-            env.update({
-                "SMSRELAY_REDIS_URL": self.url, "SMSRELAY_NAMESPACE": self.prefix,
-                "SMSRELAY_TWILIO_BASE_URL": fake_url, "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-                "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "SMSRELAY_TWILIO_FROM": FROM_NUMBER,
-                "SMSRELAY_WORKER_CONCURRENCY": str(concurrency), "SMSRELAY_METRICS_PORT": "0",
-                # Every system logs at WARNING: no per-message log line anywhere.
-                "SMSRELAY_LOG_LEVEL": "warning",
-            })
+            env.update(
+                {
+                    "SMSRELAY_REDIS_URL": self.url,
+                    "SMSRELAY_NAMESPACE": self.prefix,
+                    "SMSRELAY_TWILIO_BASE_URL": fake_url,
+                    "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+                    "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+                    "SMSRELAY_TWILIO_FROM": FROM_NUMBER,
+                    "SMSRELAY_WORKER_CONCURRENCY": str(concurrency),
+                    "SMSRELAY_METRICS_PORT": "0",
+                    # Every system logs at WARNING: no per-message log line anywhere.
+                    "SMSRELAY_LOG_LEVEL": "warning",
+                }
+            )
         env.update(self.overrides)
         return env
 
-
-    def start_worker(self, fake_url: str, concurrency: int,
-                     log: Path | None = None) -> subprocess.Popen[Any]:
+    def start_worker(
+        self, fake_url: str, concurrency: int, log: Path | None = None
+    ) -> subprocess.Popen[Any]:
         """The worker in its own process group (smsrelay's from `smsrelay_root`)."""
         cwd = self.smsrelay_root if self.kind == "smsrelay" else ROOT
-        return spawn(self.worker_cmd(concurrency), self.worker_env(fake_url, concurrency),
-                     log=log, cwd=cwd)
+        return spawn(
+            self.worker_cmd(concurrency), self.worker_env(fake_url, concurrency), log=log, cwd=cwd
+        )
 
 
 SystemFactory = Callable[[str, str], System]
 
 
-def make(name: str, tag: str, overrides: dict[str, str] | None = None,
-         smsrelay_root: Path = ROOT) -> System:
+def make(
+    name: str, tag: str, overrides: dict[str, str] | None = None, smsrelay_root: Path = ROOT
+) -> System:
     if name not in SYSTEMS:
         raise ValueError(f"unknown system {name!r}; one of {', '.join(SYSTEMS)}")
     return System(name, tag, dict(overrides or {}), smsrelay_root)

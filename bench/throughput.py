@@ -62,23 +62,41 @@ def publish(settings: Settings, count: int) -> None:
 def run(messages: int, latency_ms: float, concurrency: int, redis_url: str) -> dict[str, Any]:
     namespace = f"bench-{secrets.token_hex(3)}"
     port = free_port()
-    env = {**os.environ, "SMSRELAY_REDIS_URL": redis_url, "SMSRELAY_NAMESPACE": namespace,
-           "SMSRELAY_TWILIO_BASE_URL": f"http://127.0.0.1:{port}",
-           "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": "bench",
-           "SMSRELAY_TWILIO_FROM": "+15005550006", "SMSRELAY_METRICS_PORT": "0",
-           "SMSRELAY_WORKER_CONCURRENCY": str(concurrency), "SMSRELAY_LOG_LEVEL": "warning",
-           "SMSRELAY_RATE_LIMIT_MAX": "100000"}
-    fake = subprocess.Popen([sys.executable, "-m", "smsrelay.cli", "fake-twilio", "--port",
-                             str(port), "--latency-ms", str(latency_ms)], env=env,
-                            stdout=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "SMSRELAY_REDIS_URL": redis_url,
+        "SMSRELAY_NAMESPACE": namespace,
+        "SMSRELAY_TWILIO_BASE_URL": f"http://127.0.0.1:{port}",
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": "bench",
+        "SMSRELAY_TWILIO_FROM": "+15005550006",
+        "SMSRELAY_METRICS_PORT": "0",
+        "SMSRELAY_WORKER_CONCURRENCY": str(concurrency),
+        "SMSRELAY_LOG_LEVEL": "warning",
+        "SMSRELAY_RATE_LIMIT_MAX": "100000",
+    }
+    fake = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smsrelay.cli",
+            "fake-twilio",
+            "--port",
+            str(port),
+            "--latency-ms",
+            str(latency_ms),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     worker: subprocess.Popen[bytes] | None = None
     try:
         wait_port(port)
-        settings = Settings.load(redis_url=redis_url, namespace=namespace,
-                                 rate_limit_max=100000)
+        settings = Settings.load(redis_url=redis_url, namespace=namespace, rate_limit_max=100000)
         publish(settings, messages)
-        worker = subprocess.Popen([sys.executable, "-m", "smsrelay.cli", "worker",
-                                   "--no-mirror"], env=env)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "smsrelay.cli", "worker", "--no-mirror"], env=env
+        )
         deadline = time.monotonic() + 600
         while get_json(f"http://127.0.0.1:{port}/_fake/stats")["accepted"] < messages:
             if time.monotonic() > deadline:
@@ -88,9 +106,14 @@ def run(messages: int, latency_ms: float, concurrency: int, redis_url: str) -> d
         times = sorted(r["at"] for r in records)
         # `at` is when the request arrived; add the latency to reach the last response
         drain_s = times[-1] - times[0] + latency_ms / 1000
-        return {"messages": messages, "latency_ms": latency_ms, "concurrency": concurrency,
-                "drain_seconds": round(drain_s, 3), "messages_per_second":
-                round((messages - 1) / drain_s, 1), "requests": len(records)}
+        return {
+            "messages": messages,
+            "latency_ms": latency_ms,
+            "concurrency": concurrency,
+            "drain_seconds": round(drain_s, 3),
+            "messages_per_second": round((messages - 1) / drain_s, 1),
+            "requests": len(records),
+        }
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGTERM)

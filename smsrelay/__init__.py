@@ -1,7 +1,7 @@
 """smsrelay: an SMS delivery pipeline on Redis Streams.
 
-    from smsrelay import Producer
-    result = Producer.from_env().publish(to="+14155552671", body="Your booking is confirmed")
+from smsrelay import Producer
+result = Producer.from_env().publish(to="+14155552671", body="Your booking is confirmed")
 """
 
 from __future__ import annotations
@@ -12,5 +12,14 @@ from smsrelay.settings import Settings
 
 __version__ = "0.1.0"
 
-__all__ = ["AsyncProducer", "ConfigError", "InvalidMessageError", "Producer", "PublishError",
-           "PublishResult", "Settings", "SmsRelayError", "__version__"]
+__all__ = [
+    "AsyncProducer",
+    "ConfigError",
+    "InvalidMessageError",
+    "Producer",
+    "PublishError",
+    "PublishResult",
+    "Settings",
+    "SmsRelayError",
+    "__version__",
+]

@@ -81,13 +81,18 @@ example:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="smsrelay", description="SMS delivery pipeline on Redis Streams. Settings come from "
-        "SMSRELAY_* environment variables (see the README).")
+        prog="smsrelay",
+        description="SMS delivery pipeline on Redis Streams. Settings come from "
+        "SMSRELAY_* environment variables (see the README).",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     worker = sub.add_parser("worker", help="consume, rate-limit, send, retry, dead-letter")
-    worker.add_argument("--no-mirror", action="store_true",
-                        help="do not mirror dead letters into Postgres from this worker")
+    worker.add_argument(
+        "--no-mirror",
+        action="store_true",
+        help="do not mirror dead letters into Postgres from this worker",
+    )
     worker.set_defaults(func=_worker)
 
     publish = sub.add_parser("publish", help="publish one message and print its id")
@@ -106,18 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     fake = sub.add_parser(
-        "fake-twilio", help="run the built-in fake Twilio Messages API",
+        "fake-twilio",
+        help="run the built-in fake Twilio Messages API",
         description="A fake of Twilio's Messages API for tests, the demo and benchmarks: the "
         "real twilio SDK creates, fetches and lists messages on it (set client.api.base_url "
         "to the printed URL), and control routes script failures, outages, latency and "
         "signed delivery receipts. Guide: docs/fake-twilio.md.",
-        epilog=_FAKE_TWILIO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=_FAKE_TWILIO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     fake.add_argument("--host", default="127.0.0.1", help="address to listen on")
     fake.add_argument("--port", type=int, default=8765, help="0 picks a free port (printed)")
-    fake.add_argument("--latency-ms", type=float, default=0.0,
-                      help="added to every create request (POST /_fake/latency changes it)")
-    fake.add_argument("--account-sid", help="accept only this account SID and --auth-token "
-                      "(default: any Basic credentials)")
+    fake.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="added to every create request (POST /_fake/latency changes it)",
+    )
+    fake.add_argument(
+        "--account-sid",
+        help="accept only this account SID and --auth-token (default: any Basic credentials)",
+    )
     fake.add_argument("--auth-token", help="the auth token that goes with --account-sid")
     fake.set_defaults(func=_fake_twilio, settings_free=True)
 
@@ -155,8 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the last resort: one line, never a traceback
-        print(f"smsrelay: unexpected error: {type(exc).__name__}: {exc} "
-              "(set SMSRELAY_LOG_LEVEL=debug and report it)", file=sys.stderr)
+        print(
+            f"smsrelay: unexpected error: {type(exc).__name__}: {exc} "
+            "(set SMSRELAY_LOG_LEVEL=debug and report it)",
+            file=sys.stderr,
+        )
         return 1
 
 
@@ -181,18 +198,23 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
     from smsrelay.producers.publish import Producer
 
     with Producer(settings) as producer:
-        result = producer.publish(args.to, args.body, kind=args.kind,
-                                  idempotency_key=args.idempotency_key)
+        result = producer.publish(
+            args.to, args.body, kind=args.kind, idempotency_key=args.idempotency_key
+        )
     if args.json:
-        print(json.dumps({"status": result.status, "messageId": result.message_id,
-                          "error": result.error}))
+        print(
+            json.dumps(
+                {"status": result.status, "messageId": result.message_id, "error": result.error}
+            )
+        )
     elif result.status == "rejected":
         print(f"smsrelay: rejected: {result.error}", file=sys.stderr)
     else:
         print(result.message_id)
         if result.status != "queued":
-            print(f"({result.status}{': ' + result.error if result.error else ''})",
-                  file=sys.stderr)
+            print(
+                f"({result.status}{': ' + result.error if result.error else ''})", file=sys.stderr
+            )
     return 1 if result.status == "rejected" else 0
 
 
@@ -215,8 +237,13 @@ def _fake_twilio(args: argparse.Namespace, settings: Settings) -> int:
 
     if (args.account_sid is None) != (args.auth_token is None):
         raise SmsRelayError("--account-sid and --auth-token go together")
-    run_forever(args.host, args.port, latency_s=args.latency_ms / 1000,
-                account_sid=args.account_sid, auth_token=args.auth_token)
+    run_forever(
+        args.host,
+        args.port,
+        latency_s=args.latency_ms / 1000,
+        account_sid=args.account_sid,
+        auth_token=args.auth_token,
+    )
     return 0
 
 

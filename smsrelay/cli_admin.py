@@ -52,10 +52,10 @@ def register(subparsers: Any) -> None:
     migrate = subparsers.add_parser("migrate", help="create or update the Postgres schema")
     migrate.set_defaults(func=cmd_migrate)
 
-    mirror = subparsers.add_parser("mirror", help="mirror dead letters into Postgres "
-                                   "(workers do this too)")
-    mirror.add_argument("--once", action="store_true",
-                        help="mirror what is waiting now, then exit")
+    mirror = subparsers.add_parser(
+        "mirror", help="mirror dead letters into Postgres (workers do this too)"
+    )
+    mirror.add_argument("--once", action="store_true", help="mirror what is waiting now, then exit")
     mirror.set_defaults(func=cmd_mirror)
 
     dlq = subparsers.add_parser("dlq", help="failed SMS records: list, retry, delete, replay")
@@ -85,8 +85,11 @@ def register(subparsers: Any) -> None:
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--ids", nargs="+", metavar="ID")
     which.add_argument("--reason", choices=[r.value for r in DeadLetterReason])
-    replay.add_argument("--limit", type=_bounded(1, MAX_REPLAY_LIMIT),
-                        help="with --reason: at most this many, oldest first (default 100)")
+    replay.add_argument(
+        "--limit",
+        type=_bounded(1, MAX_REPLAY_LIMIT),
+        help="with --reason: at most this many, oldest first (default 100)",
+    )
     replay.add_argument("--json", action="store_true")
     replay.set_defaults(func=cmd_replay)
 
@@ -118,8 +121,9 @@ def _run(args: argparse.Namespace, operation: Coroutine[Any, Any, T]) -> T | int
     try:
         return asyncio.run(operation)
     except RateLimitedError as exc:
-        return _fail(f"{exc} (or use --force)", 1, as_json,
-                     retryAfter=max(1, round(exc.retry_after_s)))
+        return _fail(
+            f"{exc} (or use --force)", 1, as_json, retryAfter=max(1, round(exc.retry_after_s))
+        )
     except SmsRelayError as exc:
         return _fail(str(exc), 1, as_json)
 
@@ -200,11 +204,18 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     async def run() -> ListResponse:
         async with open_service(settings, log_outages=False) as service:
             page = await service.list_records(
-                limit=args.limit, offset=args.offset, reason=args.reason, phone=phone,
-                status=RecordStatus(args.status) if args.status else None)
-        return ListResponse(data=[FailedSms.of(r) for r in page.records],
-                            pagination=Pagination(total=page.total, limit=page.limit,
-                                                  offset=page.offset, has_more=page.has_more))
+                limit=args.limit,
+                offset=args.offset,
+                reason=args.reason,
+                phone=phone,
+                status=RecordStatus(args.status) if args.status else None,
+            )
+        return ListResponse(
+            data=[FailedSms.of(r) for r in page.records],
+            pagination=Pagination(
+                total=page.total, limit=page.limit, offset=page.offset, has_more=page.has_more
+            ),
+        )
 
     result = _run(args, run())
     if isinstance(result, int):
@@ -263,16 +274,18 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from smsrelay.admin.service import open_service
 
     given = {"ids": args.ids, "reason": args.reason, "limit": args.limit}
-    request = _validate(ReplayRequest, args.json,
-                        **{k: v for k, v in given.items() if v is not None})
+    request = _validate(
+        ReplayRequest, args.json, **{k: v for k, v in given.items() if v is not None}
+    )
     if isinstance(request, int):
         return request
     bar = ProgressBar(sys.stderr)
 
     async def run() -> ReplayResponse:
         async with open_service(settings, log_outages=False) as service:
-            plan = await service.plan_replay(ids=request.ids, reason=request.reason,
-                                             limit=request.limit or 100)
+            plan = await service.plan_replay(
+                ids=request.ids, reason=request.reason, limit=request.limit or 100
+            )
             queued = await service.run_replay(plan, progress=bar.update)
         return ReplayResponse(queued=queued, skipped=plan.skipped)
 
@@ -283,25 +296,43 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _emit(result)
     else:
-        print(f"queued {result.queued} dead letter(s) for replay"
-              + (f"; skipped {result.skipped} (unknown, resolved or invalid payload)"
-                 if result.skipped else ""))
+        print(
+            f"queued {result.queued} dead letter(s) for replay"
+            + (
+                f"; skipped {result.skipped} (unknown, resolved or invalid payload)"
+                if result.skipped
+                else ""
+            )
+        )
     return 0
 
 
 # -- output ----------------------------------------------------------------------------------
 def render_table(page: ListResponse) -> str:
     columns = ("ID", "CREATED (UTC)", "STATUS", "REASON", "TRIES", "PHONE", "ERROR")
-    rows = [(str(r.id), r.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-             r.status.value, r.reason, str(r.attempts), r.phone, _shorten(r.error or "", 60))
-            for r in page.data]
+    rows = [
+        (
+            str(r.id),
+            r.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            r.status.value,
+            r.reason,
+            str(r.attempts),
+            r.phone,
+            _shorten(r.error or "", 60),
+        )
+        for r in page.data
+    ]
     widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-              for row in rows]
+    lines += [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     p = page.pagination
-    shown = (f"{p.offset + 1}-{p.offset + len(rows)} of {p.total}" if rows
-             else f"none of {p.total} at offset {p.offset}")
+    shown = (
+        f"{p.offset + 1}-{p.offset + len(rows)} of {p.total}"
+        if rows
+        else f"none of {p.total} at offset {p.offset}"
+    )
     more = f"; more with --offset {p.offset + len(rows)}" if p.has_more else ""
     lines.append(f"({shown}{more})")
     return "\n".join(lines)
@@ -309,7 +340,7 @@ def render_table(page: ListResponse) -> str:
 
 def _shorten(text: str, width: int) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 class ProgressBar:

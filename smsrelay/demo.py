@@ -59,20 +59,37 @@ def run_demo(base: Settings) -> int:
     # The narration is the demo's output; the worker's JSON log lines would drown it.
     configure_logging("console", "error")
     with FakeTwilioThread() as fake:
-        settings = Settings.load(**{
-            **base.model_dump(exclude={"admin_token", "twilio_auth_token"}),
-            "namespace": namespace, "twilio_account_sid": _SID, "twilio_auth_token": "demo-token",
-            "twilio_from": "+15005550006", "twilio_messaging_service_sid": None,
-            "twilio_base_url": fake.url, "backoff_base_seconds": 0.5, "backoff_jitter": 0,
-            "metrics_port": 0, "spool_dir": base.spool_dir / namespace,
-            "log_level": "warning", "log_format": "console"})
+        settings = Settings.load(
+            **{
+                **base.model_dump(exclude={"admin_token", "twilio_auth_token"}),
+                "namespace": namespace,
+                "twilio_account_sid": _SID,
+                "twilio_auth_token": "demo-token",
+                "twilio_from": "+15005550006",
+                "twilio_messaging_service_sid": None,
+                "twilio_base_url": fake.url,
+                "backoff_base_seconds": 0.5,
+                "backoff_jitter": 0,
+                "metrics_port": 0,
+                "spool_dir": base.spool_dir / namespace,
+                "log_level": "warning",
+                "log_format": "console",
+            }
+        )
         mirror = _postgres_reachable(settings.database_url)
         say("smsrelay demo: the whole pipeline on this machine")
         say(f"  fake Twilio    {fake.url} (Twilio's Messages API, called through the real SDK)")
         say(f"  Redis          {_hide_password(settings.redis_url)}, namespace '{namespace}'")
-        say(f"  request stream {ShardKeys(namespace).requests}, "
-            f"dead letters {ShardKeys(namespace).dead}")
-        say(f"  Postgres       {'mirroring dead letters into failed_sms' if mirror else 'not reachable: dead letters stay in the stream only'}")  # noqa: E501
+        say(
+            f"  request stream {ShardKeys(namespace).requests}, "
+            f"dead letters {ShardKeys(namespace).dead}"
+        )
+        postgres = (
+            "mirroring dead letters into failed_sms"
+            if mirror
+            else "not reachable: dead letters stay in the stream only"
+        )
+        say(f"  Postgres       {postgres}")
         say()
         return asyncio.run(_story(settings, fake, mirror))
 
@@ -96,18 +113,24 @@ async def _story(settings: Settings, fake: FakeTwilioThread, mirror: bool) -> in
         for story in stories:
             result = producer.publish(story.to, story.body, kind="demo")
             story.message_id = str(result.message_id)
-            say(f"   {result.status:<8} {story.message_id[:8]}  {mask_phone(story.to):<14} "
-                f"{story.label}")
-        dup = producer.publish("+14155552671", "Hi John, we've received your booking",
-                               idempotency_key="booking-42")
-        again = producer.publish("+14155552671", "Hi John, we've received your booking",
-                                 idempotency_key="booking-42")
+            say(
+                f"   {result.status:<8} {story.message_id[:8]}  {mask_phone(story.to):<14} "
+                f"{story.label}"
+            )
+        dup = producer.publish(
+            "+14155552671", "Hi John, we've received your booking", idempotency_key="booking-42"
+        )
+        again = producer.publish(
+            "+14155552671", "Hi John, we've received your booking", idempotency_key="booking-42"
+        )
         say(f"   {dup.status:<8} {str(dup.message_id)[:8]}  idempotency key booking-42")
         say(f"   {again.status:<8} {str(again.message_id)[:8]}  the same key again: no second SMS")
     stories.append(Story("idempotent booking", "+14155552671", "", str(dup.message_id)))
     say()
-    say("2. The worker takes them from the consumer group, rate-limits (5 per phone per hour), "
-        "sends, retries, dead-letters:")
+    say(
+        "2. The worker takes them from the consumer group, rate-limits (5 per phone per hour), "
+        "sends, retries, dead-letters:"
+    )
     await _wait_for_outcomes(settings, [s.message_id for s in stories], within_s=30)
     with Producer(settings) as producer:
         sixth.message_id = str(producer.publish(sixth.to, sixth.body, kind="demo").message_id)
@@ -122,24 +145,29 @@ async def _story(settings: Settings, fake: FakeTwilioThread, mirror: bool) -> in
     worker.stop()
     await task
     say()
-    say(f"3. The fake Twilio received {len(fake.requests)} requests and accepted "
-        f"{len(fake.messages)} messages.")
+    say(
+        f"3. The fake Twilio received {len(fake.requests)} requests and accepted "
+        f"{len(fake.messages)} messages."
+    )
     if mirror:
         rows = _failed_rows(settings, [s.message_id for s in stories])
-        say(f"   failed_sms in Postgres holds {len(rows)} of this demo's dead letters: "
-            + ", ".join(f"{r[0][:8]} {r[1]}" for r in rows))
+        say(
+            f"   failed_sms in Postgres holds {len(rows)} of this demo's dead letters: "
+            + ", ".join(f"{r[0][:8]} {r[1]}" for r in rows)
+        )
     say()
     say("Where to look next:")
     say(f"   SMSRELAY_NAMESPACE={settings.namespace} smsrelay status")
     say(f"   redis-cli XRANGE '{ShardKeys(settings.namespace).dead}' - +")
-    say("   SMSRELAY_ADMIN_TOKEN=... smsrelay admin, then: curl -H 'Authorization: Bearer ...' "
-        "localhost:8080/api/admin/retry-failed-sms")
+    say(
+        "   SMSRELAY_ADMIN_TOKEN=... smsrelay admin, then: curl -H 'Authorization: Bearer ...' "
+        "localhost:8080/api/admin/retry-failed-sms"
+    )
     say("   a worker's metrics: smsrelay worker, then curl localhost:9464/metrics")
     return 0
 
 
-async def _wait_for_outcomes(settings: Settings, ids: list[str],
-                             within_s: float) -> dict[str, str]:
+async def _wait_for_outcomes(settings: Settings, ids: list[str], within_s: float) -> dict[str, str]:
     client = sync_client(settings)
     keys = ShardKeys(settings.namespace)
     outcomes: dict[str, str] = {}
@@ -152,9 +180,11 @@ async def _wait_for_outcomes(settings: Settings, ids: list[str],
         dead = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(keys.dead))
         for _, fields in dead:
             message_id = text(fields.get(b"id"))
-            outcomes[message_id] = (f"dead-lettered: {text(fields.get(b'reason'))} "
-                                    f"({text(fields.get(b'error'))}, attempts "
-                                    f"{text(fields.get(b'attempts'))})")
+            outcomes[message_id] = (
+                f"dead-lettered: {text(fields.get(b'reason'))} "
+                f"({text(fields.get(b'error'))}, attempts "
+                f"{text(fields.get(b'attempts'))})"
+            )
         if all(m in outcomes for m in ids):
             break
         await asyncio.sleep(0.1)
@@ -164,8 +194,9 @@ async def _wait_for_outcomes(settings: Settings, ids: list[str],
 def _failed_rows(settings: Settings, ids: list[str]) -> list[tuple[str, str]]:
     try:
         with psycopg.connect(settings.database_url, connect_timeout=2) as conn:
-            rows = conn.execute("SELECT id::text, reason FROM failed_sms WHERE id::text = ANY(%s)",
-                                (ids,)).fetchall()
+            rows = conn.execute(
+                "SELECT id::text, reason FROM failed_sms WHERE id::text = ANY(%s)", (ids,)
+            ).fetchall()
     except psycopg.Error as exc:
         print(f"   (could not read failed_sms: {exc})", file=sys.stderr)
         return []

@@ -26,8 +26,9 @@ class StorageError(SmsRelayError):
 class ProviderError(SmsRelayError):
     """The SMS provider refused or failed a send."""
 
-    def __init__(self, message: str, *, code: int | None = None, status: int | None = None,
-                 retryable: bool) -> None:
+    def __init__(
+        self, message: str, *, code: int | None = None, status: int | None = None, retryable: bool
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.status = status

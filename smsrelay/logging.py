@@ -22,8 +22,19 @@ import structlog
 # no-op.
 _PHONE_RE = re.compile(r"(?:\+|%2[Bb]|\uff0b)(\d(?:[ .()\-]{0,2}\d){6,})")
 # Keys whose values must never reach a log line, whatever the caller passes.
-_SECRET_KEYS = frozenset({"body", "message_body", "text", "auth_token", "admin_token", "token",
-                          "authorization", "password", "secret"})
+_SECRET_KEYS = frozenset(
+    {
+        "body",
+        "message_body",
+        "text",
+        "auth_token",
+        "admin_token",
+        "token",
+        "authorization",
+        "password",
+        "secret",
+    }
+)
 _MAX_NESTING = 8  # deeper values are left to the rendered line's mask
 _HANDLER_NAME = "smsrelay"
 
@@ -38,7 +49,7 @@ def mask_phone(phone: str) -> str:
     shown = max(len(digits) - max(3, len(digits) - 8), 0)
     head = min(4, max(shown - 1, 0))
     tail = shown - head
-    return "+" + "".join(digits[:head]) + "***" + "".join(digits[len(digits) - tail:])
+    return "+" + "".join(digits[:head]) + "***" + "".join(digits[len(digits) - tail :])
 
 
 def mask_phones(text: str) -> str:
@@ -57,8 +68,10 @@ def _mask_value(value: Any, depth: int = 0) -> Any:
     if depth >= _MAX_NESTING:
         return value
     if isinstance(value, dict):
-        return {k: "[redacted]" if _is_secret(k) else _mask_value(v, depth + 1)
-                for k, v in value.items()}
+        return {
+            k: "[redacted]" if _is_secret(k) else _mask_value(v, depth + 1)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_mask_value(v, depth + 1) for v in value]
     if isinstance(value, tuple):
@@ -79,8 +92,11 @@ def _mask_rendered(_: Any, __: str, line: Any) -> Any:
 def configure(log_format: str = "json", log_level: str = "info", *, process: bool = True) -> None:
     """Set structlog up; `process=True` (our commands) also routes the stdlib loggers."""
     level = getattr(logging, log_level.upper(), logging.INFO)
-    renderer: Any = (structlog.processors.JSONRenderer() if log_format == "json"
-                     else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -103,20 +119,22 @@ def _route_stdlib_logging(level: int, renderer: Any) -> None:
     """Render what libraries log through stdlib `logging` like our own events, masked."""
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[
-            structlog.processors.add_log_level,
-            structlog.stdlib.add_logger_name,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-        ],
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            scrub,
-            renderer,
-            _mask_rendered,
-        ],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.processors.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                scrub,
+                renderer,
+                _mask_rendered,
+            ],
+        )
+    )
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(old)  # configured again (another format): one line per record

@@ -25,9 +25,14 @@ RETRY_MAX_DELAY_S = 2.0  # the longest wait of `until_done` between two tries
 
 # Redis cannot be reached, or is not serving yet: reads and writes both fail.
 TRANSIENT_REDIS_ERRORS: tuple[type[BaseException], ...] = (
-    redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError,
-    redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
-    ConnectionError, TimeoutError, OSError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
 )
 
 # Redis answers but refuses to write (rule 9 and FAULTS.md): maxmemory reached with
@@ -81,8 +86,10 @@ class OutageLog:
 
     def recovered(self) -> None:
         if self._since is not None:
-            log.info(f"{self.service}.recovered",
-                     outage_seconds=round(clock.monotonic() - self._since, 3))
+            log.info(
+                f"{self.service}.recovered",
+                outage_seconds=round(clock.monotonic() - self._since, 3),
+            )
             self._since = None
             self.ended_at = clock.monotonic()
 
@@ -94,9 +101,12 @@ class WriteRefusalLog(OutageLog):
         if self._since is None:
             self._since = clock.monotonic()
             cause = write_refusal(exc) or describe(exc)
-            log.error("redis.writes_refused", cause=f"Redis refuses writes: {cause}",
-                      effect="no message is sent until Redis accepts writes again; "
-                             "messages already sent are recorded as soon as it does")
+            log.error(
+                "redis.writes_refused",
+                cause=f"Redis refuses writes: {cause}",
+                effect="no message is sent until Redis accepts writes again; "
+                "messages already sent are recorded as soon as it does",
+            )
 
 
 @dataclass
@@ -123,10 +133,13 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def until_done(operation: Callable[[], Awaitable[T]], outages: Outages,
-                     stop: asyncio.Event | None = None,
-                     max_delay_s: float = RETRY_MAX_DELAY_S,
-                     wrote: Callable[[T], bool] | None = None) -> T:
+async def until_done(
+    operation: Callable[[], Awaitable[T]],
+    outages: Outages,
+    stop: asyncio.Event | None = None,
+    max_delay_s: float = RETRY_MAX_DELAY_S,
+    wrote: Callable[[T], bool] | None = None,
+) -> T:
     """Run a Redis step until it succeeds, backing off while Redis is away or refuses writes.
 
     Used for the steps that must not be given up on (the sent marker after the provider

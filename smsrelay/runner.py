@@ -25,12 +25,15 @@ def start_metrics_server(settings: Settings, metrics: WorkerMetrics) -> None:
     if settings.metrics_port == 0:
         return
     try:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host,
-                          registry=metrics.registry)
+        start_http_server(
+            settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry
+        )
     except OSError as exc:
-        raise ConfigError(f"SMSRELAY_METRICS_PORT: cannot listen on {settings.metrics_host}:"
-                          f"{settings.metrics_port} ({exc.strerror}); pick another port, "
-                          "another SMSRELAY_METRICS_HOST, or 0 for none") from None
+        raise ConfigError(
+            f"SMSRELAY_METRICS_PORT: cannot listen on {settings.metrics_host}:"
+            f"{settings.metrics_port} ({exc.strerror}); pick another port, "
+            "another SMSRELAY_METRICS_HOST, or 0 for none"
+        ) from None
     log.info("worker.metrics_listening", host=settings.metrics_host, port=settings.metrics_port)
 
 
@@ -43,12 +46,17 @@ def mirror_upkeep(settings: Settings, outages: Outages) -> list[Upkeep]:
     return [mirror]
 
 
-def worker_process(settings: Settings, *, mirror: bool = True,
-                   metrics: WorkerMetrics | None = None) -> Worker:
+def worker_process(
+    settings: Settings, *, mirror: bool = True, metrics: WorkerMetrics | None = None
+) -> Worker:
     """A Worker with the upkeep of a worker process (the mirror), one Outages for all."""
     outages = Outages()
-    return Worker(settings, metrics=metrics, outages=outages,
-                  upkeep=mirror_upkeep(settings, outages) if mirror else ())
+    return Worker(
+        settings,
+        metrics=metrics,
+        outages=outages,
+        upkeep=mirror_upkeep(settings, outages) if mirror else (),
+    )
 
 
 async def run_worker(settings: Settings, *, mirror: bool = True) -> int:

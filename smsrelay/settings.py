@@ -58,8 +58,12 @@ class Settings(BaseSettings):
     """The contract's variables (README: Configuration), plus a few tuning knobs past it."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", frozen=True,
-        populate_by_name=True, allow_inf_nan=False,
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        allow_inf_nan=False,
     )
 
     redis_url: str = "redis://localhost:6379/0"
@@ -94,9 +98,11 @@ class Settings(BaseSettings):
     admin_auth_max_failures: int = Field(10, ge=0, le=1_000_000)
 
     twilio_account_sid: str | None = Field(
-        None, validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "twilio_account_sid"))
+        None, validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "twilio_account_sid")
+    )
     twilio_auth_token: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "twilio_auth_token"))
+        None, validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "twilio_auth_token")
+    )
     twilio_from: str | None = None
     twilio_messaging_service_sid: str | None = None
     twilio_base_url: str = "https://api.twilio.com"
@@ -143,8 +149,9 @@ class Settings(BaseSettings):
             psycopg.conninfo.conninfo_to_dict(value)
         except psycopg.Error:
             # (libpq's message may quote the URL, password included: not repeated here)
-            raise ValueError("libpq cannot parse it (check the options after '?' and the "
-                             "%-escapes)") from None
+            raise ValueError(
+                "libpq cannot parse it (check the options after '?' and the %-escapes)"
+            ) from None
         return value
 
     @field_validator("twilio_base_url", "twilio_status_callback")
@@ -193,7 +200,8 @@ class Settings(BaseSettings):
             return None
         admin = info.data.get("admin_token")
         _, problems = parse_admin_tokens(
-            value.get_secret_value(), admin.get_secret_value() if admin else None)
+            value.get_secret_value(), admin.get_secret_value() if admin else None
+        )
         if problems:
             more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
             raise ValueError("; ".join(problems[:5]) + more)
@@ -207,8 +215,9 @@ class Settings(BaseSettings):
         except ValueError:
             labels = value.removesuffix(".").split(".")
             if len(value) > 253 or not all(_HOST_LABEL_RE.match(label) for label in labels):
-                raise ValueError("must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host "
-                                 "name") from None
+                raise ValueError(
+                    "must be an IP address (0.0.0.0, ::, 127.0.0.1) or a host name"
+                ) from None
         return value
 
     @field_validator("twilio_account_sid", "twilio_messaging_service_sid")
@@ -239,14 +248,21 @@ class Settings(BaseSettings):
 
     # Requirements that only some commands have: checked by those commands at start.
     def require_sender(self) -> None:
-        missing = [name for name, value in (("TWILIO_ACCOUNT_SID", self.twilio_account_sid),
-                                            ("TWILIO_AUTH_TOKEN", self.twilio_auth_token))
-                   if not value]
+        missing = [
+            name
+            for name, value in (
+                ("TWILIO_ACCOUNT_SID", self.twilio_account_sid),
+                ("TWILIO_AUTH_TOKEN", self.twilio_auth_token),
+            )
+            if not value
+        ]
         if missing:
             raise ConfigError(f"{' and '.join(missing)} must be set to send SMS")
         if not (self.twilio_from or self.twilio_messaging_service_sid):
-            raise ConfigError("SMSRELAY_TWILIO_FROM or SMSRELAY_TWILIO_MESSAGING_SERVICE_SID "
-                              "must be set to send SMS")
+            raise ConfigError(
+                "SMSRELAY_TWILIO_FROM or SMSRELAY_TWILIO_MESSAGING_SERVICE_SID "
+                "must be set to send SMS"
+            )
 
     def require_admin_credentials(self) -> tuple[AdminCredential, ...]:
         """Every admin credential (`SMSRELAY_ADMIN_TOKEN` is the operator `admin`), at least one."""
@@ -256,8 +272,10 @@ class Settings(BaseSettings):
         if self.admin_tokens is not None:
             credentials += parse_admin_tokens(self.admin_tokens.get_secret_value())[0]
         if not credentials:
-            raise ConfigError("SMSRELAY_ADMIN_TOKEN or SMSRELAY_ADMIN_TOKENS must be set: the "
-                              "admin API refuses to run without a bearer token")
+            raise ConfigError(
+                "SMSRELAY_ADMIN_TOKEN or SMSRELAY_ADMIN_TOKENS must be set: the "
+                "admin API refuses to run without a bearer token"
+            )
         return tuple(credentials)
 
     def require_admin_token(self) -> tuple[AdminCredential, ...]:
@@ -274,8 +292,10 @@ def _token_problem(token: str) -> str | None:
     return None
 
 
-def parse_admin_tokens(raw: str, admin_token: str | None = None,
-                       ) -> tuple[list[AdminCredential], list[str]]:
+def parse_admin_tokens(
+    raw: str,
+    admin_token: str | None = None,
+) -> tuple[list[AdminCredential], list[str]]:
     """`name:role:token,...` as credentials, and every problem found (an empty list: valid).
 
     A problem names the entry by position and, once the name is valid, by name; it never
@@ -299,8 +319,9 @@ def parse_admin_tokens(raw: str, admin_token: str | None = None,
             continue
         name, role, token = parts[0].strip(), parts[1].strip().lower(), parts[2].strip()
         if not _TOKEN_NAME_RE.match(name):
-            problems.append(f"entry {position}: name must be 1-15 characters of letters, "
-                            "digits, '_', '.', '-'")
+            problems.append(
+                f"entry {position}: name must be 1-15 characters of letters, digits, '_', '.', '-'"
+            )
             continue
         where = f"entry {position} ('{name}')"
         entry_problems: list[str] = []
@@ -317,8 +338,10 @@ def parse_admin_tokens(raw: str, admin_token: str | None = None,
         if not token_problem and token in tokens:
             other = tokens[token]
             entry_problems.append(
-                f"{where}: '{name}' has the same token as {other}" if other.isupper()
-                else f"{where}: '{other}' and '{name}' have the same token")
+                f"{where}: '{name}' has the same token as {other}"
+                if other.isupper()
+                else f"{where}: '{other}' and '{name}' have the same token"
+            )
         problems += entry_problems
         names.setdefault(name, position)
         tokens.setdefault(token, name)

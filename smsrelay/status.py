@@ -26,47 +26,75 @@ def status_json(report: stats.PipelineStats) -> dict[str, Any]:
     """The report for `--json`: current lengths under `now`, lifetime counts under `lifetime`."""
     shards = []
     for shard in report.shards:
-        shards.append({
-            "shard": shard.shard, "requestStream": shard.request_stream,
-            "deadLetterStream": shard.dead_stream,
-            "now": {"backlog": shard.backlog, "pending": shard.pending,
-                    "delayed": shard.delayed, "deadLetters": shard.dead_letters,
-                    "deadLettersNotMirrored": shard.unmirrored},
-            "lifetime": {"deadLettersByReason": shard.dead_by_reason,
-                         "adminRetriesByOutcome": shard.admin_retries},
-            "consumers": [{"name": c.name, "pending": c.pending, "idleMs": c.idle_ms}
-                          for c in shard.consumers],
-        })
+        shards.append(
+            {
+                "shard": shard.shard,
+                "requestStream": shard.request_stream,
+                "deadLetterStream": shard.dead_stream,
+                "now": {
+                    "backlog": shard.backlog,
+                    "pending": shard.pending,
+                    "delayed": shard.delayed,
+                    "deadLetters": shard.dead_letters,
+                    "deadLettersNotMirrored": shard.unmirrored,
+                },
+                "lifetime": {
+                    "deadLettersByReason": shard.dead_by_reason,
+                    "adminRetriesByOutcome": shard.admin_retries,
+                },
+                "consumers": [
+                    {"name": c.name, "pending": c.pending, "idleMs": c.idle_ms}
+                    for c in shard.consumers
+                ],
+            }
+        )
     return {
         "namespace": report.namespace,
-        "now": {name: report.total(attr) for name, attr in (
-            ("backlog", "backlog"), ("pending", "pending"), ("delayed", "delayed"),
-            ("deadLetters", "dead_letters"), ("deadLettersNotMirrored", "unmirrored"))},
+        "now": {
+            name: report.total(attr)
+            for name, attr in (
+                ("backlog", "backlog"),
+                ("pending", "pending"),
+                ("delayed", "delayed"),
+                ("deadLetters", "dead_letters"),
+                ("deadLettersNotMirrored", "unmirrored"),
+            )
+        },
         "shards": shards,
         "unreadStreams": [asdict(u) for u in report.unread or []],
     }
 
 
 def render_status(report: stats.PipelineStats) -> str:
-    lines = [f"namespace {report.namespace}, now: backlog {report.total('backlog')}, pending "
-             f"{report.total('pending')}, delayed (waiting to retry) {report.total('delayed')}, "
-             f"dead letters {report.total('dead_letters')} "
-             f"({report.total('unmirrored')} not yet in Postgres)"]
+    lines = [
+        f"namespace {report.namespace}, now: backlog {report.total('backlog')}, pending "
+        f"{report.total('pending')}, delayed (waiting to retry) {report.total('delayed')}, "
+        f"dead letters {report.total('dead_letters')} "
+        f"({report.total('unmirrored')} not yet in Postgres)"
+    ]
     for shard in report.shards:
-        lines.append(f"  shard {shard.shard}  {shard.request_stream}, now: backlog "
-                     f"{shard.backlog}, pending {shard.pending}, delayed {shard.delayed}")
+        lines.append(
+            f"  shard {shard.shard}  {shard.request_stream}, now: backlog "
+            f"{shard.backlog}, pending {shard.pending}, delayed {shard.delayed}"
+        )
         if not shard.consumers:
             lines.append("    consumers: none (start one with `smsrelay worker`)")
         for consumer in shard.consumers:
-            lines.append(f"    consumer {consumer.name}: pending {consumer.pending}, "
-                         f"idle {consumer.idle_ms / 1000:.1f} s")
-        lines.append(f"    dead letters now {shard.dead_letters} in {shard.dead_stream}"
-                     + (f", {shard.unmirrored} not yet in Postgres" if shard.unmirrored else ""))
+            lines.append(
+                f"    consumer {consumer.name}: pending {consumer.pending}, "
+                f"idle {consumer.idle_ms / 1000:.1f} s"
+            )
+        lines.append(
+            f"    dead letters now {shard.dead_letters} in {shard.dead_stream}"
+            + (f", {shard.unmirrored} not yet in Postgres" if shard.unmirrored else "")
+        )
         if shard.dead_by_reason:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(shard.dead_by_reason.items()))
             lines.append(f"    dead-lettered since the start (lifetime): {reasons}")
     for unread in report.unread or []:
-        lines.append(f"  NOT READ BY ANY WORKER: {unread.key} holds {unread.length} "
-                     f"entr{'y' if unread.length == 1 else 'ies'} (shards are 0.."
-                     f"{len(report.shards) - 1}: crc32(to) % SMSRELAY_SHARDS, unsigned)")
+        lines.append(
+            f"  NOT READ BY ANY WORKER: {unread.key} holds {unread.length} "
+            f"entr{'y' if unread.length == 1 else 'ies'} (shards are 0.."
+            f"{len(report.shards) - 1}: crc32(to) % SMSRELAY_SHARDS, unsigned)"
+        )
     return "\n".join(lines)

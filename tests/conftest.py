@@ -54,8 +54,11 @@ def redis_url() -> Iterator[str]:
             host = container.get_container_host_ip()
             yield f"redis://{host}:{container.get_exposed_port(6379)}/0"
         return
-    pytest.fail(f"Redis is not reachable at {url} ({problem}). Start it (e.g. `redis-server "
-                f"--daemonize yes`) or set {REDIS_URL_VAR}.", pytrace=False)
+    pytest.fail(
+        f"Redis is not reachable at {url} ({problem}). Start it (e.g. `redis-server "
+        f"--daemonize yes`) or set {REDIS_URL_VAR}.",
+        pytrace=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +75,10 @@ def postgres_url() -> Iterator[str]:
             with PostgresContainer("postgres:16", driver=None) as container:
                 yield container.get_connection_url()
             return
-        pytest.fail(f"Postgres is not reachable at {url} ({exc}). Start it or set "
-                    f"{DATABASE_URL_VAR}.", pytrace=False)
+        pytest.fail(
+            f"Postgres is not reachable at {url} ({exc}). Start it or set {DATABASE_URL_VAR}.",
+            pytrace=False,
+        )
     yield url
 
 
@@ -106,16 +111,31 @@ def fake_twilio() -> Iterator[Any]:
         yield fake
 
 
-def make_settings(redis_url: str, namespace: str, tmp_path: Path, twilio_url: str,
-                  database_url: str = "postgresql://localhost/postgres",
-                  **overrides: Any) -> Settings:
+def make_settings(
+    redis_url: str,
+    namespace: str,
+    tmp_path: Path,
+    twilio_url: str,
+    database_url: str = "postgresql://localhost/postgres",
+    **overrides: Any,
+) -> Settings:
     values: dict[str, Any] = {
-        "redis_url": redis_url, "database_url": database_url, "namespace": namespace,
-        "twilio_account_sid": TEST_ACCOUNT_SID, "twilio_auth_token": TEST_AUTH_TOKEN,
-        "twilio_from": TEST_FROM, "twilio_base_url": twilio_url,
-        "twilio_timeout_seconds": 2, "backoff_base_seconds": 0.05, "backoff_jitter": 0,
-        "claim_idle_seconds": 2, "metrics_port": 0, "spool_dir": tmp_path / "spool",
-        "shutdown_grace_seconds": 5, "log_format": "console", "log_level": "warning",
+        "redis_url": redis_url,
+        "database_url": database_url,
+        "namespace": namespace,
+        "twilio_account_sid": TEST_ACCOUNT_SID,
+        "twilio_auth_token": TEST_AUTH_TOKEN,
+        "twilio_from": TEST_FROM,
+        "twilio_base_url": twilio_url,
+        "twilio_timeout_seconds": 2,
+        "backoff_base_seconds": 0.05,
+        "backoff_jitter": 0,
+        "claim_idle_seconds": 2,
+        "metrics_port": 0,
+        "spool_dir": tmp_path / "spool",
+        "shutdown_grace_seconds": 5,
+        "log_format": "console",
+        "log_level": "warning",
     }
     values.update(overrides)
     return Settings.load(**values)

@@ -26,8 +26,12 @@ async def running_worker(settings: Settings, **kwargs: Any) -> AsyncIterator[Wor
         await asyncio.wait_for(task, timeout=30)
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
-                     interval: float = 0.02, what: str = "condition") -> None:
+async def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -37,10 +41,14 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
 
 def dead_letters(settings: Settings, shard: int = 0) -> list[dict[str, str]]:
     client = redis.Redis.from_url(settings.redis_url)
-    entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
-                   client.xrange(ShardKeys(settings.namespace, shard).dead))
-    return [{k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
-            for _, fields in entries]
+    entries = cast(
+        list[tuple[bytes, dict[bytes, bytes]]],
+        client.xrange(ShardKeys(settings.namespace, shard).dead),
+    )
+    return [
+        {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+        for _, fields in entries
+    ]
 
 
 def stream_state(settings: Settings, shard: int = 0) -> tuple[int, int]:

@@ -24,7 +24,8 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 async def test_calls_in_one_tick_go_out_as_one_pipeline_in_order(
-        client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     script = client.register_script(ECHO)
     await script(keys=["k"], args=["warm"])  # loaded, so the pipeline's EVALSHA finds it
     executed: list[int] = []
@@ -37,13 +38,11 @@ async def test_calls_in_one_tick_go_out_as_one_pipeline_in_order(
     monkeypatch.setattr(aioredis.client.Pipeline, "execute", counting)
     batcher = ScriptBatcher(client)
     replies = await asyncio.gather(*(batcher.call(script, [f"k{i}"], [i]) for i in range(50)))
-    assert [[k.decode(), v.decode()] for k, v in replies] == [[f"k{i}", str(i)]
-                                                              for i in range(50)]
+    assert [[k.decode(), v.decode()] for k, v in replies] == [[f"k{i}", str(i)] for i in range(50)]
     assert executed == [50]
 
 
-async def test_a_flushed_script_cache_is_reloaded_for_each_caller(
-        client: aioredis.Redis) -> None:
+async def test_a_flushed_script_cache_is_reloaded_for_each_caller(client: aioredis.Redis) -> None:
     script = client.register_script(ECHO)
     await client.script_flush()  # as after a Redis restart or failover
     batcher = ScriptBatcher(client)
@@ -56,8 +55,9 @@ async def test_a_connection_error_reaches_every_caller_of_the_batch() -> None:
     try:
         script = down.register_script(ECHO)
         batcher = ScriptBatcher(down)
-        results = await asyncio.gather(*(batcher.call(script, ["k"], [i]) for i in range(3)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(batcher.call(script, ["k"], [i]) for i in range(3)), return_exceptions=True
+        )
     finally:
         await down.aclose()
     assert [type(r) for r in results] == [RedisConnectionError] * 3

@@ -22,18 +22,36 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_bench_smoke_run_delivers_everything_and_writes_the_report(
-        redis_url: str, tmp_path: Path) -> None:
+    redis_url: str, tmp_path: Path
+) -> None:
     # Given a Redis (the bench uses its own namespaces and prefixes) and an output folder
     parts = urlsplit(redis_url)
-    env = {**os.environ, "BENCH_REDIS_HOST": parts.hostname or "127.0.0.1",
-           "BENCH_REDIS_PORT": str(parts.port or 6379)}
+    env = {
+        **os.environ,
+        "BENCH_REDIS_HOST": parts.hostname or "127.0.0.1",
+        "BENCH_REDIS_PORT": str(parts.port or 6379),
+    }
     report, results = tmp_path / "BENCHMARKS.md", tmp_path / "results.json"
 
     # When the smoke preset runs
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--output", str(report),
-         "--json", str(results)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=220, check=False)
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--smoke",
+            "--output",
+            str(report),
+            "--json",
+            str(results),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
 
     # Then it finishes cleanly and writes both files
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -73,7 +91,12 @@ def test_bench_smoke_run_delivers_everything_and_writes_the_report(
         assert rss["before_mib"] > 0 and rss["after_mib"] > 0, rss
 
     # and the report has the machine, the command and every section that ran
-    for heading in ("## Machine and command", "## 1. Publish cost", "## 2. End-to-end",
-                    "## 3. Crash recovery", "## 4. Footprint"):
+    for heading in (
+        "## Machine and command",
+        "## 1. Publish cost",
+        "## 2. End-to-end",
+        "## 3. Crash recovery",
+        "## 4. Footprint",
+    ):
         assert heading in text
     assert "bench.run --smoke" in text

@@ -12,30 +12,56 @@ from smsrelay.settings import Settings
 
 def smsrelay(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SMSRELAY_", "TWILIO_"))}
-    base.update({"SMSRELAY_REDIS_URL": settings.redis_url,
-                 "SMSRELAY_NAMESPACE": settings.namespace,
-                 "SMSRELAY_SPOOL_DIR": str(settings.spool_dir), **env})
-    return subprocess.run([sys.executable, "-m", "smsrelay.cli", *args], env=base,
-                          capture_output=True, text=True, timeout=60, check=False)
+    base.update(
+        {
+            "SMSRELAY_REDIS_URL": settings.redis_url,
+            "SMSRELAY_NAMESPACE": settings.namespace,
+            "SMSRELAY_SPOOL_DIR": str(settings.spool_dir),
+            **env,
+        }
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "smsrelay.cli", *args],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_publish_prints_the_id_and_status_counts_it(settings: Settings) -> None:
-    published = smsrelay(settings, "publish", "--to", "+14155552671", "--body", "hello",
-                         "--idempotency-key", "cli-1")
+    published = smsrelay(
+        settings, "publish", "--to", "+14155552671", "--body", "hello", "--idempotency-key", "cli-1"
+    )
     assert published.returncode == 0, published.stderr
     message_id = published.stdout.strip()
     assert len(message_id) == 36
-    again = smsrelay(settings, "publish", "--to", "+14155552671", "--body", "hello",
-                     "--idempotency-key", "cli-1", "--json")
-    assert json.loads(again.stdout) == {"status": "duplicate", "messageId": message_id,
-                                        "error": None}
+    again = smsrelay(
+        settings,
+        "publish",
+        "--to",
+        "+14155552671",
+        "--body",
+        "hello",
+        "--idempotency-key",
+        "cli-1",
+        "--json",
+    )
+    assert json.loads(again.stdout) == {
+        "status": "duplicate",
+        "messageId": message_id,
+        "error": None,
+    }
     status = smsrelay(settings, "status", "--json")
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
     assert report["now"]["backlog"] == 1
     assert report["shards"][0]["requestStream"] == f"{{{settings.namespace}:0}}:requests"
-    assert report["shards"][0]["lifetime"] == {"deadLettersByReason": {},
-                                               "adminRetriesByOutcome": {}}
+    assert report["shards"][0]["lifetime"] == {
+        "deadLettersByReason": {},
+        "adminRetriesByOutcome": {},
+    }
     human = smsrelay(settings, "status")
     assert "now: backlog 1" in human.stdout
 

@@ -407,8 +407,12 @@ async def test_an_outage_fails_every_request_and_leaves_scripts_for_after(
     assert (await _send(twilio, to=OTHER)).status == "queued"
     assert [m.sid for m in fake.messages] == [earlier.sid, fake.messages[1].sid]
     assert fake.outage() | {"started_at": 0, "ended_at": 0} == {
-        "active": False, "step": None, "remaining_s": None, "requests": 4,
-        "started_at": 0, "ended_at": 0,
+        "active": False,
+        "step": None,
+        "remaining_s": None,
+        "requests": 4,
+        "started_at": 0,
+        "ended_at": 0,
     }
 
 
@@ -424,9 +428,7 @@ async def test_a_timed_outage_ends_by_itself(fake: FakeTwilio, twilio: Any) -> N
     assert fake.stats()["dropped"] == 1
 
 
-async def test_an_outage_of_lost_answers_sends_every_message(
-    fake: FakeTwilio, twilio: Any
-) -> None:
+async def test_an_outage_of_lost_answers_sends_every_message(fake: FakeTwilio, twilio: Any) -> None:
     fake.start_outage(Step.accept_drop())
 
     for to in (TO, OTHER):
@@ -446,8 +448,10 @@ async def test_429_carries_retry_after_like_twilio(fake: FakeTwilio, twilio: Any
     assert (error.status, error.code) == (429, 20429)
     assert twilio.http_client._test_only_last_response.headers["Retry-After"] == "2"
     async with aiohttp.ClientSession() as http:
-        await http.post(f"{fake.url}/_fake/outage", json={
-            "status": 429, "code": 20429, "retry_after": 1.5, "seconds": 30})
+        await http.post(
+            f"{fake.url}/_fake/outage",
+            json={"status": 429, "code": 20429, "retry_after": 1.5, "seconds": 30},
+        )
         path = f"{fake.url}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
         form = {"To": OTHER, "From": FROM, "Body": "x"}
         async with http.post(path, data=form, headers=_auth()) as resp:
@@ -505,8 +509,17 @@ async def test_list_payload_is_twilios_page(fake: FakeTwilio, twilio: Any) -> No
     async with aiohttp.ClientSession(base_url=fake.url, headers=_auth()) as http:
         async with http.get(base, params={"To": TO, "PageSize": "2"}) as resp:
             page = await resp.json()
-        assert set(page) == {"end", "first_page_uri", "messages", "next_page_uri", "page",
-                             "page_size", "previous_page_uri", "start", "uri"}
+        assert set(page) == {
+            "end",
+            "first_page_uri",
+            "messages",
+            "next_page_uri",
+            "page",
+            "page_size",
+            "previous_page_uri",
+            "start",
+            "uri",
+        }
         assert (page["page"], page["page_size"], page["start"], page["end"]) == (0, 2, 0, 1)
         assert [m["sid"] for m in page["messages"]] == [sids[2], sids[1]]
         assert page["previous_page_uri"] is None
@@ -519,8 +532,13 @@ async def test_list_payload_is_twilios_page(fake: FakeTwilio, twilio: Any) -> No
         assert (second["page"], second["start"]) == (1, 2)
         async with http.get(second["previous_page_uri"]) as resp:
             assert [m["sid"] for m in (await resp.json())["messages"]] == [sids[2], sids[1]]
-        for params in ({"PageSize": "0"}, {"PageSize": "x"}, {"DateSent>": "yesterday"},
-                       {"PageToken": "PASMnope"}, {"Page": "-1"}):
+        for params in (
+            {"PageSize": "0"},
+            {"PageSize": "x"},
+            {"DateSent>": "yesterday"},
+            {"PageToken": "PASMnope"},
+            {"Page": "-1"},
+        ):
             async with http.get(base, params=params) as resp:
                 error = await resp.json()
                 assert (resp.status, error["code"]) == (400, 20001), params

@@ -73,7 +73,8 @@ async def twilio(fake: FakeTwilio) -> AsyncIterator[Any]:
 
 async def _send(twilio: Any, callback: str, to: str = TO, **kwargs: Any) -> Any:
     return await twilio.messages.create_async(
-        to=to, from_=FROM, body="Hi", status_callback=callback, **kwargs)
+        to=to, from_=FROM, body="Hi", status_callback=callback, **kwargs
+    )
 
 
 async def test_callbacks_are_signed_as_twilio_signs(
@@ -89,13 +90,20 @@ async def test_callbacks_are_signed_as_twilio_signs(
         assert not RequestValidator("another-token").validate(url, form, signature)
         assert not RequestValidator(SECRET).validate(url, form | {"To": OTHER}, signature)
         assert form == {
-            "AccountSid": ACCOUNT_SID, "ApiVersion": "2010-04-01", "From": FROM, "To": TO,
-            "MessageSid": message.sid, "SmsSid": message.sid,
-            "MessageStatus": form["MessageStatus"], "SmsStatus": form["MessageStatus"],
+            "AccountSid": ACCOUNT_SID,
+            "ApiVersion": "2010-04-01",
+            "From": FROM,
+            "To": TO,
+            "MessageSid": message.sid,
+            "SmsSid": message.sid,
+            "MessageStatus": form["MessageStatus"],
+            "SmsStatus": form["MessageStatus"],
         }
     records = fake.callbacks(sid=message.sid)
     assert [(r.status, r.http_status, r.error) for r in records] == [
-        ("sent", 204, None), ("delivered", 204, None)]
+        ("sent", 204, None),
+        ("delivered", 204, None),
+    ]
     assert [r.signature for r in records] == [s for _, _, s in receiver.posts]
     fetched = await twilio.messages(message.sid).fetch_async()
     assert (fetched.status, fetched.error_code) == ("delivered", None)
@@ -108,14 +116,18 @@ async def test_receipts_are_scripted_per_number(
     fake.script_receipts(numbers[0], Receipts.ending("undelivered", 30003))
     fake.script_receipts(numbers[1], Receipts.ending("failed", 30005))
     fake.script_receipts(numbers[2], Receipts(("delivered", "sent")))  # out of order
-    fake.script_receipts(numbers[3], Receipts(("queued", "sending", "sent", "sent", "delivered",
-                                               "delivered")))
+    fake.script_receipts(
+        numbers[3], Receipts(("queued", "sending", "sent", "sent", "delivered", "delivered"))
+    )
     sids = [(await _send(twilio, receiver.url, to)).sid for to in numbers]
     await fake.wait_for_callbacks(timeout_s=5)
 
     assert [receiver.statuses(sid) for sid in sids] == [
-        ["sent", "undelivered"], ["failed"], ["delivered", "sent"],
-        ["queued", "sending", "sent", "sent", "delivered", "delivered"], ["sent", "delivered"],
+        ["sent", "undelivered"],
+        ["failed"],
+        ["delivered", "sent"],
+        ["queued", "sending", "sent", "sent", "delivered", "delivered"],
+        ["sent", "delivered"],
     ]
     forms = {(f["MessageSid"], f["MessageStatus"]): f for _, f, _ in receiver.posts}
     assert forms[(sids[0], "undelivered")]["ErrorCode"] == "30003"
@@ -125,8 +137,12 @@ async def test_receipts_are_scripted_per_number(
     # The resource keeps the most final status: a late "sent" does not undo "delivered".
     resources = [await twilio.messages(sid).fetch_async() for sid in sids]
     assert [(m.status, m.error_code) for m in resources] == [
-        ("undelivered", 30003), ("failed", 30005), ("delivered", None), ("delivered", None),
-        ("delivered", None)]
+        ("undelivered", 30003),
+        ("failed", 30005),
+        ("delivered", None),
+        ("delivered", None),
+        ("delivered", None),
+    ]
     assert resources[1].date_sent is None  # a failed message never left
 
 
@@ -202,11 +218,18 @@ async def test_receipts_and_callbacks_over_http(
         sid = (await _send(twilio, receiver.url)).sid
         async with http.post("/_fake/callbacks/wait", json={"timeout": 5}) as resp:
             assert await resp.json() == {
-                "ok": True, "attempted": 2, "delivered": 2, "failed": 0, "pending": 0}
+                "ok": True,
+                "attempted": 2,
+                "delivered": 2,
+                "failed": 0,
+                "pending": 0,
+            }
         async with http.get("/_fake/callbacks", params={"to": TO}) as resp:
             found = await resp.json()
         assert [(c["sid"], c["status"], c["http_status"]) for c in found] == [
-            (sid, "sending", 204), (sid, "undelivered", 204)]
+            (sid, "sending", 204),
+            (sid, "undelivered", 204),
+        ]
         assert found[1]["params"]["ErrorCode"] == "30007"
         await http.post("/_fake/receipts", json={"to": TO, "statuses": ["sent"], "delay": 30})
         await _send(twilio, receiver.url)
@@ -227,9 +250,10 @@ async def test_receipts_and_callbacks_over_http(
     ],
 )
 async def test_bad_receipts_are_refused(fake: FakeTwilio, payload: dict[str, Any]) -> None:
-    async with aiohttp.ClientSession() as http, http.post(
-        f"{fake.url}/_fake/receipts", json=payload
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{fake.url}/_fake/receipts", json=payload) as resp,
+    ):
         assert resp.status == 400
         assert (await resp.json())["error"]
 
@@ -245,16 +269,30 @@ def test_thread_helper_plays_receipts_and_outages() -> None:
         sid = client.messages.create(to=TO, from_=FROM, body="x", status_callback=fake.url).sid
         records = fake.wait_for_callbacks(timeout_s=5)
         assert [(r.sid, r.status, r.http_status) for r in records] == [
-            (sid, "sent", 404), (sid, "undelivered", 404)]  # the fake itself: no such route
+            (sid, "sent", 404),
+            (sid, "undelivered", 404),
+        ]  # the fake itself: no such route
         assert fake.callbacks(sid=sid) == records
         assert fake.outage()["requests"] == 0
 
 
 # -- documentation -----------------------------------------------------------------------------
 
-_TOPICS = ["--account-sid", "--auth-token", "--latency-ms", "+15005550001", "+15005550008",
-           "Retry-After", "20429", "outage", "StatusCallback", "X-Twilio-Signature", "30003",
-           "accept_drop", "PageToken"]
+_TOPICS = [
+    "--account-sid",
+    "--auth-token",
+    "--latency-ms",
+    "+15005550001",
+    "+15005550008",
+    "Retry-After",
+    "20429",
+    "outage",
+    "StatusCallback",
+    "X-Twilio-Signature",
+    "30003",
+    "accept_drop",
+    "PageToken",
+]
 
 
 def test_help_lists_every_control_route_and_option(capsys: pytest.CaptureFixture[str]) -> None:

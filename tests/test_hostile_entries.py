@@ -18,8 +18,14 @@ from tests.helpers import dead_letters, running_worker, stream_state, wait_until
 
 
 def _entry(to: str, body: str = "hello", **extra: str) -> dict[Any, Any]:
-    return {"v": "1", "id": str(uuid.uuid4()), "to": to, "body": body,
-            "created_at": clock.now_iso(), **extra}
+    return {
+        "v": "1",
+        "id": str(uuid.uuid4()),
+        "to": to,
+        "body": body,
+        "created_at": clock.now_iso(),
+        **extra,
+    }
 
 
 def _dead_size(dead: dict[str, str]) -> int:
@@ -27,7 +33,8 @@ def _dead_size(dead: dict[str, str]) -> int:
 
 
 async def test_an_entry_of_10000_fields_is_dead_lettered_not_lost(
-        settings: Settings, fake_twilio: Any) -> None:
+    settings: Settings, fake_twilio: Any
+) -> None:
     # Given an entry with 10,000 junk fields (no `v`: it does not parse) and one with 1 MB
     # values, and a valid one behind them
     client = redis.Redis.from_url(settings.redis_url)
@@ -49,7 +56,8 @@ async def test_an_entry_of_10000_fields_is_dead_lettered_not_lost(
 
 
 async def test_a_valid_entry_with_many_extra_fields_is_dead_lettered_after_21211(
-        settings: Settings, fake_twilio: Any) -> None:
+    settings: Settings, fake_twilio: Any
+) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     entry = _entry("+15005550001", "refused")  # Twilio's magic number for 21211
     entry.update({f"extra{i}": "z" * 100 for i in range(5_000)})
@@ -59,13 +67,18 @@ async def test_a_valid_entry_with_many_extra_fields_is_dead_lettered_after_21211
         await wait_until(lambda: stream_state(settings) == (0, 0), what="acknowledged")
     [dead] = dead_letters(settings)
     assert (dead["reason"], dead["id"], dead["to"], dead["body"]) == (
-        "permanent_error", entry["id"], "+15005550001", "refused")
+        "permanent_error",
+        entry["id"],
+        "+15005550001",
+        "refused",
+    )
     assert "21211" in dead["error"]
     assert dead["payload_truncated"] == "1" and dead["payload_fields"] == str(len(entry))
 
 
 async def test_an_entry_on_the_wrong_shard_is_moved_and_limited_on_its_own(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any) -> None:
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any
+) -> None:
     # Given 4 shards and a publisher that puts the same number on shards it does not hash to
     settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url, shards=4)
     phone = "+14155552672"  # crc32 2345989422: shard 2 (a signed CRC would say -2)
@@ -77,8 +90,10 @@ async def test_an_entry_on_the_wrong_shard_is_moved_and_limited_on_its_own(
         client.xadd(ShardKeys(namespace, shard).requests, _entry(phone, f"m{n}"))
     # When workers read every shard
     async with running_worker(settings):
-        await wait_until(lambda: len(fake_twilio.messages) + len(dead_letters(settings, right))
-                         == 8, what="all 8 settled")
+        await wait_until(
+            lambda: len(fake_twilio.messages) + len(dead_letters(settings, right)) == 8,
+            what="all 8 settled",
+        )
     # Then one window limits them all: 5 sent, 3 rate-limited, on the number's own shard
     assert len(fake_twilio.messages_to(phone)) == 5
     assert [d["reason"] for d in dead_letters(settings, right)] == ["rate_limited"] * 3
@@ -89,7 +104,8 @@ async def test_an_entry_on_the_wrong_shard_is_moved_and_limited_on_its_own(
 
 
 def test_status_reports_streams_no_worker_reads(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any) -> None:
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any
+) -> None:
     # Given entries a publisher put on shard -4 (a signed CRC) and on shard 7 of 4
     settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url, shards=4)
     client = redis.Redis.from_url(redis_url)
@@ -99,12 +115,15 @@ def test_status_reports_streams_no_worker_reads(
     # Then status names them, with their lengths
     report = collect_status(settings)
     assert {(u.key, u.length) for u in report.unread or []} == {
-        (f"{{{namespace}:-4}}:requests", 1), (f"{{{namespace}:7}}:requests", 2)}
+        (f"{{{namespace}:-4}}:requests", 1),
+        (f"{{{namespace}:7}}:requests", 2),
+    }
     assert "NOT READ BY ANY WORKER" in render_status(report)
 
 
 async def test_a_burst_worker_stops_when_the_streams_are_empty(
-        settings: Settings, fake_twilio: Any) -> None:
+    settings: Settings, fake_twilio: Any
+) -> None:
     from smsrelay.consumers.worker import Worker
     from smsrelay.producers.publish import Producer
 

@@ -23,18 +23,29 @@ pytestmark = pytest.mark.slow
 
 def start_worker(settings: Settings, log: Path, **env: str) -> subprocess.Popen[bytes]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SMSRELAY_", "TWILIO_"))}
-    base.update({
-        "SMSRELAY_REDIS_URL": settings.redis_url, "SMSRELAY_NAMESPACE": settings.namespace,
-        "SMSRELAY_TWILIO_BASE_URL": settings.twilio_base_url, "TWILIO_ACCOUNT_SID":
-        TEST_ACCOUNT_SID, "TWILIO_AUTH_TOKEN": TEST_AUTH_TOKEN, "SMSRELAY_TWILIO_FROM": TEST_FROM,
-        "SMSRELAY_METRICS_PORT": "0", "SMSRELAY_LOG_LEVEL": "info",
-        "SMSRELAY_CLAIM_IDLE_SECONDS": "1", "SMSRELAY_BACKOFF_BASE_SECONDS": "0.05",
-        "SMSRELAY_RATE_LIMIT_MAX": "1000",
-    })
+    base.update(
+        {
+            "SMSRELAY_REDIS_URL": settings.redis_url,
+            "SMSRELAY_NAMESPACE": settings.namespace,
+            "SMSRELAY_TWILIO_BASE_URL": settings.twilio_base_url,
+            "TWILIO_ACCOUNT_SID": TEST_ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": TEST_AUTH_TOKEN,
+            "SMSRELAY_TWILIO_FROM": TEST_FROM,
+            "SMSRELAY_METRICS_PORT": "0",
+            "SMSRELAY_LOG_LEVEL": "info",
+            "SMSRELAY_CLAIM_IDLE_SECONDS": "1",
+            "SMSRELAY_BACKOFF_BASE_SECONDS": "0.05",
+            "SMSRELAY_RATE_LIMIT_MAX": "1000",
+        }
+    )
     base.update(env)
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "smsrelay.cli", "worker", "--no-mirror"],
-                                env=base, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "smsrelay.cli", "worker", "--no-mirror"],
+            env=base,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> None:
@@ -47,14 +58,16 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 def publish_many(settings: Settings, count: int) -> list[str]:
     with Producer(settings) as producer:
-        results = [producer.publish(f"+1415555{1000 + i:04d}", f"message {i}")
-                   for i in range(count)]
+        results = [
+            producer.publish(f"+1415555{1000 + i:04d}", f"message {i}") for i in range(count)
+        ]
     assert {r.status for r in results} == {"queued"}
     return [str(r.message_id) for r in results]
 
 
 def test_sigterm_drains_in_flight_sends_and_exits_0(
-        settings: Settings, fake_twilio: Any, tmp_path: Path) -> None:
+    settings: Settings, fake_twilio: Any, tmp_path: Path
+) -> None:
     fake_twilio.set_latency(0.5)
     publish_many(settings, 40)
     worker = start_worker(settings, tmp_path / "worker.log", SMSRELAY_WORKER_CONCURRENCY="8")
@@ -82,8 +95,9 @@ def test_sigterm_drains_in_flight_sends_and_exits_0(
     assert "worker.draining" in (tmp_path / "worker.log").read_text()
 
 
-def test_sigkill_mid_send_loses_nothing(settings: Settings, fake_twilio: Any,
-                                        tmp_path: Path) -> None:
+def test_sigkill_mid_send_loses_nothing(
+    settings: Settings, fake_twilio: Any, tmp_path: Path
+) -> None:
     fake_twilio.set_latency(0.4)
     publish_many(settings, 60)
     victim = start_worker(settings, tmp_path / "victim.log", SMSRELAY_WORKER_CONCURRENCY="10")

@@ -30,8 +30,12 @@ def _entries(settings: Settings) -> list[dict[str, str]]:
 
 def test_publish_appends_a_v1_entry(settings: Settings) -> None:
     with Producer(settings) as producer:
-        result = producer.publish("+1 (415) 555-2671", "Hi John, we've received your booking",
-                                  kind="booking", meta={"booking": 42})
+        result = producer.publish(
+            "+1 (415) 555-2671",
+            "Hi John, we've received your booking",
+            kind="booking",
+            meta={"booking": 42},
+        )
     assert result.status == "queued"
     [entry] = _entries(settings)
     assert entry["v"] == "1"
@@ -53,16 +57,20 @@ def test_same_idempotency_key_is_a_duplicate(settings: Settings) -> None:
     assert len(_entries(settings)) == 2
 
 
-@pytest.mark.parametrize(("to", "body", "expected"), [
-    ("4155552671", "hi", "international format"),
-    ("+1415555", "hi", "to:"),
-    ("+18761234567", "hi", "not a valid phone number"),
-    ("+14155552671", "", "body:"),
-    ("+14155552671", "x" * 1601, "body:"),
-    ("not a number", "hi", "to:"),
-])
-def test_bad_input_is_rejected_with_a_clear_error(settings: Settings, to: str, body: str,
-                                                 expected: str) -> None:
+@pytest.mark.parametrize(
+    ("to", "body", "expected"),
+    [
+        ("4155552671", "hi", "international format"),
+        ("+1415555", "hi", "to:"),
+        ("+18761234567", "hi", "not a valid phone number"),
+        ("+14155552671", "", "body:"),
+        ("+14155552671", "x" * 1601, "body:"),
+        ("not a number", "hi", "to:"),
+    ],
+)
+def test_bad_input_is_rejected_with_a_clear_error(
+    settings: Settings, to: str, body: str, expected: str
+) -> None:
     with Producer(settings) as producer:
         result = producer.publish(to, body)
         assert result.status == "rejected"
@@ -74,7 +82,8 @@ def test_bad_input_is_rejected_with_a_clear_error(settings: Settings, to: str, b
 
 
 def test_redis_down_spools_quickly_then_a_later_producer_flushes(
-        redis_url: str, namespace: str, tmp_path: Path) -> None:
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
     down = make_settings(DOWN_URL, namespace, tmp_path, "http://127.0.0.1:9")
     started = time.monotonic()
     with Producer(down) as producer:
@@ -96,8 +105,9 @@ def test_redis_down_spools_quickly_then_a_later_producer_flushes(
     assert list((tmp_path / "spool").glob("*.json")) == []
 
 
-def test_spool_survives_the_producing_process(redis_url: str, namespace: str,
-                                              tmp_path: Path) -> None:
+def test_spool_survives_the_producing_process(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
     # Given a process that published while Redis was down, then exited
     code = (
         "from smsrelay import Producer\n"
@@ -105,10 +115,20 @@ def test_spool_survives_the_producing_process(redis_url: str, namespace: str,
         "r = p.publish('+14155552671', 'from a dead process')\n"
         "print(r.status, r.message_id)\n"
     )
-    env = {"SMSRELAY_REDIS_URL": DOWN_URL, "SMSRELAY_SPOOL_DIR": str(tmp_path / "spool"),
-           "SMSRELAY_NAMESPACE": namespace, "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=30, check=True).stdout.split()
+    env = {
+        "SMSRELAY_REDIS_URL": DOWN_URL,
+        "SMSRELAY_SPOOL_DIR": str(tmp_path / "spool"),
+        "SMSRELAY_NAMESPACE": namespace,
+        "PATH": "/usr/bin:/bin",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.split()
     assert out[0] == "spooled"
     # When a later process starts (its background flusher, or an explicit flush, publishes)
     up = make_settings(redis_url, namespace, tmp_path, "http://127.0.0.1:9")
@@ -124,7 +144,8 @@ def test_spool_survives_the_producing_process(redis_url: str, namespace: str,
 
 
 async def test_async_producer_queues_dedupes_and_spools(
-        settings: Settings, redis_url: str, namespace: str, tmp_path: Path) -> None:
+    settings: Settings, redis_url: str, namespace: str, tmp_path: Path
+) -> None:
     async with AsyncProducer(settings) as producer:
         first = await producer.publish("+14155552671", "async", idempotency_key="a1")
         again = await producer.publish("+14155552671", "async", idempotency_key="a1")
@@ -143,8 +164,9 @@ def test_publish_is_one_round_trip(settings: Settings, monkeypatch: pytest.Monke
     sent: list[str] = []
     real = redis.connection.Connection.send_packed_command
 
-    def counting(self: redis.connection.Connection, command: Any, check_health: bool = True
-                 ) -> None:
+    def counting(
+        self: redis.connection.Connection, command: Any, check_health: bool = True
+    ) -> None:
         sent.append(repr(command)[:40])
         real(self, command, check_health)  # type: ignore[no-untyped-call]
 
@@ -160,6 +182,7 @@ def test_threads_publish_on_connections_of_their_own(settings: Settings) -> None
     clients: dict[int, int] = {}
     results: list[str] = []
     with Producer(settings) as producer:
+
         def publish_some(n: int) -> None:
             for i in range(25):
                 results.append(producer.publish(f"+1415555{n:02d}{i:02d}", f"t{n}-{i}").status)
@@ -185,25 +208,34 @@ def test_a_forked_child_publishes_on_a_connection_of_its_own(settings: Settings)
         parent_connection = redis_connection_id(producer)
         pid = os.fork()
         if pid == 0:  # the child: exit 0 only if it published on another connection
-            ok = (producer.publish("+14155552672", "child").status == "queued"
-                  and redis_connection_id(producer) != parent_connection)
+            ok = (
+                producer.publish("+14155552672", "child").status == "queued"
+                and redis_connection_id(producer) != parent_connection
+            )
             os._exit(0 if ok else 1)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert producer.publish("+14155552673", "parent, after").status == "queued"
         assert redis_connection_id(producer) == parent_connection
     assert sorted(e["body"] for e in _entries(settings)) == [
-        "child", "parent, after", "parent, before the fork"]
+        "child",
+        "parent, after",
+        "parent, before the fork",
+    ]
 
 
-@pytest.mark.parametrize(("to", "body", "expected"), [
-    ("+1-800-FLOWERS", "hi", "to: phone number must be written in digits"),
-    ("+1 415 555 2671 ext. 5", "hi", "to: phone number extensions"),
-    ("+14155552671", "colour \x1b[31mred", "body: must not contain control characters"),
-    ("+14155552671", "nul\x00", "body: must not contain control characters"),
-])
+@pytest.mark.parametrize(
+    ("to", "body", "expected"),
+    [
+        ("+1-800-FLOWERS", "hi", "to: phone number must be written in digits"),
+        ("+1 415 555 2671 ext. 5", "hi", "to: phone number extensions"),
+        ("+14155552671", "colour \x1b[31mred", "body: must not contain control characters"),
+        ("+14155552671", "nul\x00", "body: must not contain control characters"),
+    ],
+)
 def test_letters_extensions_and_control_characters_are_rejected(
-        settings: Settings, to: str, body: str, expected: str) -> None:
+    settings: Settings, to: str, body: str, expected: str
+) -> None:
     with Producer(settings) as producer:
         result = producer.publish(to, body)
         assert (result.status, result.message_id) == ("rejected", None)
@@ -213,11 +245,13 @@ def test_letters_extensions_and_control_characters_are_rejected(
         kept = producer.publish("+1 (415) 555-2671", "line one\r\n\tline two")
     assert kept.status == "queued"
     assert [(e["to"], e["body"]) for e in _entries(settings)] == [
-        ("+14155552671", "line one\r\n\tline two")]
+        ("+14155552671", "line one\r\n\tline two")
+    ]
 
 
 def test_a_5_000_000_item_meta_is_rejected_before_anything_encodes_it(
-        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from smsrelay.schemas import meta as meta_module
 
     huge = {"ids": list(range(5_000_000))}

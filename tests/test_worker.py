@@ -26,16 +26,16 @@ def _publish(settings: Settings, *messages: tuple[str, str]) -> list[str]:
 
 async def test_messages_are_sent_acked_and_deleted(settings: Settings, fake_twilio: Any) -> None:
     # Given three published messages
-    ids = _publish(settings, ("+14155552671", "one"), ("+14155552672", "two"),
-                   ("+447911123456", "three"))
+    ids = _publish(
+        settings, ("+14155552671", "one"), ("+14155552672", "two"), ("+447911123456", "three")
+    )
     # When a worker runs
     async with running_worker(settings):
         await wait_until(lambda: len(fake_twilio.messages) == 3, what="3 sends")
         await wait_until(lambda: stream_state(settings) == (0, 0), what="empty stream")
     # Then each was sent once, with its body, and marked sent with Twilio's SID
     sent = {(m.to, m.body) for m in fake_twilio.messages}
-    assert sent == {("+14155552671", "one"), ("+14155552672", "two"),
-                    ("+447911123456", "three")}
+    assert sent == {("+14155552671", "one"), ("+14155552672", "two"), ("+447911123456", "three")}
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     sids = {m.sid for m in fake_twilio.messages}
     for message_id in ids:
@@ -57,14 +57,17 @@ async def test_rate_limit_dead_letters_the_sixth(settings: Settings, fake_twilio
 
 
 async def test_rate_limit_is_exact_across_three_workers(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any) -> None:
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             worker_concurrency=8, worker_batch_size=2)
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any
+) -> None:
+    settings = make_settings(
+        redis_url, namespace, tmp_path, fake_twilio.url, worker_concurrency=8, worker_batch_size=2
+    )
     phones = [f"+1415555{n:04d}" for n in range(100, 104)]
     _publish(settings, *[(phone, f"{phone}-{i}") for phone in phones for i in range(12)])
     async with running_worker(settings), running_worker(settings), running_worker(settings):
-        await wait_until(lambda: len(dead_letters(settings)) == 4 * 7, timeout=20,
-                         what="28 dead letters")
+        await wait_until(
+            lambda: len(dead_letters(settings)) == 4 * 7, timeout=20, what="28 dead letters"
+        )
         await wait_until(lambda: stream_state(settings) == (0, 0), what="drain")
     for phone in phones:
         assert len(fake_twilio.fake.messages_to(phone)) == 5, phone
@@ -72,9 +75,11 @@ async def test_rate_limit_is_exact_across_three_workers(
 
 
 async def test_transient_errors_retry_with_backoff(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any) -> None:
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             backoff_base_seconds=0.3, backoff_jitter=0)
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any
+) -> None:
+    settings = make_settings(
+        redis_url, namespace, tmp_path, fake_twilio.url, backoff_base_seconds=0.3, backoff_jitter=0
+    )
     phone = "+14155552680"
     fake_twilio.script(phone, [{"status": 503}, {"status": 429, "code": 20429}])
     _publish(settings, (phone, "try again"))
@@ -120,9 +125,11 @@ async def test_permanent_error_dead_letters_at_once(settings: Settings, fake_twi
 
 
 async def test_dropped_connection_and_timeout_are_retried(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any) -> None:
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             twilio_timeout_seconds=0.3)
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any
+) -> None:
+    settings = make_settings(
+        redis_url, namespace, tmp_path, fake_twilio.url, twilio_timeout_seconds=0.3
+    )
     phone = "+14155552682"
     fake_twilio.script(phone, ["drop", {"delay": 1.0}])
     _publish(settings, (phone, "eventually"))
@@ -133,19 +140,35 @@ async def test_dropped_connection_and_timeout_are_retried(
 
 
 async def test_malformed_entries_are_dead_lettered_and_the_worker_lives_on(
-        settings: Settings, fake_twilio: Any) -> None:
+    settings: Settings, fake_twilio: Any
+) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     stream = ShardKeys(settings.namespace).requests
     junk: list[dict[Any, Any]] = [
-        {"v": "1", "id": "not-a-uuid", "to": "+14155552671", "body": "x",
-         "created_at": "2026-01-01T00:00:00Z"},
+        {
+            "v": "1",
+            "id": "not-a-uuid",
+            "to": "+14155552671",
+            "body": "x",
+            "created_at": "2026-01-01T00:00:00Z",
+        },
         {"v": "1"},
         {"v": "2", "id": "c42b55dd-b849-4bbf-a4ce-5ccad843c8b1"},
-        {"v": "1", "id": "c42b55dd-b849-4bbf-a4ce-5ccad843c8b1", "to": "12345", "body": "x",
-         "created_at": "2026-01-01T00:00:00Z"},
+        {
+            "v": "1",
+            "id": "c42b55dd-b849-4bbf-a4ce-5ccad843c8b1",
+            "to": "12345",
+            "body": "x",
+            "created_at": "2026-01-01T00:00:00Z",
+        },
         {b"\xff\xfe": b"\x00\x9f binary"},
-        {"v": "1", "id": "c42b55dd-b849-4bbf-a4ce-5ccad843c8b2", "to": "+14155552671",
-         "body": "", "created_at": "yesterday"},
+        {
+            "v": "1",
+            "id": "c42b55dd-b849-4bbf-a4ce-5ccad843c8b2",
+            "to": "+14155552671",
+            "body": "",
+            "created_at": "yesterday",
+        },
     ]
     for fields in junk:
         client.xadd(stream, fields)
@@ -162,7 +185,8 @@ async def test_malformed_entries_are_dead_lettered_and_the_worker_lives_on(
 
 
 async def test_redelivered_message_already_sent_is_not_sent_again(
-        settings: Settings, fake_twilio: Any) -> None:
+    settings: Settings, fake_twilio: Any
+) -> None:
     # Given a message whose sent marker exists (a worker died after Twilio accepted it)
     [message_id] = _publish(settings, ("+14155552691", "once"))
     client = redis.Redis.from_url(settings.redis_url)
@@ -175,10 +199,17 @@ async def test_redelivered_message_already_sent_is_not_sent_again(
 
 
 async def test_defer_waits_for_the_window_instead_of_dead_lettering(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any) -> None:
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             on_rate_limit="defer", rate_limit_max=1,
-                             rate_limit_window_seconds=1)
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any
+) -> None:
+    settings = make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        fake_twilio.url,
+        on_rate_limit="defer",
+        rate_limit_max=1,
+        rate_limit_window_seconds=1,
+    )
     phone = "+14155552692"
     _publish(settings, (phone, "first"), (phone, "second"))
     started = time.monotonic()
@@ -189,12 +220,14 @@ async def test_defer_waits_for_the_window_instead_of_dead_lettering(
 
 
 async def test_poison_entry_is_dead_lettered_and_others_flow(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any) -> None:
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any
+) -> None:
     from smsrelay.consumers.providers.base import SendReceipt
     from smsrelay.consumers.providers.twilio import TwilioProvider
 
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             claim_idle_seconds=0.2, max_deliveries=3)
+    settings = make_settings(
+        redis_url, namespace, tmp_path, fake_twilio.url, claim_idle_seconds=0.2, max_deliveries=3
+    )
 
     class BuggyProvider:
         """Crashes (not a provider error: a bug) on one number, every time."""
@@ -220,10 +253,17 @@ async def test_poison_entry_is_dead_lettered_and_others_flow(
 
 
 async def test_slow_provider_is_not_taken_over(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any) -> None:
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any
+) -> None:
     # The send takes 4x the claim idle time; the owner keeps its claim fresh.
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             claim_idle_seconds=0.3, twilio_timeout_seconds=3)
+    settings = make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        fake_twilio.url,
+        claim_idle_seconds=0.3,
+        twilio_timeout_seconds=3,
+    )
     phone = "+14155552695"
     fake_twilio.script(phone, [{"delay": 1.2}])
     _publish(settings, (phone, "slow"))
@@ -240,8 +280,10 @@ async def test_a_crash_grants_no_extra_attempt(settings: Settings, fake_twilio: 
     # Given a message whose last allowed attempt started before its worker died
     [message_id] = _publish(settings, ("+14155552696", "third time"))
     client = redis.Redis.from_url(settings.redis_url)
-    client.hset(ShardKeys(settings.namespace).state(message_id),
-                mapping={"attempts": 3, "first_attempt_at": "2026-01-01T00:00:00.000Z"})
+    client.hset(
+        ShardKeys(settings.namespace).state(message_id),
+        mapping={"attempts": 3, "first_attempt_at": "2026-01-01T00:00:00.000Z"},
+    )
     # When it is delivered again
     async with running_worker(settings):
         await wait_until(lambda: len(dead_letters(settings)) == 1, what="dead letter")
@@ -254,9 +296,11 @@ async def test_a_crash_grants_no_extra_attempt(settings: Settings, fake_twilio: 
 
 
 async def test_a_scheduled_retry_survives_its_worker(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any) -> None:
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             backoff_base_seconds=1.0)
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any
+) -> None:
+    settings = make_settings(
+        redis_url, namespace, tmp_path, fake_twilio.url, backoff_base_seconds=1.0
+    )
     phone = "+14155552697"
     fake_twilio.script(phone, [{"status": 503}])
     _publish(settings, (phone, "later"))
@@ -282,9 +326,17 @@ async def test_a_read_batchs_decisions_equal_one_call_each(settings: Settings) -
         batch += [("2-0", "msg-0", "+14155550199"), ("1-0", "msg-0", "+14155550199")]
         decided = await batched.begin_many([BeginCall(0, Sender(e), m, p) for e, m, p in batch])
         # the same deliveries again one at a time, under other message ids and phone
-        again = [await single.begin(BeginCall(0, Sender(e.replace("1-", "3-").replace("2-", "4-")),
-                                              m.replace("msg", "other"), "+14155550198"))
-                 for e, m, _ in batch]
+        again = [
+            await single.begin(
+                BeginCall(
+                    0,
+                    Sender(e.replace("1-", "3-").replace("2-", "4-")),
+                    m.replace("msg", "other"),
+                    "+14155550198",
+                )
+            )
+            for e, m, _ in batch
+        ]
     finally:
         await client.aclose()
     verdicts = [d.verdict if d else None for d in decided]

@@ -55,9 +55,14 @@ def create_app(settings: Settings, *, failed_auth: FailedAuth | None = None) -> 
             app.state.unread = UnreadCache()
             yield
 
-    app = AdminApp(title="smsrelay admin", summary="Failed SMS records: list, retry, delete, "
-                   "replay; pipeline metrics.", version="1", lifespan=lifespan,
-                   docs_url=None, redoc_url=None)
+    app = AdminApp(
+        title="smsrelay admin",
+        summary="Failed SMS records: list, retry, delete, replay; pipeline metrics.",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware, credentials=credentials, failures=failed_auth)
     install_docs(app)
@@ -69,15 +74,28 @@ def create_app(settings: Settings, *, failed_auth: FailedAuth | None = None) -> 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Run until SIGTERM/SIGINT (uvicorn handles both and drains in-flight requests)."""
     app = create_app(settings)
-    log.info("admin.starting", host=host, port=port, namespace=settings.namespace,
-             database=where(settings.database_url))
+    log.info(
+        "admin.starting",
+        host=host,
+        port=port,
+        namespace=settings.namespace,
+        database=where(settings.database_url),
+    )
     # No access log: query strings carry phone numbers, and structlog masks only its own lines.
     # proxy_headers=False: uvicorn otherwise takes the client address from X-Forwarded-For
     # when the peer is 127.0.0.1, and a caller could then name a new address with each wrong
     # token, escaping the failed-authentication limit.
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                            server_header=False, proxy_headers=False, lifespan="on",
-                            timeout_graceful_shutdown=10)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
     if threading.current_thread() is threading.main_thread():
         # uvicorn re-raises SIGTERM once it has shut down gracefully; with a handler in place
         # the process then exits 0, like the worker, instead of dying of the signal.

@@ -46,8 +46,10 @@ class TokenTable:
 
     def __init__(self, credentials: Sequence[AdminCredential]) -> None:
         self._key = secrets.token_bytes(32)  # per process: the digests mean nothing elsewhere
-        self._entries = [(self._digest(c.token.get_secret_value().encode()),
-                          Identity(c.name, c.role)) for c in credentials]
+        self._entries = [
+            (self._digest(c.token.get_secret_value().encode()), Identity(c.name, c.role))
+            for c in credentials
+        ]
 
     def _digest(self, token: bytes) -> bytes:
         return hmac.new(self._key, token, hashlib.sha256).digest()
@@ -59,8 +61,9 @@ class TokenTable:
         # Digests all have one length, so a comparison's time tells nothing of the token's
         # length; and every token is compared, so the total tells nothing of which matched.
         matches = [hmac.compare_digest(candidate, expected) for expected, _ in self._entries]
-        return next((identity for ok, (_, identity) in zip(matches, self._entries, strict=True)
-                     if ok), None)
+        return next(
+            (identity for ok, (_, identity) in zip(matches, self._entries, strict=True) if ok), None
+        )
 
 
 def credential_length(header: bytes) -> int:
@@ -107,10 +110,16 @@ class FailedAuth:
     still refused after `max_failures` guesses.
     """
 
-    def __init__(self, *, max_failures: int = MAX_FAILURES, window_s: float = WINDOW_SECONDS,
-                 cooldown_s: float = COOLDOWN_SECONDS, log_period_s: float = LOG_PERIOD_SECONDS,
-                 max_clients: int = MAX_CLIENTS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        max_failures: int = MAX_FAILURES,
+        window_s: float = WINDOW_SECONDS,
+        cooldown_s: float = COOLDOWN_SECONDS,
+        log_period_s: float = LOG_PERIOD_SECONDS,
+        max_clients: int = MAX_CLIENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_failures = max_failures
         self.window_s = window_s
         self.cooldown_s = cooldown_s
@@ -151,14 +160,22 @@ class FailedAuth:
         client.failures += 1
         client.unlogged += 1
         if now - client.logged_at >= self.log_period_s:
-            log.warning("admin.auth_failed", client=key, failures=client.unlogged,
-                        token_length=credential_length,
-                        since_s=None if client.logged_at == -math.inf
-                        else round(now - client.logged_at))
+            log.warning(
+                "admin.auth_failed",
+                client=key,
+                failures=client.unlogged,
+                token_length=credential_length,
+                since_s=None if client.logged_at == -math.inf else round(now - client.logged_at),
+            )
             client.logged_at, client.unlogged = now, 0
         if not self.max_failures or client.failures < self.max_failures:
             return None
         client.blocked_until = now + self.cooldown_s
-        log.warning("admin.auth_blocked", client=key, failures=client.failures,
-                    window_s=self.window_s, retry_after_s=self.cooldown_s)
+        log.warning(
+            "admin.auth_blocked",
+            client=key,
+            failures=client.failures,
+            window_s=self.window_s,
+            retry_after_s=self.cooldown_s,
+        )
         return max(1, math.ceil(self.cooldown_s))

@@ -44,10 +44,12 @@ MAX_BODY_BYTES = 64 * 1024
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def error_response(status: int, message: str, headers: Mapping[str, str] | None = None,
-                   **extra: Any) -> JSONResponse:
-    return JSONResponse({"success": False, "error": message, **extra}, status_code=status,
-                        headers=headers)
+def error_response(
+    status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse(
+        {"success": False, "error": message, **extra}, status_code=status, headers=headers
+    )
 
 
 def domain_error_response(exc: SmsRelayError) -> JSONResponse:
@@ -58,9 +60,12 @@ def domain_error_response(exc: SmsRelayError) -> JSONResponse:
         return error_response(409, str(exc))
     if isinstance(exc, RateLimitedError):
         retry_after = max(1, math.ceil(exc.retry_after_s))
-        return error_response(429, f"rate limit exceeded for this phone; retry after "
-                                   f"{retry_after} s or retry with force",
-                              headers={"Retry-After": str(retry_after)}, retryAfter=retry_after)
+        return error_response(
+            429,
+            f"rate limit exceeded for this phone; retry after {retry_after} s or retry with force",
+            headers={"Retry-After": str(retry_after)},
+            retryAfter=retry_after,
+        )
     if isinstance(exc, ProviderError):
         return error_response(502, f"SMS provider failed: {exc}")
     if isinstance(exc, InvalidRequestError):
@@ -88,8 +93,9 @@ def describe_request_errors(errors: Sequence[Any]) -> str:
             loc = loc[1:]
         where = ".".join(loc) or "body"
         if kind == "missing":
-            parts.append("body: a JSON object is required" if where == "body"
-                         else f"{where}: required")
+            parts.append(
+                "body: a JSON object is required" if where == "body" else f"{where}: required"
+            )
         elif where == "body" and kind in ("model_attributes_type", "dict_type"):
             parts.append("body: must be a JSON object (Content-Type: application/json)")
         elif kind == "extra_forbidden":
@@ -98,8 +104,9 @@ def describe_request_errors(errors: Sequence[Any]) -> str:
             message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
             given = error.get("input")
             shown = repr(given) if isinstance(given, str | int | float | bool) else ""
-            parts.append(f"{where}: {message}" + (f" (got {shown})"
-                                                  if shown and len(shown) <= 40 else ""))
+            parts.append(
+                f"{where}: {message}" + (f" (got {shown})" if shown and len(shown) <= 40 else "")
+            )
     return "; ".join(parts) or "invalid request"
 
 
@@ -115,9 +122,14 @@ def allowed_methods(request: Request) -> str:
     """
     allowed = []
     for method in _METHODS:
-        probe: Scope = {"type": "http", "method": method, "path": request.scope["path"],
-                        "root_path": request.scope.get("root_path", ""), "headers": [],
-                        "query_string": b""}
+        probe: Scope = {
+            "type": "http",
+            "method": method,
+            "path": request.scope["path"],
+            "root_path": request.scope.get("root_path", ""),
+            "headers": [],
+            "query_string": b"",
+        }
         if any(route.matches(probe)[0] is Match.FULL for route in request.app.router.routes):
             allowed.append(method)
     return ", ".join(allowed)
@@ -136,8 +148,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"method {request.method} not allowed on {request.url.path}"
             allowed = allowed_methods(request)
             if allowed:
-                return error_response(405, message, headers={**(exc.headers or {}),
-                                                             "Allow": allowed})
+                return error_response(
+                    405, message, headers={**(exc.headers or {}), "Allow": allowed}
+                )
         else:
             message = str(exc.detail)
         return error_response(exc.status_code, message, headers=exc.headers)
@@ -165,9 +178,13 @@ class GuardMiddleware:
     `request.state.role` in a route.
     """
 
-    def __init__(self, app: ASGIApp, credentials: Sequence[AdminCredential],
-                 failures: FailedAuth | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        credentials: Sequence[AdminCredential],
+        failures: FailedAuth | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
         self.app = app
         self.tokens = TokenTable(credentials)
         self.failures = failures if failures is not None else FailedAuth()
@@ -192,11 +209,15 @@ class GuardMiddleware:
                 wait = self.failures.failed(key, credential_length(header))
                 if wait is not None:
                     return _too_many_failures(wait), scope
-            return error_response(401, "missing or invalid bearer token",
-                                  headers={"WWW-Authenticate": "Bearer"}), scope
+            return error_response(
+                401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+            ), scope
         if identity.role != "operator" and scope["method"] not in READ_METHODS:
-            return error_response(403, f"the token '{identity.name}' is a viewer's: it reads, "
-                                       f"and cannot {scope['method']} here"), scope
+            return error_response(
+                403,
+                f"the token '{identity.name}' is a viewer's: it reads, "
+                f"and cannot {scope['method']} here",
+            ), scope
         state = {**scope.get("state", {}), "actor": identity.name, "role": identity.role}
         return None, {**scope, "state": state}
 
@@ -213,7 +234,8 @@ class GuardMiddleware:
             body = await self._read_body(scope, receive)
             if body is None:
                 response = error_response(
-                    413, f"request body larger than {self.max_body_bytes // 1024} KiB")
+                    413, f"request body larger than {self.max_body_bytes // 1024} KiB"
+                )
                 await response(scope, receive, send)
                 return
             receive = _replay(body, receive)
@@ -245,9 +267,12 @@ class GuardMiddleware:
 
 
 def _too_many_failures(retry_after: int) -> JSONResponse:
-    return error_response(429, f"too many failed authentication attempts from this address; "
-                               f"retry after {retry_after} s",
-                          headers={"Retry-After": str(retry_after)}, retryAfter=retry_after)
+    return error_response(
+        429,
+        f"too many failed authentication attempts from this address; retry after {retry_after} s",
+        headers={"Retry-After": str(retry_after)},
+        retryAfter=retry_after,
+    )
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

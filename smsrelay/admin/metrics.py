@@ -55,45 +55,67 @@ class SnapshotCollector(Collector):
     def collect(self, snapshot: Snapshot | None = None) -> Iterable[Metric]:
         s = snapshot or self.snapshot
         for name, doc, values in (
-            ("smsrelay_stream_length", "Entries waiting in the request stream (the backlog).",
-             s.stream_length),
-            ("smsrelay_stream_pending", "Request entries delivered to workers and not yet "
-             "settled (in flight, or held by a dead worker until claimed).", s.stream_pending),
-            ("smsrelay_dead_letter_stream_length", "Entries in the dead-letter stream.",
-             s.dead_letter_length),
-            ("smsrelay_dead_letters_unmirrored", "Dead letters the mirror has not yet written "
-             "to Postgres (pending in its group, or not yet read).", s.unmirrored),
+            (
+                "smsrelay_stream_length",
+                "Entries waiting in the request stream (the backlog).",
+                s.stream_length,
+            ),
+            (
+                "smsrelay_stream_pending",
+                "Request entries delivered to workers and not yet "
+                "settled (in flight, or held by a dead worker until claimed).",
+                s.stream_pending,
+            ),
+            (
+                "smsrelay_dead_letter_stream_length",
+                "Entries in the dead-letter stream.",
+                s.dead_letter_length,
+            ),
+            (
+                "smsrelay_dead_letters_unmirrored",
+                "Dead letters the mirror has not yet written "
+                "to Postgres (pending in its group, or not yet read).",
+                s.unmirrored,
+            ),
         ):
             gauge = GaugeMetricFamily(name, doc, labels=["shard"])
             for shard, value in sorted(values.items()):
                 gauge.add_metric([str(shard)], value)
             yield gauge
-        unread = GaugeMetricFamily("smsrelay_unread_streams", "Request streams of the "
-                                   "namespace that no worker reads (a shard outside "
-                                   "0..SMSRELAY_SHARDS-1): their messages are never sent.")
+        unread = GaugeMetricFamily(
+            "smsrelay_unread_streams",
+            "Request streams of the "
+            "namespace that no worker reads (a shard outside "
+            "0..SMSRELAY_SHARDS-1): their messages are never sent.",
+        )
         if not s.errors["redis"]:  # (unknown, not zero, when Redis could not be read)
             unread.add_metric([], s.unread_streams)
         yield unread
-        records = GaugeMetricFamily("smsrelay_failed_sms_records",
-                                    "Rows of failed_sms, by status.", labels=["status"])
+        records = GaugeMetricFamily(
+            "smsrelay_failed_sms_records", "Rows of failed_sms, by status.", labels=["status"]
+        )
         for status, value in sorted(s.records.items()):
             records.add_metric([status], value)
         yield records
-        dead = CounterMetricFamily("smsrelay_dead_letters", "Messages dead-lettered, by "
-                                   "reason, counted in Redis over every worker and restart.",
-                                   labels=["reason"])
+        dead = CounterMetricFamily(
+            "smsrelay_dead_letters",
+            "Messages dead-lettered, by reason, counted in Redis over every worker and restart.",
+            labels=["reason"],
+        )
         for reason, value in sorted(s.dead_letters.items()):
             dead.add_metric([reason], value)
         yield dead
-        retries = CounterMetricFamily("smsrelay_admin_retries",
-                                      "Admin \"retry now\" requests, by outcome.",
-                                      labels=["outcome"])
+        retries = CounterMetricFamily(
+            "smsrelay_admin_retries", 'Admin "retry now" requests, by outcome.', labels=["outcome"]
+        )
         for outcome, value in sorted(s.admin_retries.items()):
             retries.add_metric([outcome], value)
         yield retries
-        errors = GaugeMetricFamily("smsrelay_scrape_error", "1 when this scrape could not "
-                                   "read the source; its metrics are missing.",
-                                   labels=["source"])
+        errors = GaugeMetricFamily(
+            "smsrelay_scrape_error",
+            "1 when this scrape could not read the source; its metrics are missing.",
+            labels=["source"],
+        )
         for source, failed in sorted(s.errors.items()):
             errors.add_metric([source], 1 if failed else 0)
         yield errors
@@ -109,8 +131,7 @@ def admin_metric_names() -> set[str]:
 
 async def gather(service: AdminService, unread: UnreadCache) -> Snapshot:
     snapshot = Snapshot()
-    await asyncio.gather(_read_redis(service, unread, snapshot),
-                         _read_postgres(service, snapshot))
+    await asyncio.gather(_read_redis(service, unread, snapshot), _read_postgres(service, snapshot))
     return snapshot
 
 
@@ -133,15 +154,19 @@ class UnreadCache:
             found = await stats.unread_streams(service.redis, service.settings)
             self._value, self._at = len(found), clock.monotonic()
             if found:
-                log.warning("metrics.unread_streams", streams=[u.key for u in found[:10]],
-                            entries=sum(u.length for u in found))
+                log.warning(
+                    "metrics.unread_streams",
+                    streams=[u.key for u in found[:10]],
+                    entries=sum(u.length for u in found),
+                )
         return self._value
 
 
 async def _read_redis(service: AdminService, unread: UnreadCache, s: Snapshot) -> None:
     try:
-        current = await stats.collect(service.redis, service.settings, consumers=False,
-                                      unread=False)
+        current = await stats.collect(
+            service.redis, service.settings, consumers=False, unread=False
+        )
         s.unread_streams = await unread.get(service)
     except Exception as exc:
         if not is_outage(exc):
@@ -156,8 +181,10 @@ async def _read_redis(service: AdminService, unread: UnreadCache, s: Snapshot) -
         s.stream_pending[shard.shard] = shard.pending
         s.dead_letter_length[shard.shard] = shard.dead_letters
         s.unmirrored[shard.shard] = shard.unmirrored
-        for target, counts in ((s.dead_letters, shard.dead_by_reason),
-                               (s.admin_retries, shard.admin_retries)):
+        for target, counts in (
+            (s.dead_letters, shard.dead_by_reason),
+            (s.admin_retries, shard.admin_retries),
+        ):
             for name, value in counts.items():
                 target[name] = target.get(name, 0) + value
 

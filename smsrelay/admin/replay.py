@@ -38,15 +38,23 @@ class ReplayPlan:
 
 def fields_from_record(record: FailedSmsRecord) -> dict[str, str]:
     """The request entry rebuilt from the row, when its dead-letter entry is gone (trimmed)."""
-    return {"v": SCHEMA_VERSION, "id": str(record.id), "to": record.phone,
-            "body": record.message, "created_at": clock.iso(record.created_at)}
+    return {
+        "v": SCHEMA_VERSION,
+        "id": str(record.id),
+        "to": record.phone,
+        "body": record.message,
+        "created_at": clock.iso(record.created_at),
+    }
 
 
 async def original_fields(queue: Queue, record: FailedSmsRecord) -> dict[str, str]:
     if record.dead_letter_id:
-        found = await queue.redis.xrange(queue.keys(record.shard).dead,
-                                         min=record.dead_letter_id,
-                                         max=record.dead_letter_id, count=1)
+        found = await queue.redis.xrange(
+            queue.keys(record.shard).dead,
+            min=record.dead_letter_id,
+            max=record.dead_letter_id,
+            count=1,
+        )
         if found:
             entry_id, raw = found[0]
             letter = DeadLetter.from_stream(text(entry_id), raw)
@@ -68,16 +76,22 @@ async def publish_one(queue: Queue, record: FailedSmsRecord) -> bool:
 async def wait_for_budget(queue: Queue) -> None:
     """Take one token of the namespace's replay budget, waiting for it as long as needed."""
     while True:
-        granted, wait_ms = await queue.take(queue.fleet.replay_budget,
-                                            queue.settings.replay_rate, REPLAY_BURST)
+        granted, wait_ms = await queue.take(
+            queue.fleet.replay_budget, queue.settings.replay_rate, REPLAY_BURST
+        )
         if granted:
             return
         await asyncio.sleep(max(wait_ms, 1) / 1000)
 
 
-async def publish_replay(queue: Queue, outages: Outages, records: Sequence[FailedSmsRecord],
-                         queued: set[uuid.UUID], stopping: asyncio.Event,
-                         progress: Callable[[int, int], None] | None = None) -> None:
+async def publish_replay(
+    queue: Queue,
+    outages: Outages,
+    records: Sequence[FailedSmsRecord],
+    queued: set[uuid.UUID],
+    stopping: asyncio.Event,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
     """Publish `records` in order, adding each id to `queued` once it is on the stream.
 
     A Redis outage pauses the replay (said once in the log); it resumes when Redis is back.

@@ -50,22 +50,33 @@ Service = Annotated[AdminService, Depends(get_service)]
 
 # The guard middleware checks the token and the role before any route runs; this scheme only
 # documents it in the OpenAPI description (so /docs has an "Authorize" button).
-bearer = HTTPBearer(auto_error=False, description=(
-    "SMSRELAY_ADMIN_TOKEN (the operator `admin`) or a token of SMSRELAY_ADMIN_TOKENS; a "
-    "viewer's token reads only (403 on every change). Too many failed attempts from one "
-    "address: 429 with Retry-After."))
+bearer = HTTPBearer(
+    auto_error=False,
+    description=(
+        "SMSRELAY_ADMIN_TOKEN (the operator `admin`) or a token of SMSRELAY_ADMIN_TOKENS; a "
+        "viewer's token reads only (403 on every change). Too many failed attempts from one "
+        "address: 429 with Retry-After."
+    ),
+)
 
 
 def _errors(*statuses: int, changes: bool = False) -> dict[int | str, dict[str, Any]]:
     """The error answers of an /api/ route: `changes` adds the viewer's 403."""
     described: dict[int | str, dict[str, Any]] = {
-        status: {"model": ErrorResponse} for status in (400, 401, 503, *statuses)}
+        status: {"model": ErrorResponse} for status in (400, 401, 503, *statuses)
+    }
     if changes:
-        described[403] = {"model": ErrorResponse,
-                          "description": "The token is a viewer's: it cannot change anything"}
+        described[403] = {
+            "model": ErrorResponse,
+            "description": "The token is a viewer's: it cannot change anything",
+        }
     # Any /api/ call: the failed-authentication limit; the retry: the phone's rate limit too.
-    described[429] = {"model": RateLimitedResponse, "headers": {
-        "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}}
+    described[429] = {
+        "model": RateLimitedResponse,
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+        },
+    }
     return described
 
 
@@ -80,42 +91,64 @@ async def list_failed_sms(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     status: RecordStatus | None = None,
     reason: DeadLetterReason | None = None,
-    phone: Annotated[str | None, Query(max_length=40, json_schema_extra={"pattern": PHONE_FILTER},
-                                       description="E.164, e.g. +14155552671"),
-                     AfterValidator(normalize_phone_filter)] = None,
+    phone: Annotated[
+        str | None,
+        Query(
+            max_length=40,
+            json_schema_extra={"pattern": PHONE_FILTER},
+            description="E.164, e.g. +14155552671",
+        ),
+        AfterValidator(normalize_phone_filter),
+    ] = None,
 ) -> ListResponse:
     """Failed SMS records, newest first."""
-    page = await service.list_records(limit=limit, offset=offset, status=status,
-                              reason=reason.value if reason else None, phone=phone)
+    page = await service.list_records(
+        limit=limit,
+        offset=offset,
+        status=status,
+        reason=reason.value if reason else None,
+        phone=phone,
+    )
     return ListResponse(
         data=[FailedSms.of(r) for r in page.records],
-        pagination=Pagination(total=page.total, limit=limit, offset=offset,
-                              has_more=page.has_more))
+        pagination=Pagination(total=page.total, limit=limit, offset=offset, has_more=page.has_more),
+    )
 
 
-@api.post("/retry-failed-sms", response_model=RetryResponse,
-          responses=_errors(404, 409, 502, changes=True))
+@api.post(
+    "/retry-failed-sms",
+    response_model=RetryResponse,
+    responses=_errors(404, 409, 502, changes=True),
+)
 async def retry_failed_sms(body: RetryRequest, service: Service) -> RetryResponse:
     """Send one now, through the rate limiter unless `force`."""
     result = await service.retry(body.id, force=body.force)
     return RetryResponse(message_sid=result.message_sid)
 
 
-@api.delete("/retry-failed-sms", response_model=DeleteResponse,
-            responses=_errors(404, changes=True))
-async def delete_failed_sms(id: Annotated[MessageId, Query()],  # the contract names it `id`
-                            service: Service) -> DeleteResponse:
+@api.delete(
+    "/retry-failed-sms", response_model=DeleteResponse, responses=_errors(404, changes=True)
+)
+async def delete_failed_sms(
+    id: Annotated[MessageId, Query()],  # the contract names it `id`
+    service: Service,
+) -> DeleteResponse:
     """Delete the record and its dead-letter stream entry."""
     await service.delete(id)
     return DeleteResponse()
 
 
-@api.post("/dead-letters/replay", status_code=202, response_model=ReplayResponse,
-          responses=_errors(changes=True))
+@api.post(
+    "/dead-letters/replay",
+    status_code=202,
+    response_model=ReplayResponse,
+    responses=_errors(changes=True),
+)
 async def replay_dead_letters(body: ReplayRequest, service: Service) -> ReplayResponse:
     """Put dead letters back on the request stream, at SMSRELAY_REPLAY_RATE per second."""
-    plan = await service.plan_replay(ids=body.ids, reason=body.reason,
-                                     limit=body.limit or DEFAULT_REPLAY_LIMIT)
+    plan = await service.plan_replay(
+        ids=body.ids, reason=body.reason, limit=body.limit or DEFAULT_REPLAY_LIMIT
+    )
     service.start_replay(plan)
     return ReplayResponse(queued=len(plan.records), skipped=plan.skipped)
 
@@ -134,8 +167,9 @@ async def readyz(service: Service) -> JSONResponse:
         await service.check_redis_writable()
     except Exception as exc:  # any failure means "not ready"; the cause is in the answer
         refusal = write_refusal(exc)
-        checks["redis"] = (f"refuses writes ({refusal})" if refusal
-                           else f"unavailable ({type(exc).__name__})")
+        checks["redis"] = (
+            f"refuses writes ({refusal})" if refusal else f"unavailable ({type(exc).__name__})"
+        )
     try:
         await service.db.ping()
     except StorageError:
@@ -145,8 +179,11 @@ async def readyz(service: Service) -> JSONResponse:
     return JSONResponse(body.model_dump(by_alias=True), status_code=200 if ready else 503)
 
 
-@ops.get("/metrics", response_class=PlainTextResponse,
-         responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}}})
+@ops.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}}},
+)
 async def prometheus_metrics(service: Service, request: Request) -> PlainTextResponse:
     """Prometheus text format, read from Redis and Postgres at scrape time."""
     snapshot = await metrics.gather(service, request.app.state.unread)

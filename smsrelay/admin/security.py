@@ -16,9 +16,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Swagger UI sets element styles from script (CSSOM), which style-src does not govern, and
 # its stylesheet embeds its icons as data: URLs.
-HTML_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; "
-               "img-src 'self' data:; connect-src 'self'; font-src 'self'; "
-               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+HTML_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; font-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 OTHER_POLICY = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 
@@ -31,7 +33,7 @@ def route_path(scope: Scope) -> str:
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     if root and path.startswith(root) and (path == root or path[len(root)] == "/"):
-        return path[len(root):]
+        return path[len(root) :]
     return path
 
 

@@ -83,16 +83,23 @@ Progress = Callable[[int, int], None]
 
 
 class AdminService:
-    def __init__(self, settings: Settings, redis: aioredis.Redis, db: Database,
-                 provider: Provider | None = None, sender_problem: str | None = None,
-                 outages: Outages | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: aioredis.Redis,
+        db: Database,
+        provider: Provider | None = None,
+        sender_problem: str | None = None,
+        outages: Outages | None = None,
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.db = db
         self.outages = outages or Outages()
         self.queue = Queue(settings, redis)
-        self._sender = (DirectSender(self.queue, settings, provider, self.outages)
-                        if provider else None)
+        self._sender = (
+            DirectSender(self.queue, settings, provider, self.outages) if provider else None
+        )
         self._sender_problem = sender_problem or "no SMS provider configured"
         self._replays: set[asyncio.Task[int]] = set()
         self._stopping = asyncio.Event()
@@ -106,13 +113,25 @@ class AdminService:
         await self.redis.set(self.queue.fleet.readiness_probe, "1", px=5000)
 
     # -- list ------------------------------------------------------------------------------
-    async def list_records(self, *, limit: int, offset: int,
-                           status: RecordStatus | None = None, reason: str | None = None,
-                           phone: str | None = None) -> RecordPage:
+    async def list_records(
+        self,
+        *,
+        limit: int,
+        offset: int,
+        status: RecordStatus | None = None,
+        reason: str | None = None,
+        phone: str | None = None,
+    ) -> RecordPage:
         async with self.db.connection() as conn:
-            return await failed_sms.list_records(conn, self.namespace, limit=limit,
-                                                 offset=offset, status=status, reason=reason,
-                                                 phone=phone)
+            return await failed_sms.list_records(
+                conn,
+                self.namespace,
+                limit=limit,
+                offset=offset,
+                status=status,
+                reason=reason,
+                phone=phone,
+            )
 
     async def get(self, message_id: uuid.UUID) -> FailedSmsRecord:
         async with self.db.connection() as conn:
@@ -121,14 +140,15 @@ class AdminService:
             raise NotFoundError(f"no failed SMS with id {message_id}")
         return record
 
-    async def _locked(self, conn: Connection, message_id: uuid.UUID,
-                      doing: str) -> FailedSmsRecord:
+    async def _locked(self, conn: Connection, message_id: uuid.UUID, doing: str) -> FailedSmsRecord:
         """The record under its row lock; ConflictError when another change holds it."""
         try:
             record = await failed_sms.lock_record(conn, self.namespace, message_id)
         except failed_sms.RecordBusy:
-            raise ConflictError(f"cannot {doing}: a retry of this message is in progress; "
-                                "its record shows the outcome soon") from None
+            raise ConflictError(
+                f"cannot {doing}: a retry of this message is in progress; "
+                "its record shows the outcome soon"
+            ) from None
         if record is None:
             raise NotFoundError(f"no failed SMS with id {message_id}")
         return record
@@ -152,18 +172,26 @@ class AdminService:
                 try:
                     with redis_errors():
                         result = await self._sender_or_fail().send(
-                            str(message_id), record.phone, record.message, force=force,
-                            resolves=record.dead_letter_id)
+                            str(message_id),
+                            record.phone,
+                            record.message,
+                            force=force,
+                            resolves=record.dead_letter_id,
+                        )
                 except ProviderError as exc:
                     outcome = "provider_error"
-                    log.warning("admin.retry_failed", message_id=str(message_id),
-                                to=record.phone, error=str(exc))
+                    log.warning(
+                        "admin.retry_failed",
+                        message_id=str(message_id),
+                        to=record.phone,
+                        error=str(exc),
+                    )
                     await failed_sms.record_retry_failure(conn, record.id, str(exc))
                     failure = exc
                 else:
-                    updated = await failed_sms.mark_resolved(conn, message_id,
-                                                             result.receipt.sid,
-                                                             sent_now=result.sent_now)
+                    updated = await failed_sms.mark_resolved(
+                        conn, message_id, result.receipt.sid, sent_now=result.sent_now
+                    )
                     outcome = "success"
                     self._log_sent(message_id, record, result, force)
                     return RetryResult(result.receipt.sid, result.sent_now, updated)
@@ -188,28 +216,40 @@ class AdminService:
         if record.status is not RecordStatus.FAILED:
             raise ConflictError(
                 f"already resolved (message SID {record.message_sid})"
-                if record.status is RecordStatus.RESOLVED else
-                "a replay of this message is queued; the record shows its outcome soon")
+                if record.status is RecordStatus.RESOLVED
+                else "a replay of this message is queued; the record shows its outcome soon"
+            )
         if record.reason == DeadLetterReason.INVALID_PAYLOAD.value:
-            raise ConflictError("an invalid_payload dead letter cannot be sent: its entry did "
-                                "not parse; fix the publisher, then delete the record")
+            raise ConflictError(
+                "an invalid_payload dead letter cannot be sent: its entry did "
+                "not parse; fix the publisher, then delete the record"
+            )
         try:
             MessageRequest(to=record.phone, body=record.message)
         except ValidationError as exc:
-            raise ConflictError(f"the message cannot be sent as stored "
-                                f"({describe_errors(exc)})") from None
+            raise ConflictError(
+                f"the message cannot be sent as stored ({describe_errors(exc)})"
+            ) from None
 
     @staticmethod
-    def _log_sent(message_id: uuid.UUID, record: FailedSmsRecord, result: DirectResult,
-                  force: bool) -> None:
-        log.info("admin.retry_sent", message_id=str(message_id), to=record.phone,
-                 sid=result.receipt.sid, forced=force, sent_now=result.sent_now)
+    def _log_sent(
+        message_id: uuid.UUID, record: FailedSmsRecord, result: DirectResult, force: bool
+    ) -> None:
+        log.info(
+            "admin.retry_sent",
+            message_id=str(message_id),
+            to=record.phone,
+            sid=result.receipt.sid,
+            forced=force,
+            sent_now=result.sent_now,
+        )
 
     async def _count_retry(self, outcome: str, phone: str | None) -> None:
         shard = shard_of(phone, self.settings.shards) if phone else 0
         with contextlib.suppress(aioredis.RedisError, OSError):
             await self.redis.hincrby(  # type: ignore[misc]  # redis-py types sync|async as one
-                self.queue.keys(shard).admin_retry_counts, outcome, 1)
+                self.queue.keys(shard).admin_retry_counts, outcome, 1
+            )
 
     # -- delete ----------------------------------------------------------------------------
     async def delete(self, message_id: uuid.UUID) -> FailedSmsRecord:
@@ -221,35 +261,50 @@ class AdminService:
         async with self.db.connection() as conn, conn.transaction():
             record = await self._locked(conn, message_id, "delete")
             if record.status is RecordStatus.REPLAYED:
-                raise ConflictError("cannot delete: a replay of this message is queued; its "
-                                    "record shows the outcome soon, delete it then")
+                raise ConflictError(
+                    "cannot delete: a replay of this message is queued; its "
+                    "record shows the outcome soon, delete it then"
+                )
             with redis_errors():
                 state_shard = shard_of(record.phone, self.settings.shards)
                 if await self.queue.sender_of(state_shard, str(message_id)):
                     raise ConflictError("cannot delete: this message is being sent right now")
                 await failed_sms.delete_record(conn, self.namespace, message_id)
                 if record.dead_letter_id:
-                    await self.redis.xdel(self.queue.keys(record.shard).dead,
-                                          record.dead_letter_id)
+                    await self.redis.xdel(self.queue.keys(record.shard).dead, record.dead_letter_id)
         log.info("admin.deleted", message_id=str(message_id), to=record.phone)
         return record
 
     # -- replay ----------------------------------------------------------------------------
-    async def plan_replay(self, *, ids: list[uuid.UUID] | None = None,
-                          reason: DeadLetterReason | None = None,
-                          limit: int = 100) -> ReplayPlan:
+    async def plan_replay(
+        self,
+        *,
+        ids: list[uuid.UUID] | None = None,
+        reason: DeadLetterReason | None = None,
+        limit: int = 100,
+    ) -> ReplayPlan:
         """Mark the chosen records `replayed`; `run_replay` then queues them."""
         if reason is DeadLetterReason.INVALID_PAYLOAD:
-            raise InvalidRequestError("invalid_payload dead letters cannot be replayed: their "
-                                      "entries do not parse; fix the publisher, then delete them")
+            raise InvalidRequestError(
+                "invalid_payload dead letters cannot be replayed: their "
+                "entries do not parse; fix the publisher, then delete them"
+            )
         unique = list(dict.fromkeys(ids)) if ids is not None else None
         async with self.db.connection() as conn:
             records = await failed_sms.mark_replayed(
-                conn, self.namespace, ids=unique, reason=reason.value if reason else None,
-                limit=len(unique) if unique is not None else limit)
+                conn,
+                self.namespace,
+                ids=unique,
+                reason=reason.value if reason else None,
+                limit=len(unique) if unique is not None else limit,
+            )
         skipped = len(unique) - len(records) if unique is not None else 0
-        log.info("admin.replay_planned", records=len(records), skipped=skipped,
-                 reason=reason.value if reason else None)
+        log.info(
+            "admin.replay_planned",
+            records=len(records),
+            skipped=skipped,
+            reason=reason.value if reason else None,
+        )
         return ReplayPlan(records, skipped)
 
     def start_replay(self, plan: ReplayPlan) -> None:
@@ -269,8 +324,9 @@ class AdminService:
         """
         queued: set[uuid.UUID] = set()
         try:
-            await publish_replay(self.queue, self.outages, plan.records, queued,
-                                 self._stopping, progress)
+            await publish_replay(
+                self.queue, self.outages, plan.records, queued, self._stopping, progress
+            )
         finally:
             left = [r.id for r in plan.records if r.id not in queued]
             if left:
@@ -293,8 +349,9 @@ class AdminService:
 
 
 @asynccontextmanager
-async def open_service(settings: Settings, *, pooled: bool = False, with_sender: bool = False,
-                       log_outages: bool = True) -> AsyncIterator[AdminService]:
+async def open_service(
+    settings: Settings, *, pooled: bool = False, with_sender: bool = False, log_outages: bool = True
+) -> AsyncIterator[AdminService]:
     """The service with its clients; `with_sender` builds the Twilio provider (needs a loop).
 
     The admin service pools its Postgres connections; a CLI command opens one per operation
@@ -311,8 +368,12 @@ async def open_service(settings: Settings, *, pooled: bool = False, with_sender:
             problem = str(exc)
     outages = Outages()
     client = admin_client(settings)
-    db = Database(settings.database_url, pooled=pooled, log_outages=log_outages,
-                  outage=outages.postgres if log_outages else None)
+    db = Database(
+        settings.database_url,
+        pooled=pooled,
+        log_outages=log_outages,
+        outage=outages.postgres if log_outages else None,
+    )
     service = AdminService(settings, client, db, provider, problem, outages)
     try:
         await db.open()

@@ -33,16 +33,24 @@ class DirectResult:
 
 
 class DirectSender:
-    def __init__(self, queue: Queue, settings: Settings, provider: Provider,
-                 outages: Outages) -> None:
+    def __init__(
+        self, queue: Queue, settings: Settings, provider: Provider, outages: Outages
+    ) -> None:
         self.queue = queue
         self.settings = settings
         self.provider = provider
         self.outages = outages
         self._lease_ms = int((settings.twilio_timeout_seconds + LEASE_MARGIN_S) * 1000)
 
-    async def send(self, message_id: str, phone: str, body: str, *, force: bool = False,
-                   resolves: str | None = None) -> DirectResult:
+    async def send(
+        self,
+        message_id: str,
+        phone: str,
+        body: str,
+        *,
+        force: bool = False,
+        resolves: str | None = None,
+    ) -> DirectResult:
         """Send once, as the message's sole sender. `resolves`: the failed_sms record's
         dead-letter id, carried in the outcome the mirror reads.
 
@@ -52,26 +60,39 @@ class DirectSender:
         shard = shard_of(phone, self.settings.shards)
         sender = Sender(f"direct:{secrets.token_hex(8)}", self._lease_ms)
         # An admin decides to try again: the worker's attempt cap does not apply (0).
-        decision = await self.queue.begin(BeginCall(shard, sender, message_id, phone,
-                                                    check_rate=not force, max_attempts=0))
+        decision = await self.queue.begin(
+            BeginCall(shard, sender, message_id, phone, check_rate=not force, max_attempts=0)
+        )
         if decision.verdict == "sent":
             return DirectResult(SendReceipt(sid=decision.sid), sent_now=False)
         if decision.verdict == "busy":
-            raise ConflictError("this message is being sent right now (a worker, a replay or "
-                                "another admin); its record shows the outcome soon")
+            raise ConflictError(
+                "this message is being sent right now (a worker, a replay or "
+                "another admin); its record shows the outcome soon"
+            )
         if decision.verdict == "limited":
             raise RateLimitedError(decision.wait_ms / 1000)
         try:
             receipt = await self.provider.send(phone, body, message_id=message_id)
         except ProviderError:
             # (DEL and ZREM free memory: their success does not prove that Redis takes writes)
-            await until_done(lambda: self.queue.release(shard, sender, message_id, phone),
-                             self.outages, wrote=lambda _: False)
+            await until_done(
+                lambda: self.queue.release(shard, sender, message_id, phone),
+                self.outages,
+                wrote=lambda _: False,
+            )
             raise
         # The provider has the message: the marker must be written whatever Redis does now,
         # or a later retry or replay would send it again (rule 4).
-        outcome = {"id": message_id, "status": "resolved", "message_sid": receipt.sid,
-                   "replay_of": resolves or "", "resolved_at": clock.now_iso()}
-        await until_done(lambda: self.queue.mark_sent(shard, None, message_id, receipt.sid,
-                                                      outcome), self.outages)
+        outcome = {
+            "id": message_id,
+            "status": "resolved",
+            "message_sid": receipt.sid,
+            "replay_of": resolves or "",
+            "resolved_at": clock.now_iso(),
+        }
+        await until_done(
+            lambda: self.queue.mark_sent(shard, None, message_id, receipt.sid, outcome),
+            self.outages,
+        )
         return DirectResult(receipt, sent_now=True)

@@ -26,35 +26,50 @@ _E2E_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300
 @dataclass
 class WorkerMetrics:
     registry: CollectorRegistry = field(
-        default_factory=lambda: CollectorRegistry(auto_describe=True))
+        default_factory=lambda: CollectorRegistry(auto_describe=True)
+    )
 
     def __post_init__(self) -> None:
         r = self.registry
         self.send_attempts = Counter(
-            "smsrelay_send_attempts", "Provider calls, by outcome.", ["outcome"], registry=r)
+            "smsrelay_send_attempts", "Provider calls, by outcome.", ["outcome"], registry=r
+        )
         for outcome in SEND_OUTCOMES:
             self.send_attempts.labels(outcome=outcome)
         self.messages_sent = Counter(
-            "smsrelay_messages_sent", "Messages the provider accepted.", registry=r)
+            "smsrelay_messages_sent", "Messages the provider accepted.", registry=r
+        )
         self.rate_limited = Counter(
             "smsrelay_messages_rate_limited",
             "Deliveries stopped by the per-phone rate limit (dead-lettered or deferred).",
-            registry=r)
+            registry=r,
+        )
         self.dead_lettered = Counter(
-            "smsrelay_messages_dead_lettered", "Messages this worker moved to the dead-letter "
-            "stream, by reason.", ["reason"], registry=r)
+            "smsrelay_messages_dead_lettered",
+            "Messages this worker moved to the dead-letter stream, by reason.",
+            ["reason"],
+            registry=r,
+        )
         for reason in DeadLetterReason:  # every series exists from the start, so rate() works
             self.dead_lettered.labels(reason=reason.value)
         self.send_duration = Histogram(
-            "smsrelay_send_duration_seconds", "Duration of one provider call.",
-            buckets=_SEND_BUCKETS, registry=r)
+            "smsrelay_send_duration_seconds",
+            "Duration of one provider call.",
+            buckets=_SEND_BUCKETS,
+            registry=r,
+        )
         self.end_to_end = Histogram(
-            "smsrelay_end_to_end_seconds", "From publish to the provider's acceptance.",
-            buckets=_E2E_BUCKETS, registry=r)
+            "smsrelay_end_to_end_seconds",
+            "From publish to the provider's acceptance.",
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        )
         self.redis_writes_refused = Gauge(
-            "smsrelay_redis_writes_refused", "1 while Redis refuses this worker's writes (OOM "
+            "smsrelay_redis_writes_refused",
+            "1 while Redis refuses this worker's writes (OOM "
             "with maxmemory reached, READONLY, MISCONF): nothing is sent meanwhile.",
-            registry=r)
+            registry=r,
+        )
 
     def watch(self, outages: Outages) -> None:
         """Report the outages this process notes, at scrape time."""

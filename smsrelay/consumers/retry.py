@@ -18,8 +18,12 @@ class RetryPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(settings.max_attempts, settings.backoff_base_seconds,
-                   settings.backoff_max_seconds, settings.backoff_jitter)
+        return cls(
+            settings.max_attempts,
+            settings.backoff_base_seconds,
+            settings.backoff_max_seconds,
+            settings.backoff_jitter,
+        )
 
     def delay_s(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """The wait after failed attempt number `attempt` (1-based) before the next one."""

@@ -44,9 +44,16 @@ def _default_provider(settings: Settings) -> Provider:
 
 
 class Worker:
-    def __init__(self, settings: Settings, *, provider_factory: ProviderFactory | None = None,
-                 metrics: WorkerMetrics | None = None, name: str | None = None,
-                 upkeep: Sequence[Upkeep] = (), outages: Outages | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        provider_factory: ProviderFactory | None = None,
+        metrics: WorkerMetrics | None = None,
+        name: str | None = None,
+        upkeep: Sequence[Upkeep] = (),
+        outages: Outages | None = None,
+    ) -> None:
         self.settings = settings
         self.name = name or consumer_name()
         self.metrics = metrics or WorkerMetrics()
@@ -83,16 +90,24 @@ class Worker:
         queue = Queue(s, clients.commands, clients.reader, consumer=self.name)
         provider = self._provider_factory(s)
         handler = MessageHandler(queue, provider, s, self.metrics, self.outages)
-        log.info("worker.started", consumer=self.name, shards=s.shards,
-                 concurrency=s.worker_concurrency, namespace=s.namespace, burst=burst)
+        log.info(
+            "worker.started",
+            consumer=self.name,
+            shards=s.shards,
+            concurrency=s.worker_concurrency,
+            namespace=s.namespace,
+            burst=burst,
+        )
         loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("claimer", lambda: self._claim_loop(queue, handler)),
             ("heartbeat", lambda: self._heartbeat_loop(queue)),
             ("mover", lambda: self._mover_loop(queue)),
         ]
         upkeep = [asyncio.create_task(self._guard(name, loop), name=name) for name, loop in loops]
-        upkeep += [asyncio.create_task(self._guard(f"upkeep-{i}", partial(u, self.stop_event)))
-                   for i, u in enumerate(self._upkeep)]
+        upkeep += [
+            asyncio.create_task(self._guard(f"upkeep-{i}", partial(u, self.stop_event)))
+            for i, u in enumerate(self._upkeep)
+        ]
         try:
             await self._read_loop(queue, handler, clients, burst)
         finally:
@@ -133,8 +148,9 @@ class Worker:
         return False
 
     # -- reading ---------------------------------------------------------------------------
-    async def _read_loop(self, queue: Queue, handler: MessageHandler, clients: WorkerClients,
-                         burst: bool) -> None:
+    async def _read_loop(
+        self, queue: Queue, handler: MessageHandler, clients: WorkerClients, burst: bool
+    ) -> None:
         ready = False
         backoff = 0.1
         block_ms = BURST_BLOCK_MS if burst else READ_BLOCK_MS
@@ -193,15 +209,17 @@ class Worker:
             self._holding.discard(delivery)
             self._slot_freed.set()
 
-    def _dispatch(self, handler: MessageHandler, delivery: Delivery,
-                  pending: PendingDecision | None = None) -> None:
+    def _dispatch(
+        self, handler: MessageHandler, delivery: Delivery, pending: PendingDecision | None = None
+    ) -> None:
         if delivery in self._inflight:
             return  # already being handled here (claimed back while still running)
         if delivery.deliveries > self.settings.max_deliveries:
             coro = handler.poison(delivery)
         else:
-            coro = handler.handle(delivery, release=partial(self._release, delivery),
-                                  pending=pending)
+            coro = handler.handle(
+                delivery, release=partial(self._release, delivery), pending=pending
+            )
         self._holding.add(delivery)
         self._inflight[delivery] = asyncio.create_task(self._run_one(coro, delivery))
 
@@ -217,8 +235,9 @@ class Worker:
             else:
                 # A bug or an unexpected reply: the entry stays pending and is delivered
                 # again later; after SMSRELAY_MAX_DELIVERIES it is dead-lettered as poison.
-                log.exception("sms.processing_failed", entry_id=delivery.entry_id,
-                              shard=delivery.shard)
+                log.exception(
+                    "sms.processing_failed", entry_id=delivery.entry_id, shard=delivery.shard
+                )
         finally:
             self._inflight.pop(delivery, None)
             self._holding.discard(delivery)
@@ -256,11 +275,14 @@ class Worker:
         if self.outages.redis_down:
             return True
         hold_s = self.settings.claim_idle_seconds + RETRY_MAX_DELAY_S
-        return any(o.ended_at is not None and clock.monotonic() - o.ended_at < hold_s
-                   for o in (self.outages.redis, self.outages.redis_writes))
+        return any(
+            o.ended_at is not None and clock.monotonic() - o.ended_at < hold_s
+            for o in (self.outages.redis, self.outages.redis_writes)
+        )
 
-    async def _claim_shard(self, queue: Queue, handler: MessageHandler, shard: int,
-                           min_idle_ms: int) -> None:
+    async def _claim_shard(
+        self, queue: Queue, handler: MessageHandler, shard: int, min_idle_ms: int
+    ) -> None:
         """Claim idle entries page by page until none is left or no slot is free."""
         cursor = "0-0"
         while (free := self._free_slots()) > 0 and not self.stop_event.is_set():
@@ -268,11 +290,19 @@ class Worker:
             if page.deleted:
                 # Their payloads were trimmed or deleted while pending: Redis dropped them
                 # from the PEL. Nothing can be sent; say so loudly.
-                log.error("worker.claimed_deleted_entries", shard=shard,
-                          count=len(page.deleted), entry_ids=page.deleted[:20])
+                log.error(
+                    "worker.claimed_deleted_entries",
+                    shard=shard,
+                    count=len(page.deleted),
+                    entry_ids=page.deleted[:20],
+                )
             for delivery in page.claimed:
-                log.info("worker.claimed", shard=shard, entry_id=delivery.entry_id,
-                         deliveries=delivery.deliveries)
+                log.info(
+                    "worker.claimed",
+                    shard=shard,
+                    entry_id=delivery.entry_id,
+                    deliveries=delivery.deliveries,
+                )
                 self._dispatch(handler, delivery)
             cursor = page.cursor
             if cursor == "0-0":
@@ -294,8 +324,9 @@ class Worker:
                 if moved:
                     log.debug("worker.delayed_moved", shard=keys.shard, moved=moved)
                 if unreadable:
-                    log.error("worker.delayed_payload_unreadable", shard=keys.shard,
-                              dropped=unreadable)
+                    log.error(
+                        "worker.delayed_payload_unreadable", shard=keys.shard, dropped=unreadable
+                    )
                 if next_ms >= 0:
                     wait_s = min(wait_s, next_ms / 1000)
             with contextlib.suppress(TimeoutError):

@@ -52,20 +52,32 @@ class _ProducerCore:
         self.settings = settings
         self.spool = Spool(settings.spool_dir)
 
-    def prepare(self, to: str, body: str, kind: str | None, idempotency_key: str | None,
-                meta: dict[str, Any] | None) -> dict[str, str] | PublishResult:
+    def prepare(
+        self,
+        to: str,
+        body: str,
+        kind: str | None,
+        idempotency_key: str | None,
+        meta: dict[str, Any] | None,
+    ) -> dict[str, str] | PublishResult:
         """The new entry's stream fields, or the rejection."""
         try:
-            request = MessageRequest(to=to, body=body, kind=kind,
-                                     idempotency_key=idempotency_key, meta=meta)
+            request = MessageRequest(
+                to=to, body=body, kind=kind, idempotency_key=idempotency_key, meta=meta
+            )
             return new_entry_fields(request)
         except ValidationError as exc:
             return PublishResult("rejected", error=describe_errors(exc))
 
-    def script_args(self, shard: int, fields: dict[str, str],
-                    idempotency_key: str | None) -> tuple[list[str], list[Any]]:
-        return publish_call(shard_keys(self.settings.namespace, shard), fields,
-                            idempotency_key, self.settings.idempotency_ttl_seconds)
+    def script_args(
+        self, shard: int, fields: dict[str, str], idempotency_key: str | None
+    ) -> tuple[list[str], list[Any]]:
+        return publish_call(
+            shard_keys(self.settings.namespace, shard),
+            fields,
+            idempotency_key,
+            self.settings.idempotency_ttl_seconds,
+        )
 
     def stream(self, shard: int) -> str:
         return shard_keys(self.settings.namespace, shard).requests
@@ -77,8 +89,7 @@ class _ProducerCore:
     def result_from_reply(reply: Any, kind: str | None) -> PublishResult:
         queued, message_id = int(reply[0]), text(reply[1])
         result = PublishResult("queued" if queued else "duplicate", message_id=message_id)
-        log.info("sms.published" if queued else "sms.duplicate", message_id=message_id,
-                 kind=kind)
+        log.info("sms.published" if queued else "sms.duplicate", message_id=message_id, kind=kind)
         return result
 
     def spool_write(self, fields: dict[str, str], shard: int, reason: str) -> PublishResult:
@@ -86,14 +97,25 @@ class _ProducerCore:
         try:
             self.spool.write(shard, fields, fields.get("idempotency_key"))
         except OSError as exc:
-            log.error("sms.publish_failed", message_id=message_id, redis_error=reason,
-                      spool_error=str(exc), spool_dir=str(self.spool.directory))
-            return PublishResult("rejected", message_id=message_id,
-                                 error=f"Redis unreachable ({reason}) and the spool at "
-                                       f"{self.spool.directory} is not writable ({exc})")
+            log.error(
+                "sms.publish_failed",
+                message_id=message_id,
+                redis_error=reason,
+                spool_error=str(exc),
+                spool_dir=str(self.spool.directory),
+            )
+            return PublishResult(
+                "rejected",
+                message_id=message_id,
+                error=f"Redis unreachable ({reason}) and the spool at "
+                f"{self.spool.directory} is not writable ({exc})",
+            )
         log.warning("sms.spooled", message_id=message_id, redis_error=reason)
-        return PublishResult("spooled", message_id=message_id,
-                             error=f"Redis unreachable, kept in the local spool: {reason}")
+        return PublishResult(
+            "spooled",
+            message_id=message_id,
+            error=f"Redis unreachable, kept in the local spool: {reason}",
+        )
 
     @staticmethod
     def finish(result: PublishResult, strict: bool) -> PublishResult:
@@ -159,9 +181,16 @@ class Producer:
     def from_env(cls) -> Producer:
         return cls(Settings.load())
 
-    def publish(self, to: str, body: str, *, kind: str | None = None,
-                idempotency_key: str | None = None, meta: dict[str, Any] | None = None,
-                strict: bool = False) -> PublishResult:
+    def publish(
+        self,
+        to: str,
+        body: str,
+        *,
+        kind: str | None = None,
+        idempotency_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+        strict: bool = False,
+    ) -> PublishResult:
         fields = self._core.prepare(to, body, kind, idempotency_key, meta)
         if isinstance(fields, PublishResult):
             return self._core.finish(fields, strict)
@@ -190,8 +219,9 @@ class Producer:
             with self._core.spool.claim(path) as request:
                 if request is None:
                     continue
-                keys, args = self._core.script_args(request.shard, request.fields,
-                                                    _flush_key(request))
+                keys, args = self._core.script_args(
+                    request.shard, request.fields, _flush_key(request)
+                )
                 self._scripts.publish(keys=keys, args=args, client=self._clients.get())
                 self._core.spool.done(request)
                 published += 1
@@ -207,8 +237,9 @@ class Producer:
         with self._flusher_lock:
             if self._flusher is not None and self._flusher.is_alive():
                 return
-            self._flusher = threading.Thread(target=self._flush_loop, name="smsrelay-spool",
-                                             daemon=True)
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="smsrelay-spool", daemon=True
+            )
             self._flusher.start()
 
     def _flush_loop(self) -> None:
@@ -248,9 +279,16 @@ class AsyncProducer:
     def from_env(cls) -> AsyncProducer:
         return cls(Settings.load())
 
-    async def publish(self, to: str, body: str, *, kind: str | None = None,
-                      idempotency_key: str | None = None, meta: dict[str, Any] | None = None,
-                      strict: bool = False) -> PublishResult:
+    async def publish(
+        self,
+        to: str,
+        body: str,
+        *,
+        kind: str | None = None,
+        idempotency_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+        strict: bool = False,
+    ) -> PublishResult:
         fields = self._core.prepare(to, body, kind, idempotency_key, meta)
         if isinstance(fields, PublishResult):
             return self._core.finish(fields, strict)
@@ -265,8 +303,7 @@ class AsyncProducer:
                     keys, args = self._core.script_args(shard, fields, idempotency_key)
                     reply = await self._scripts.publish(keys=keys, args=args)
         except (redis.RedisError, TimeoutError, OSError) as exc:
-            result = await asyncio.to_thread(self._core.spool_write, fields, shard,
-                                             _describe(exc))
+            result = await asyncio.to_thread(self._core.spool_write, fields, shard, _describe(exc))
             if result.status == "spooled":
                 self._start_flusher()
             return self._core.finish(result, strict)
@@ -278,8 +315,9 @@ class AsyncProducer:
             with self._core.spool.claim(path) as request:
                 if request is None:
                     continue
-                keys, args = self._core.script_args(request.shard, request.fields,
-                                                    _flush_key(request))
+                keys, args = self._core.script_args(
+                    request.shard, request.fields, _flush_key(request)
+                )
                 async with asyncio.timeout(self.settings.publish_timeout_seconds * 2):
                     await self._scripts.publish(keys=keys, args=args)
                 self._core.spool.done(request)

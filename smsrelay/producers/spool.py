@@ -39,8 +39,9 @@ class Spool:
         name = f"{time.time_ns():020d}-{fields['id']}.json"
         final = self.directory / name
         temp = self.directory / f".{name}.tmp"
-        payload = json.dumps({"shard": shard, "fields": fields,
-                              "idempotency_key": idempotency_key}).encode()
+        payload = json.dumps(
+            {"shard": shard, "fields": fields, "idempotency_key": idempotency_key}
+        ).encode()
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, payload)
@@ -92,9 +93,12 @@ class Spool:
     def _read(path: Path, fd: int) -> SpooledRequest | None:
         try:
             data: dict[str, Any] = json.loads(os.read(fd, 1 << 20))
-            return SpooledRequest(path=path, shard=int(data["shard"]),
-                                  fields={str(k): str(v) for k, v in data["fields"].items()},
-                                  idempotency_key=data.get("idempotency_key"))
+            return SpooledRequest(
+                path=path,
+                shard=int(data["shard"]),
+                fields={str(k): str(v) for k, v in data["fields"].items()},
+                idempotency_key=data.get("idempotency_key"),
+            )
         except (ValueError, KeyError, TypeError):
             # A corrupt file is kept aside for a human instead of being retried forever.
             with contextlib.suppress(OSError):

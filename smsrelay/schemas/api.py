@@ -32,8 +32,9 @@ MAX_OFFSET = 2**31 - 1
 MAX_REPLAY_IDS = 1000
 MAX_REPLAY_LIMIT = 10_000
 DEFAULT_REPLAY_LIMIT = 100
-REPLAYABLE_REASONS = [r.value for r in DeadLetterReason
-                      if r is not DeadLetterReason.INVALID_PAYLOAD]
+REPLAYABLE_REASONS = [
+    r.value for r in DeadLetterReason if r is not DeadLetterReason.INVALID_PAYLOAD
+]
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
 
@@ -60,10 +61,14 @@ def normalize_phone_filter(value: str | None) -> str | None:
     return phone
 
 
-MessageId = Annotated[uuid.UUID, BeforeValidator(_parse_uuid),
-                      WithJsonSchema({"type": "string", "format": "uuid"})]
-IsoTime = Annotated[datetime, PlainSerializer(clock.iso, return_type=str),
-                    WithJsonSchema({"type": "string", "format": "date-time"})]
+MessageId = Annotated[
+    uuid.UUID, BeforeValidator(_parse_uuid), WithJsonSchema({"type": "string", "format": "uuid"})
+]
+IsoTime = Annotated[
+    datetime,
+    PlainSerializer(clock.iso, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
 
 
 class ApiModel(BaseModel):
@@ -123,22 +128,41 @@ class DeleteResponse(ApiModel):
 class ReplayRequest(BaseModel):
     """Either `ids`, or `reason` with an optional `limit` (oldest first)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
-        {"required": ["ids"], "not": {"anyOf": [{"required": ["reason"]},
-                                                {"required": ["limit"]}]}},
-        {"required": ["reason"], "not": {"required": ["ids"]}},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["ids"],
+                    "not": {"anyOf": [{"required": ["reason"]}, {"required": ["limit"]}]},
+                },
+                {"required": ["reason"], "not": {"required": ["ids"]}},
+            ]
+        },
+    )
 
     # None means "left out": a JSON null is refused, so the documented schemas (which do not
     # allow null) are the truth.
-    ids: Annotated[list[MessageId] | None, Field(min_length=1, max_length=MAX_REPLAY_IDS),
-                   WithJsonSchema({"type": "array", "items": {"type": "string",
-                                                              "format": "uuid"},
-                                   "minItems": 1, "maxItems": MAX_REPLAY_IDS})] = None
-    reason: Annotated[DeadLetterReason | None, WithJsonSchema(
-        {"type": "string", "enum": REPLAYABLE_REASONS})] = None
-    limit: Annotated[int | None, Field(ge=1, le=MAX_REPLAY_LIMIT), WithJsonSchema(
-        {"type": "integer", "minimum": 1, "maximum": MAX_REPLAY_LIMIT})] = None
+    ids: Annotated[
+        list[MessageId] | None,
+        Field(min_length=1, max_length=MAX_REPLAY_IDS),
+        WithJsonSchema(
+            {
+                "type": "array",
+                "items": {"type": "string", "format": "uuid"},
+                "minItems": 1,
+                "maxItems": MAX_REPLAY_IDS,
+            }
+        ),
+    ] = None
+    reason: Annotated[
+        DeadLetterReason | None, WithJsonSchema({"type": "string", "enum": REPLAYABLE_REASONS})
+    ] = None
+    limit: Annotated[
+        int | None,
+        Field(ge=1, le=MAX_REPLAY_LIMIT),
+        WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_REPLAY_LIMIT}),
+    ] = None
 
     @field_validator("ids", "reason", "limit", mode="before")
     @classmethod
@@ -146,8 +170,10 @@ class ReplayRequest(BaseModel):
         if value is None:
             raise ValueError("must not be null (leave it out instead)")
         if value == DeadLetterReason.INVALID_PAYLOAD.value:
-            raise ValueError("invalid_payload dead letters cannot be replayed: their entries "
-                             "do not parse; fix the publisher, then delete them")
+            raise ValueError(
+                "invalid_payload dead letters cannot be replayed: their entries "
+                "do not parse; fix the publisher, then delete them"
+            )
         return value
 
     @field_validator("limit", mode="before")
@@ -189,9 +215,11 @@ class ErrorResponse(ApiModel):
 
 
 class RateLimitedResponse(ErrorResponse):
-    retry_after: int = Field(description="Seconds to wait: until the phone's rate-limit window "
-                                         "reopens (retry), or until this client may authenticate "
-                                         "again after too many failures")
+    retry_after: int = Field(
+        description="Seconds to wait: until the phone's rate-limit window "
+        "reopens (retry), or until this client may authenticate "
+        "again after too many failures"
+    )
 
 
 class HealthResponse(ApiModel):

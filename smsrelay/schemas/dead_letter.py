@@ -22,9 +22,18 @@ class DeadLetterReason(StrEnum):
 # Fields the worker adds to the original entry's fields. An original field of the same name
 # (possible only in a malformed entry) is kept under `orig.<name>`. The `payload_*` fields say
 # that the entry was larger than a dead letter keeps (streams.wire.dead_letter_fields).
-DEAD_LETTER_FIELDS = ("reason", "error", "attempts", "first_attempt_at", "last_attempt_at",
-                      "dead_lettered_at", "source_entry_id", "payload_truncated",
-                      "payload_bytes", "payload_fields")
+DEAD_LETTER_FIELDS = (
+    "reason",
+    "error",
+    "attempts",
+    "first_attempt_at",
+    "last_attempt_at",
+    "dead_lettered_at",
+    "source_entry_id",
+    "payload_truncated",
+    "payload_bytes",
+    "payload_fields",
+)
 
 # Message ids of malformed entries are derived from the stream entry id, so mirroring the
 # same dead letter twice still lands on one row.
@@ -50,14 +59,16 @@ class DeadLetter(BaseModel):
     fields: dict[str, str]
 
     @classmethod
-    def from_stream(cls, stream_id: str,
-                    raw: Mapping[bytes, bytes] | Mapping[str, str]) -> DeadLetter:
+    def from_stream(
+        cls, stream_id: str, raw: Mapping[bytes, bytes] | Mapping[str, str]
+    ) -> DeadLetter:
         try:
             fields = decode_fields(raw)
         except ValueError:
             fields = {
-                (k.decode(errors="replace") if isinstance(k, bytes) else k):
-                (v.decode(errors="replace") if isinstance(v, bytes) else v)
+                (k.decode(errors="replace") if isinstance(k, bytes) else k): (
+                    v.decode(errors="replace") if isinstance(v, bytes) else v
+                )
                 for k, v in raw.items()
             }
         message_id = fields.get("id", "")
@@ -69,24 +80,35 @@ class DeadLetter(BaseModel):
             attempts = max(0, int(fields.get("attempts", "0")))
         except ValueError:
             attempts = 0
-        return cls(stream_id=stream_id, message_id=message_id, phone=fields.get("to", ""),
-                   message=fields.get("body", ""),
-                   reason=fields.get("reason", DeadLetterReason.INVALID_PAYLOAD.value),
-                   error=fields.get("error", ""), attempts=attempts,
-                   first_attempt_at=fields.get("first_attempt_at") or None,
-                   last_attempt_at=fields.get("last_attempt_at") or None,
-                   dead_lettered_at=fields.get("dead_lettered_at") or None,
-                   created_at=fields.get("created_at") or None, fields=fields)
+        return cls(
+            stream_id=stream_id,
+            message_id=message_id,
+            phone=fields.get("to", ""),
+            message=fields.get("body", ""),
+            reason=fields.get("reason", DeadLetterReason.INVALID_PAYLOAD.value),
+            error=fields.get("error", ""),
+            attempts=attempts,
+            first_attempt_at=fields.get("first_attempt_at") or None,
+            last_attempt_at=fields.get("last_attempt_at") or None,
+            dead_lettered_at=fields.get("dead_lettered_at") or None,
+            created_at=fields.get("created_at") or None,
+            fields=fields,
+        )
 
     @property
     def truncation_note(self) -> str | None:
         """`payload cut: 1048576 bytes in 10000 fields` when the entry was cut, else None."""
         if self.fields.get("payload_truncated") != "1":
             return None
-        return (f"payload cut to 16 KiB: {self.fields.get('payload_bytes', '?')} bytes in "
-                f"{self.fields.get('payload_fields', '?')} fields")
+        return (
+            f"payload cut to 16 KiB: {self.fields.get('payload_bytes', '?')} bytes in "
+            f"{self.fields.get('payload_fields', '?')} fields"
+        )
 
     def original_fields(self) -> dict[str, str]:
         """The request entry as it was published (for a replay)."""
-        return {k: v for k, v in self.fields.items()
-                if k not in DEAD_LETTER_FIELDS and not k.startswith("orig.")}
+        return {
+            k: v
+            for k, v in self.fields.items()
+            if k not in DEAD_LETTER_FIELDS and not k.startswith("orig.")
+        }

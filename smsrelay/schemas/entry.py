@@ -52,34 +52,60 @@ _LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 def _check_body(value: str) -> str:
     found = _BODY_CONTROL.search(value)
     if found is not None:
-        raise ValueError(f"must not contain control characters (U+{ord(found.group()):04X} at "
-                         f"character {found.start()}): remove them; newlines and tabs are "
-                         "allowed")
+        raise ValueError(
+            f"must not contain control characters (U+{ord(found.group()):04X} at "
+            f"character {found.start()}): remove them; newlines and tabs are "
+            "allowed"
+        )
     return value
 
 
 # A caller's number, as people write it: checked and normalised to E.164 by libphonenumber
 # (with a clearer error than a regex mismatch).
-Phone = Annotated[str, Field(min_length=2, max_length=32,
-                             description="Phone number in international format, e.g. "
-                                         "+14155552671 or +1 (415) 555-2671"),
-                  AfterValidator(normalize_e164)]
+Phone = Annotated[
+    str,
+    Field(
+        min_length=2,
+        max_length=32,
+        description="Phone number in international format, e.g. +14155552671 or +1 (415) 555-2671",
+    ),
+    AfterValidator(normalize_e164),
+]
 # The wire's number: plain E.164 exactly, as the producer writes it, and valid. The pattern
 # is published in the JSON Schema for other languages; the validator says what is wrong.
-E164 = Annotated[str, Field(description="Plain E.164 phone number ('+' and 7-15 digits, "
-                                        "nothing else), valid per libphonenumber, e.g. "
-                                        "+14155552671",
-                            json_schema_extra={"pattern": WIRE_E164_PATTERN}),
-                 AfterValidator(check_plain_e164)]
-Body = Annotated[str, Field(min_length=1, max_length=MAX_BODY_CHARS,
-                            description="The text to send, 1-1600 characters; no control "
-                                        "characters but tab, line feed and carriage return",
-                            json_schema_extra={"pattern": BODY_PATTERN}),
-                 AfterValidator(_check_body)]
-Kind = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
-                            description="What the message is about, for logs and metrics")]
-IdempotencyKey = Annotated[str, Field(min_length=1, max_length=200,
-                                      description="Same key within 24 h: no second SMS")]
+E164 = Annotated[
+    str,
+    Field(
+        description="Plain E.164 phone number ('+' and 7-15 digits, "
+        "nothing else), valid per libphonenumber, e.g. "
+        "+14155552671",
+        json_schema_extra={"pattern": WIRE_E164_PATTERN},
+    ),
+    AfterValidator(check_plain_e164),
+]
+Body = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_BODY_CHARS,
+        description="The text to send, 1-1600 characters; no control "
+        "characters but tab, line feed and carriage return",
+        json_schema_extra={"pattern": BODY_PATTERN},
+    ),
+    AfterValidator(_check_body),
+]
+Kind = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="What the message is about, for logs and metrics",
+    ),
+]
+IdempotencyKey = Annotated[
+    str, Field(min_length=1, max_length=200, description="Same key within 24 h: no second SMS")
+]
 Meta = Annotated[dict[str, Any], BeforeValidator(bound_meta), AfterValidator(check_meta)]
 
 
@@ -106,8 +132,9 @@ class MessageRequest(BaseModel):
 class RequestEntry(BaseModel):
     """One entry of `{ns:shard}:requests`, as parsed from (and written to) the stream."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True,
-                              json_schema_extra={"additionalProperties": {"type": "string"}})
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, json_schema_extra={"additionalProperties": {"type": "string"}}
+    )
 
     v: Literal["1"] = Field(description="Schema version")
     id: uuid.UUID = Field(description="Message id (UUID), assigned at publish")
@@ -117,16 +144,25 @@ class RequestEntry(BaseModel):
     kind: Kind | None = None
     idempotency_key: IdempotencyKey | None = None
     meta: Json[Meta] | None = Field(
-        None, description=f"A JSON object, encoded as a string: at most {MAX_META_BYTES} "
-                          f"bytes as compact JSON, nested at most {MAX_META_DEPTH} levels")
+        None,
+        description=f"A JSON object, encoded as a string: at most {MAX_META_BYTES} "
+        f"bytes as compact JSON, nested at most {MAX_META_DEPTH} levels",
+    )
 
     @property
     def message_id(self) -> str:
         return str(self.id)
 
     def to_fields(self) -> dict[str, str]:
-        return wire_fields(str(self.id), self.to, self.body, clock.iso(self.created_at),
-                           self.kind, self.idempotency_key, self.meta)
+        return wire_fields(
+            str(self.id),
+            self.to,
+            self.body,
+            clock.iso(self.created_at),
+            self.kind,
+            self.idempotency_key,
+            self.meta,
+        )
 
 
 def new_entry_fields(request: MessageRequest) -> dict[str, str]:
@@ -135,14 +171,33 @@ def new_entry_fields(request: MessageRequest) -> dict[str, str]:
     A publish builds these directly; a RequestEntry built for it would validate the same
     values a second time (the phone number above all) or, unvalidated, still cost 10 µs.
     """
-    return wire_fields(str(uuid.uuid4()), request.to, request.body, clock.now_iso(),
-                       request.kind, request.idempotency_key, request.meta)
+    return wire_fields(
+        str(uuid.uuid4()),
+        request.to,
+        request.body,
+        clock.now_iso(),
+        request.kind,
+        request.idempotency_key,
+        request.meta,
+    )
 
 
-def wire_fields(message_id: str, to: str, body: str, created_at: str, kind: str | None,
-                idempotency_key: str | None, meta: dict[str, Any] | None) -> dict[str, str]:
-    fields = {"v": SCHEMA_VERSION, "id": message_id, "to": to, "body": body,
-              "created_at": created_at}
+def wire_fields(
+    message_id: str,
+    to: str,
+    body: str,
+    created_at: str,
+    kind: str | None,
+    idempotency_key: str | None,
+    meta: dict[str, Any] | None,
+) -> dict[str, str]:
+    fields = {
+        "v": SCHEMA_VERSION,
+        "id": message_id,
+        "to": to,
+        "body": body,
+        "created_at": created_at,
+    }
     if kind is not None:
         fields["kind"] = kind
     if idempotency_key is not None:
@@ -172,8 +227,11 @@ def parse_entry(raw: Mapping[bytes, bytes] | Mapping[str, str]) -> RequestEntry:
     fields = decode_fields(raw)
     version = fields.get("v")
     if version != SCHEMA_VERSION:
-        raise InvalidEntry(f"unknown schema version v={version!r} (this worker reads v=1)"
-                           if version is not None else "missing field 'v' (schema version)")
+        raise InvalidEntry(
+            f"unknown schema version v={version!r} (this worker reads v=1)"
+            if version is not None
+            else "missing field 'v' (schema version)"
+        )
     try:
         return RequestEntry.model_validate(fields)
     except ValidationError as exc:
@@ -199,6 +257,8 @@ def entry_json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://smsrelay.dev/schemas/request-entry-v1.json"
     schema["title"] = "smsrelay request stream entry, v1"
-    schema["description"] = ("Flat string fields of one entry of {<namespace>:<shard>}:requests. "
-                             "XADD them as field/value pairs.")
+    schema["description"] = (
+        "Flat string fields of one entry of {<namespace>:<shard>}:requests. "
+        "XADD them as field/value pairs."
+    )
     return schema

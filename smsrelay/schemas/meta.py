@@ -20,8 +20,10 @@ MAX_META_DEPTH = 32  # well inside the JSON parsers' recursion limits (pydantic'
 # a bracket), so a meta of more values than this cannot encode to MAX_META_BYTES.
 MAX_META_NODES = MAX_META_BYTES // 2
 
-TOO_BIG = (f"must encode to at most {MAX_META_BYTES} bytes of compact JSON: "
-           "keep ids and short labels in it, not documents")
+TOO_BIG = (
+    f"must encode to at most {MAX_META_BYTES} bytes of compact JSON: "
+    "keep ids and short labels in it, not documents"
+)
 TOO_DEEP = f"must nest at most {MAX_META_DEPTH} levels deep: flatten it"
 
 
@@ -54,8 +56,13 @@ def _key_bytes(key: Any) -> int:
     return len(key) + 3 if isinstance(key, str) else 4  # quotes and colon; "1":
 
 
-def walk_meta(value: Any, *, max_bytes: int = MAX_META_BYTES, max_nodes: int = MAX_META_NODES,
-              max_depth: int = MAX_META_DEPTH) -> MetaWalk:
+def walk_meta(
+    value: Any,
+    *,
+    max_bytes: int = MAX_META_BYTES,
+    max_nodes: int = MAX_META_NODES,
+    max_depth: int = MAX_META_DEPTH,
+) -> MetaWalk:
     """Measure `value` without recursion and without looking inside what cannot fit."""
     visited, nodes, size = 0, 1, 0
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -108,8 +115,10 @@ def check_meta(value: dict[str, Any] | None) -> dict[str, Any] | None:
         encoded = encode_meta(value)
     except (TypeError, ValueError, RecursionError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"must hold only JSON values: strings, numbers, booleans, null, "
-                         f"lists and objects ({reason})") from None
+        raise ValueError(
+            f"must hold only JSON values: strings, numbers, booleans, null, "
+            f"lists and objects ({reason})"
+        ) from None
     if len(encoded) > MAX_META_BYTES:
         raise ValueError(TOO_BIG)
     return value

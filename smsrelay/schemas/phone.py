@@ -23,16 +23,24 @@ _PLAIN_E164 = re.compile(r"\+([1-9][0-9]{1,16})")
 WIRE_E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
 _WIRE_E164 = re.compile(WIRE_E164_PATTERN)
 # Spaces (tab and Unicode's space separators), dashes, dots and brackets.
-_SEPARATORS = dict.fromkeys(map(ord, "\t \u00a0\u1680\u202f\u205f\u3000-\u2212\uff0d.()[]"
-                                     + "".join(map(chr, range(0x2000, 0x200B)))
-                                     + "".join(map(chr, range(0x2010, 0x2016)))))
+_SEPARATORS = dict.fromkeys(
+    map(
+        ord,
+        "\t \u00a0\u1680\u202f\u205f\u3000-\u2212\uff0d.()[]"
+        + "".join(map(chr, range(0x2000, 0x200B)))
+        + "".join(map(chr, range(0x2010, 0x2016))),
+    )
+)
 _ASCII_NUMBER = re.compile(r"\+[0-9]*")
 _WRITTEN = re.compile(r"[+\uff0b]\d+")  # \d: digits of any script
 # An extension marker after the number (not after a letter: +1-800-TAX 5 has letters)
-_EXTENSION = re.compile(r"(?:;\s*ext\s*=|#|(?<![^\W\d_])(?:extension|extn|ext|x)\.?:?)\s*\d+\s*$",
-                        re.IGNORECASE)
-INTERNATIONAL = ("phone number must be in international format starting with '+' and a "
-                 "country code, e.g. +14155552671")
+_EXTENSION = re.compile(
+    r"(?:;\s*ext\s*=|#|(?<![^\W\d_])(?:extension|extn|ext|x)\.?:?)\s*\d+\s*$", re.IGNORECASE
+)
+INTERNATIONAL = (
+    "phone number must be in international format starting with '+' and a "
+    "country code, e.g. +14155552671"
+)
 
 
 def strip_separators(text: str) -> str:
@@ -50,16 +58,22 @@ def _digits_only(text: str) -> str:
     if _ASCII_NUMBER.fullmatch(stripped):  # the common case
         return stripped
     if _EXTENSION.search(text):
-        raise ValueError("phone number extensions (ext., x, #) cannot receive an SMS: "
-                         "send to the number without its extension")
+        raise ValueError(
+            "phone number extensions (ext., x, #) cannot receive an SMS: "
+            "send to the number without its extension"
+        )
     odd = next((ch for ch in stripped if not (ch.isdecimal() or ch in "+\uff0b")), None)
     if odd is not None and odd.isalpha():
-        raise ValueError("phone number must be written in digits: letters (as in "
-                         "+1-800-FLOWERS) are not converted")
+        raise ValueError(
+            "phone number must be written in digits: letters (as in "
+            "+1-800-FLOWERS) are not converted"
+        )
     if odd is not None or stripped[1:].count("+") or "\uff0b" in stripped[1:]:
         shown = _show(odd) if odd is not None else "'+'"
-        raise ValueError("phone number may hold only a leading '+', digits, spaces, dashes, "
-                         f"dots and brackets, not {shown}")
+        raise ValueError(
+            "phone number may hold only a leading '+', digits, spaces, dashes, "
+            f"dots and brackets, not {shown}"
+        )
     if not _WRITTEN.fullmatch(stripped):
         raise ValueError(INTERNATIONAL)
     # Digits of any script (fullwidth from an East Asian keyboard): as ASCII
@@ -85,14 +99,18 @@ def check_plain_e164(value: str) -> str:
     """`value` if it is a valid number in plain, canonical E.164 (the wire's form), else a
     ValueError saying what the publisher must change."""
     if not _WIRE_E164.fullmatch(value):
-        raise ValueError("must be plain E.164, '+' and 7 to 15 digits without spaces or "
-                         "punctuation, e.g. +14155552671: normalise the number before "
-                         "publishing")
+        raise ValueError(
+            "must be plain E.164, '+' and 7 to 15 digits without spaces or "
+            "punctuation, e.g. +14155552671: normalise the number before "
+            "publishing"
+        )
     if plain_e164_if_valid(value) == value or _parse_and_check(value) == value:
         return value
-    raise ValueError("must be the number's canonical E.164 form (libphonenumber reads this "
-                     "one as another number, e.g. with a national prefix): normalise it "
-                     "before publishing")
+    raise ValueError(
+        "must be the number's canonical E.164 form (libphonenumber reads this "
+        "one as another number, e.g. with a national prefix): normalise it "
+        "before publishing"
+    )
 
 
 def plain_e164_if_valid(text: str) -> str | None:

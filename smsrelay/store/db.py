@@ -62,7 +62,10 @@ def describe_pg_error(url: str, exc: BaseException) -> str:
 
 # Errors that say "the server is away or the session is gone", as opposed to bad data.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    PoolTimeout,
+)
 
 
 class _QuietOutage(OutageLog):
@@ -80,23 +83,38 @@ class Database:
     one (the CLI and tests: short-lived, and the error names why the server is unreachable).
     """
 
-    def __init__(self, url: str, *, pooled: bool = False, max_size: int = 10,
-                 timeout_s: float = 3.0, auto_migrate: bool = True,
-                 log_outages: bool = True, outage: OutageLog | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pooled: bool = False,
+        max_size: int = 10,
+        timeout_s: float = 3.0,
+        auto_migrate: bool = True,
+        log_outages: bool = True,
+        outage: OutageLog | None = None,
+    ) -> None:
         """`outage`: the process's Postgres outage log (a new one otherwise)."""
         self.url = url
         self._migrated = not auto_migrate
         # A one-shot command reports the error itself; a service logs when outages begin/end.
-        self.outage = outage or (OutageLog("postgres") if log_outages
-                                 else _QuietOutage("postgres"))
+        self.outage = outage or (OutageLog("postgres") if log_outages else _QuietOutage("postgres"))
         self._pool: AsyncConnectionPool[Connection] | None = None
         if pooled:
             self._pool = AsyncConnectionPool(
-                url, min_size=1, max_size=max_size, open=False, timeout=timeout_s,
+                url,
+                min_size=1,
+                max_size=max_size,
+                open=False,
+                timeout=timeout_s,
                 reconnect_timeout=POOL_RECONNECT_TIMEOUT_S,
-                kwargs={"autocommit": True, "row_factory": dict_row,
-                        "connect_timeout": CONNECT_TIMEOUT_S},
-                check=AsyncConnectionPool.check_connection)
+                kwargs={
+                    "autocommit": True,
+                    "row_factory": dict_row,
+                    "connect_timeout": CONNECT_TIMEOUT_S,
+                },
+                check=AsyncConnectionPool.check_connection,
+            )
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -133,7 +151,8 @@ class Database:
 
     async def _connect(self) -> Connection:
         return await psycopg.AsyncConnection.connect(
-            self.url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_S)
+            self.url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_S
+        )
 
     async def _ensure_schema(self, conn: Connection) -> None:
         if not self._migrated:

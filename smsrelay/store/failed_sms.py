@@ -23,17 +23,32 @@ from smsrelay.schemas.dead_letter import DeadLetter, DeadLetterReason
 from smsrelay.schemas.records import FailedSmsRecord, RecordPage, RecordStatus
 from smsrelay.store.db import Connection
 
-COLUMNS = ("id", "phone", "message", "error", "attempts", "created_at", "last_attempt_at",
-           "reason", "status", "message_sid", "resolved_at", "namespace", "shard",
-           "dead_letter_id")
+COLUMNS = (
+    "id",
+    "phone",
+    "message",
+    "error",
+    "attempts",
+    "created_at",
+    "last_attempt_at",
+    "reason",
+    "status",
+    "message_sid",
+    "resolved_at",
+    "namespace",
+    "shard",
+    "dead_letter_id",
+)
 _SELECT = sql.SQL("SELECT {} FROM public.failed_sms").format(
-    sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS))
+    sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
+)
 
 
 def _newer(candidate: str, current: str) -> sql.Composed:
     """SQL: stream id `candidate` comes after `current` (ids are `<ms>-<seq>`)."""
-    return sql.SQL("string_to_array({}, '-')::numeric[] > string_to_array({}, '-')::numeric[]"
-                   ).format(sql.SQL(candidate), sql.SQL(current))
+    return sql.SQL(
+        "string_to_array({}, '-')::numeric[] > string_to_array({}, '-')::numeric[]"
+    ).format(sql.SQL(candidate), sql.SQL(current))
 
 
 @dataclass(frozen=True)
@@ -72,29 +87,45 @@ def _when(text: str | None) -> datetime | None:
         return None
 
 
-async def list_records(conn: Connection, namespace: str, *, limit: int, offset: int,
-                       status: RecordStatus | None = None, reason: str | None = None,
-                       phone: str | None = None) -> RecordPage:
-    filters = [sql.SQL("{} = {}").format(sql.Identifier(name), sql.Literal(value))
-               for name, value in (("namespace", namespace), ("status", status and status.value),
-                                   ("reason", reason), ("phone", phone)) if value is not None]
+async def list_records(
+    conn: Connection,
+    namespace: str,
+    *,
+    limit: int,
+    offset: int,
+    status: RecordStatus | None = None,
+    reason: str | None = None,
+    phone: str | None = None,
+) -> RecordPage:
+    filters = [
+        sql.SQL("{} = {}").format(sql.Identifier(name), sql.Literal(value))
+        for name, value in (
+            ("namespace", namespace),
+            ("status", status and status.value),
+            ("reason", reason),
+            ("phone", phone),
+        )
+        if value is not None
+    ]
     where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(filters)
     async with conn.transaction():
         cur = await conn.execute(sql.SQL("SELECT count(*) AS n FROM public.failed_sms") + where)
         total_row = await cur.fetchone()
         cur = await conn.execute(
             _SELECT + where + sql.SQL(" ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s"),
-            [limit, offset])
+            [limit, offset],
+        )
         rows = await cur.fetchall()
     total = int(total_row["n"]) if total_row else 0
-    return RecordPage(records=[_record(r) for r in rows], total=total, limit=limit,
-                      offset=offset)
+    return RecordPage(records=[_record(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-async def get_record(conn: Connection, namespace: str,
-                     message_id: uuid.UUID) -> FailedSmsRecord | None:
-    cur = await conn.execute(_SELECT + sql.SQL(" WHERE id = %s AND namespace = %s"),
-                             [message_id, namespace])
+async def get_record(
+    conn: Connection, namespace: str, message_id: uuid.UUID
+) -> FailedSmsRecord | None:
+    cur = await conn.execute(
+        _SELECT + sql.SQL(" WHERE id = %s AND namespace = %s"), [message_id, namespace]
+    )
     row = await cur.fetchone()
     return _record(row) if row else None
 
@@ -103,8 +134,9 @@ class RecordBusy(Exception):
     """Another transaction holds the record's row lock (a retry in progress)."""
 
 
-async def lock_record(conn: Connection, namespace: str,
-                      message_id: uuid.UUID) -> FailedSmsRecord | None:
+async def lock_record(
+    conn: Connection, namespace: str, message_id: uuid.UUID
+) -> FailedSmsRecord | None:
     """The record under its row lock, for the rest of the caller's transaction.
 
     Raises RecordBusy at once rather than waiting when another change holds it.
@@ -112,18 +144,21 @@ async def lock_record(conn: Connection, namespace: str,
     try:
         cur = await conn.execute(
             _SELECT + sql.SQL(" WHERE id = %s AND namespace = %s FOR UPDATE NOWAIT"),
-            [message_id, namespace])
+            [message_id, namespace],
+        )
     except psycopg.errors.LockNotAvailable:
         raise RecordBusy(str(message_id)) from None
     row = await cur.fetchone()
     return _record(row) if row else None
 
 
-async def _superseded(conn: Connection, message_id: uuid.UUID,
-                      seen: list[StreamRef | None]) -> list[StreamRef]:
+async def _superseded(
+    conn: Connection, message_id: uuid.UUID, seen: list[StreamRef | None]
+) -> list[StreamRef]:
     """The dead-letter entries among `seen` that the row no longer points at."""
     cur = await conn.execute(
-        "SELECT dead_letter_id FROM public.failed_sms WHERE id = %s", [message_id])
+        "SELECT dead_letter_id FROM public.failed_sms WHERE id = %s", [message_id]
+    )
     row = await cur.fetchone()
     if row is None:
         return []
@@ -132,8 +167,9 @@ async def _superseded(conn: Connection, message_id: uuid.UUID,
 
 
 async def _current_ref(conn: Connection, message_id: uuid.UUID) -> StreamRef | None:
-    cur = await conn.execute("SELECT dead_letter_id, shard FROM public.failed_sms "
-                             "WHERE id = %s FOR UPDATE", [message_id])
+    cur = await conn.execute(
+        "SELECT dead_letter_id, shard FROM public.failed_sms WHERE id = %s FOR UPDATE", [message_id]
+    )
     row = await cur.fetchone()
     if row is None or row["dead_letter_id"] is None:
         return None
@@ -162,8 +198,9 @@ _UPSERT = sql.SQL("""
 """).format(newer=_newer("EXCLUDED.dead_letter_id", "f.dead_letter_id"))
 
 
-async def upsert_dead_letter(conn: Connection, letter: DeadLetter, namespace: str,
-                             shard: int) -> list[StreamRef]:
+async def upsert_dead_letter(
+    conn: Connection, letter: DeadLetter, namespace: str, shard: int
+) -> list[StreamRef]:
     """Insert or update the row of a dead letter; idempotent per dead-letter entry.
 
     Only a newer dead-letter entry of the message updates an existing row (its attempts add
@@ -173,13 +210,23 @@ async def upsert_dead_letter(conn: Connection, letter: DeadLetter, namespace: st
     message_id = uuid.UUID(letter.message_id)
     prev = await _current_ref(conn, message_id)
     reason = _clean(letter.reason)[:64] or DeadLetterReason.INVALID_PAYLOAD.value
-    await conn.execute(_UPSERT, {
-        "id": message_id, "phone": _clean(letter.phone)[:64],
-        "message": _clean(letter.message),
-        "error": _clean("; ".join(filter(None, [letter.error, letter.truncation_note]))) or None,
-        "attempts": letter.attempts, "created_at": _when(letter.created_at),
-        "last_attempt_at": _when(letter.last_attempt_at), "reason": reason,
-        "namespace": namespace, "shard": shard, "dead_letter_id": letter.stream_id})
+    await conn.execute(
+        _UPSERT,
+        {
+            "id": message_id,
+            "phone": _clean(letter.phone)[:64],
+            "message": _clean(letter.message),
+            "error": _clean("; ".join(filter(None, [letter.error, letter.truncation_note])))
+            or None,
+            "attempts": letter.attempts,
+            "created_at": _when(letter.created_at),
+            "last_attempt_at": _when(letter.last_attempt_at),
+            "reason": reason,
+            "namespace": namespace,
+            "shard": shard,
+            "dead_letter_id": letter.stream_id,
+        },
+    )
     return await _superseded(conn, message_id, [prev, StreamRef(shard, letter.stream_id)])
 
 
@@ -190,47 +237,66 @@ async def apply_outcome(conn: Connection, outcome: Outcome) -> list[StreamRef]:
     `replay_of` then becomes the row's dead-letter id, so that late dead letter changes nothing.
     """
     prev = await _current_ref(conn, outcome.message_id)
-    await conn.execute(sql.SQL("""
+    await conn.execute(
+        sql.SQL("""
         UPDATE public.failed_sms SET status = 'resolved', message_sid = %(sid)s,
             resolved_at = %(at)s,
             dead_letter_id = CASE WHEN %(replay_of)s::text IS NOT NULL
                 AND (dead_letter_id IS NULL OR {newer})
                 THEN %(replay_of)s::text ELSE dead_letter_id END
         WHERE id = %(id)s AND status <> 'resolved'
-    """).format(newer=_newer("%(replay_of)s::text", "dead_letter_id")), {
-        "id": outcome.message_id, "sid": _clean(outcome.message_sid), "at": outcome.resolved_at,
-        "replay_of": outcome.replay_of})
+    """).format(newer=_newer("%(replay_of)s::text", "dead_letter_id")),
+        {
+            "id": outcome.message_id,
+            "sid": _clean(outcome.message_sid),
+            "at": outcome.resolved_at,
+            "replay_of": outcome.replay_of,
+        },
+    )
     return await _superseded(conn, outcome.message_id, [prev])
 
 
-async def mark_resolved(conn: Connection, message_id: uuid.UUID, message_sid: str, *,
-                        sent_now: bool) -> FailedSmsRecord | None:
+async def mark_resolved(
+    conn: Connection, message_id: uuid.UUID, message_sid: str, *, sent_now: bool
+) -> FailedSmsRecord | None:
     """After a successful "retry now"; `sent_now` counts the attempt (False: sent earlier).
 
     The last error stays, as it does when a replay resolves: it says why the SMS had failed.
     """
-    cur = await conn.execute(_returning("""
+    cur = await conn.execute(
+        _returning("""
         UPDATE public.failed_sms SET status = 'resolved', message_sid = %(sid)s,
             resolved_at = now(), attempts = attempts + %(n)s,
             last_attempt_at = CASE WHEN %(n)s > 0 THEN now() ELSE last_attempt_at END
-        WHERE id = %(id)s"""), {"id": message_id, "sid": message_sid, "n": int(sent_now)})
+        WHERE id = %(id)s"""),
+        {"id": message_id, "sid": message_sid, "n": int(sent_now)},
+    )
     row = await cur.fetchone()
     return _record(row) if row else None
 
 
-async def record_retry_failure(conn: Connection, message_id: uuid.UUID,
-                               error: str) -> FailedSmsRecord | None:
-    cur = await conn.execute(_returning("""
+async def record_retry_failure(
+    conn: Connection, message_id: uuid.UUID, error: str
+) -> FailedSmsRecord | None:
+    cur = await conn.execute(
+        _returning("""
         UPDATE public.failed_sms SET attempts = attempts + 1, error = %(error)s,
             last_attempt_at = now()
-        WHERE id = %(id)s AND status <> 'resolved'"""), {"id": message_id, "error": error})
+        WHERE id = %(id)s AND status <> 'resolved'"""),
+        {"id": message_id, "error": error},
+    )
     row = await cur.fetchone()
     return _record(row) if row else None
 
 
-async def mark_replayed(conn: Connection, namespace: str, *,
-                        ids: list[uuid.UUID] | None = None, reason: str | None = None,
-                        limit: int = 100) -> list[FailedSmsRecord]:
+async def mark_replayed(
+    conn: Connection,
+    namespace: str,
+    *,
+    ids: list[uuid.UUID] | None = None,
+    reason: str | None = None,
+    limit: int = 100,
+) -> list[FailedSmsRecord]:
     """Claim records for a replay, oldest first; returns those now `replayed`.
 
     By ids, a record already `replayed` is taken again (its replay may have been cut short by
@@ -241,38 +307,48 @@ async def mark_replayed(conn: Connection, namespace: str, *,
         pick = sql.SQL("id = ANY(%(ids)s) AND status IN ('failed', 'replayed')")
     else:
         pick = sql.SQL("reason = %(reason)s AND status = 'failed'")
-    cur = await conn.execute(_returning(sql.SQL("""
+    cur = await conn.execute(
+        _returning(
+            sql.SQL("""
         UPDATE public.failed_sms SET status = 'replayed'
         WHERE id IN (SELECT id FROM public.failed_sms
                      WHERE namespace = %(namespace)s AND {pick}
                          AND reason <> 'invalid_payload'
                      ORDER BY created_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-    """).format(pick=pick)), {"namespace": namespace, "ids": ids, "reason": reason,
-                             "limit": limit})
+    """).format(pick=pick)
+        ),
+        {"namespace": namespace, "ids": ids, "reason": reason, "limit": limit},
+    )
     rows = await cur.fetchall()
     return sorted((_record(r) for r in rows), key=lambda r: (r.created_at, str(r.id)))
 
 
 async def revert_replayed(conn: Connection, ids: list[uuid.UUID]) -> int:
     """Records whose replay was never queued go back to `failed`."""
-    cur = await conn.execute("UPDATE public.failed_sms SET status = 'failed' "
-                             "WHERE id = ANY(%s) AND status = 'replayed'", [ids])
+    cur = await conn.execute(
+        "UPDATE public.failed_sms SET status = 'failed' WHERE id = ANY(%s) AND status = 'replayed'",
+        [ids],
+    )
     return cur.rowcount
 
 
-async def delete_record(conn: Connection, namespace: str,
-                        message_id: uuid.UUID) -> FailedSmsRecord | None:
+async def delete_record(
+    conn: Connection, namespace: str, message_id: uuid.UUID
+) -> FailedSmsRecord | None:
     cur = await conn.execute(
         _returning("DELETE FROM public.failed_sms WHERE id = %s AND namespace = %s"),
-        [message_id, namespace])
+        [message_id, namespace],
+    )
     row = await cur.fetchone()
     return _record(row) if row else None
 
 
 async def counts_by_status(conn: Connection, namespace: str) -> dict[str, int]:
     """Every status, zero included."""
-    cur = await conn.execute("SELECT status, count(*) AS n FROM public.failed_sms "
-                             "WHERE namespace = %s GROUP BY status", [namespace])
+    cur = await conn.execute(
+        "SELECT status, count(*) AS n FROM public.failed_sms WHERE namespace = %s GROUP BY status",
+        [namespace],
+    )
     counts = {status.value: 0 for status in RecordStatus}
     for row in await cur.fetchall():
         counts[str(row["status"])] = int(row["n"])

@@ -26,8 +26,11 @@ class Migration:
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "failed_sms as the seed's FailedSMS model", (
-        """
+    Migration(
+        1,
+        "failed_sms as the seed's FailedSMS model",
+        (
+            """
         CREATE TABLE IF NOT EXISTS public.failed_sms (
             id              uuid PRIMARY KEY,
             phone           text NOT NULL,
@@ -38,12 +41,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             last_attempt_at timestamptz NULL
         )
         """,
-    )),
-    Migration(2, "reason, status, provider outcome, dead-letter location; list indexes", (
-        # Rows the seed wrote failed after its retries (that is the reason to backfill), in
-        # the default namespace. `namespace`, `dead_letter_id` and `shard` locate a row's
-        # dead-letter entry in Redis; they also keep pipelines that share one database apart.
-        """
+        ),
+    ),
+    Migration(
+        2,
+        "reason, status, provider outcome, dead-letter location; list indexes",
+        (
+            # Rows the seed wrote failed after its retries (that is the reason to backfill), in
+            # the default namespace. `namespace`, `dead_letter_id` and `shard` locate a row's
+            # dead-letter entry in Redis; they also keep pipelines that share one database apart.
+            """
         ALTER TABLE public.failed_sms
             ADD COLUMN IF NOT EXISTS namespace text NOT NULL DEFAULT 'smsrelay',
             ADD COLUMN IF NOT EXISTS reason text NOT NULL DEFAULT 'retries_exhausted',
@@ -53,29 +60,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             ADD COLUMN IF NOT EXISTS dead_letter_id text NULL,
             ADD COLUMN IF NOT EXISTS shard integer NOT NULL DEFAULT 0
         """,
-        """
+            """
         ALTER TABLE public.failed_sms ADD CONSTRAINT failed_sms_status_check
             CHECK (status IN ('failed', 'replayed', 'resolved'))
         """,
-        # The list is a namespace's records newest first, optionally filtered by status,
-        # reason or phone; `id` breaks ties so that paging is stable.
-        """
+            # The list is a namespace's records newest first, optionally filtered by status,
+            # reason or phone; `id` breaks ties so that paging is stable.
+            """
         CREATE INDEX IF NOT EXISTS failed_sms_created_at_idx
             ON public.failed_sms (namespace, created_at DESC, id DESC)
         """,
-        """
+            """
         CREATE INDEX IF NOT EXISTS failed_sms_status_idx
             ON public.failed_sms (namespace, status, created_at DESC)
         """,
-        """
+            """
         CREATE INDEX IF NOT EXISTS failed_sms_reason_idx
             ON public.failed_sms (namespace, reason, created_at DESC)
         """,
-        """
+            """
         CREATE INDEX IF NOT EXISTS failed_sms_phone_idx
             ON public.failed_sms (namespace, phone, created_at DESC)
         """,
-    )),
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -102,7 +110,8 @@ async def migrate(conn: psycopg.AsyncConnection[Any]) -> list[int]:
                 await cur.execute(statement)
             await cur.execute(
                 "INSERT INTO public.schema_migrations (version, description) VALUES (%s, %s)",
-                [migration.version, migration.description])
+                [migration.version, migration.description],
+            )
             applied_now.append(migration.version)
     return applied_now
 

@@ -44,8 +44,14 @@ ENTRY_ERRORS: tuple[type[BaseException], ...] = (psycopg.DataError, psycopg.Inte
 
 
 class Mirror:
-    def __init__(self, settings: Settings, *, name: str | None = None, batch_size: int = 100,
-                 outages: Outages | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str | None = None,
+        batch_size: int = 100,
+        outages: Outages | None = None,
+    ) -> None:
         self.settings = settings
         self.name = name or consumer_name("mirror-")
         self.batch_size = batch_size
@@ -135,9 +141,9 @@ class Mirror:
         entries = await self._claim(group)
         if not entries:
             pending = self._own_pending_first
-            entries = await group.read(self.batch_size,
-                                       BLOCK_MS if block and not pending else None,
-                                       own_pending=pending)
+            entries = await group.read(
+                self.batch_size, BLOCK_MS if block and not pending else None, own_pending=pending
+            )
             if pending and not entries:
                 self._own_pending_first = False
         if entries:
@@ -151,8 +157,11 @@ class Mirror:
         for keys in all_shards(self.settings.namespace, self.settings.shards):
             removed += await trim_settled(client, keys.dead, MIRROR_GROUP, retention_ms)
         if removed:
-            log.info("mirror.trimmed", dead_letters=removed,
-                     retention_days=self.settings.dead_letter_retention_days)
+            log.info(
+                "mirror.trimmed",
+                dead_letters=removed,
+                retention_days=self.settings.dead_letter_retention_days,
+            )
         return removed
 
     async def _trim_when_due(self, client: aioredis.Redis) -> None:
@@ -202,15 +211,20 @@ class Mirror:
                     async with conn.transaction():
                         refs += await self._apply(conn, entry)
                 except ENTRY_ERRORS as exc:
-                    log.error("mirror.entry_rejected", stream=entry.stream,
-                              entry_id=entry.entry_id, error=str(exc).splitlines()[0])
+                    log.error(
+                        "mirror.entry_rejected",
+                        stream=entry.stream,
+                        entry_id=entry.entry_id,
+                        error=str(exc).splitlines()[0],
+                    )
             return refs
 
     async def _apply(self, conn: Connection, entry: Delivery) -> list[StreamRef]:
         if self.kinds[entry.stream] == "dead":
             letter = DeadLetter.from_stream(entry.entry_id, entry.fields)
-            return await failed_sms.upsert_dead_letter(conn, letter, self.settings.namespace,
-                                                       entry.shard)
+            return await failed_sms.upsert_dead_letter(
+                conn, letter, self.settings.namespace, entry.shard
+            )
         outcome = parse_outcome(entry.fields)
         if outcome is None:
             log.error("mirror.outcome_unreadable", stream=entry.stream, entry_id=entry.entry_id)
@@ -230,11 +244,16 @@ def parse_outcome(raw: RawFields) -> Outcome | None:
         resolved_at = clock.parse_iso(fields.get("resolved_at", ""))
     except ValueError:
         resolved_at = clock.now()
-    return Outcome(message_id=message_id, message_sid=fields.get("message_sid", ""),
-                   resolved_at=resolved_at, replay_of=fields.get("replay_of") or None)
+    return Outcome(
+        message_id=message_id,
+        message_sid=fields.get("message_sid", ""),
+        resolved_at=resolved_at,
+        replay_of=fields.get("replay_of") or None,
+    )
 
 
-async def run_mirror(settings: Settings, stop: asyncio.Event,
-                     outages: Outages | None = None) -> None:
+async def run_mirror(
+    settings: Settings, stop: asyncio.Event, outages: Outages | None = None
+) -> None:
     """The worker's upkeep task (and `smsrelay mirror`): returns once `stop` is set."""
     await Mirror(settings, outages=outages).run(stop)

@@ -10,6 +10,19 @@ from smsrelay.streams.group import ClaimPage, ConsumerGroup, Delivery, consumer_
 from smsrelay.streams.keys import FleetKeys, ShardKeys, all_shards, shard_keys, shard_of
 from smsrelay.streams.queue import Begin, BeginCall, Queue, Sender, Verdict
 
-__all__ = ["Begin", "BeginCall", "ClaimPage", "ConsumerGroup", "Delivery", "FleetKeys",
-           "Queue", "Sender", "ShardKeys", "Verdict", "all_shards", "consumer_name",
-           "shard_keys", "shard_of"]
+__all__ = [
+    "Begin",
+    "BeginCall",
+    "ClaimPage",
+    "ConsumerGroup",
+    "Delivery",
+    "FleetKeys",
+    "Queue",
+    "Sender",
+    "ShardKeys",
+    "Verdict",
+    "all_shards",
+    "consumer_name",
+    "shard_keys",
+    "shard_of",
+]

@@ -40,12 +40,13 @@ class ScriptBatcher:
         self._scheduled = False
         batch, self._pending = self._pending, []
         for start in range(0, len(batch), self._max_batch):
-            task = asyncio.create_task(self._run(batch[start:start + self._max_batch]))
+            task = asyncio.create_task(self._run(batch[start : start + self._max_batch]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def run_together(self, calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]
-                           ) -> list[Any]:
+    async def run_together(
+        self, calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]
+    ) -> list[Any]:
         """Run these script calls now as one pipeline, in order: each reply, or its error in
         its place (a connection error in every place)."""
         try:
@@ -55,8 +56,7 @@ class ScriptBatcher:
 
     async def _run(self, batch: list[_Call]) -> None:
         try:
-            results = await self._execute([(script, keys, args) for script, keys, args, _
-                                           in batch])
+            results = await self._execute([(script, keys, args) for script, keys, args, _ in batch])
         except asyncio.CancelledError:
             for *_, future in batch:
                 future.cancel()
@@ -74,8 +74,9 @@ class ScriptBatcher:
             else:
                 future.set_result(result)
 
-    async def _execute(self, calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]
-                       ) -> list[Any]:
+    async def _execute(
+        self, calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]
+    ) -> list[Any]:
         """Replies in order, a command's Redis error in its place; raises when the
         connection fails. A script Redis no longer has (restart, failover) is loaded again."""
         if len(calls) == 1:

@@ -27,18 +27,27 @@ COMMAND_SOCKET_TIMEOUT_S = 10.0
 
 def producer_client(settings: Settings, **extra: Any) -> redis.Redis:
     timeout_s = settings.publish_timeout_seconds
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s,
-                                socket_connect_timeout=timeout_s,
-                                retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
-                                decode_responses=False, **extra)
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+        decode_responses=False,
+        **extra,
+    )
 
 
 def async_producer_client(settings: Settings) -> aioredis.Redis:
     # No socket_timeout: AsyncProducer bounds each whole call with one asyncio.timeout, where
     # redis-py would arm a timeout around every socket read (a quarter of an XADD's cost).
     client: aioredis.Redis = aioredis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=settings.publish_timeout_seconds,
-        retry=AsyncRetry(NoBackoff(), 0), retry_on_timeout=False, decode_responses=False)
+        settings.redis_url,
+        socket_connect_timeout=settings.publish_timeout_seconds,
+        retry=AsyncRetry(NoBackoff(), 0),
+        retry_on_timeout=False,
+        decode_responses=False,
+    )
     return client
 
 
@@ -58,36 +67,51 @@ class WorkerClients:
 
 def worker_clients(settings: Settings) -> WorkerClients:
     pool = aioredis.ConnectionPool.from_url(
-        settings.redis_url, max_connections=settings.worker_concurrency + 16,
-        socket_timeout=COMMAND_SOCKET_TIMEOUT_S, socket_connect_timeout=5.0,
-        health_check_interval=30)
-    return WorkerClients(commands=aioredis.Redis(connection_pool=pool),
-                         reader=reader_client(settings))
+        settings.redis_url,
+        max_connections=settings.worker_concurrency + 16,
+        socket_timeout=COMMAND_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=5.0,
+        health_check_interval=30,
+    )
+    return WorkerClients(
+        commands=aioredis.Redis(connection_pool=pool), reader=reader_client(settings)
+    )
 
 
 def reader_client(settings: Settings) -> aioredis.Redis:
     """For loops that block on XREADGROUP (the worker's reader, the mirror)."""
     client: aioredis.Redis = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=READER_SOCKET_TIMEOUT_S, socket_connect_timeout=5.0,
+        settings.redis_url,
+        socket_timeout=READER_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=5.0,
         retry=AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), 2),
-        health_check_interval=30, decode_responses=False)
+        health_check_interval=30,
+        decode_responses=False,
+    )
     return client
 
 
 def admin_client(settings: Settings) -> aioredis.Redis:
     """Short timeouts: an HTTP request should fail fast with 503 rather than hang."""
     client: aioredis.Redis = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=5.0, socket_connect_timeout=3.0,
-        retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 1), decode_responses=False)
+        settings.redis_url,
+        socket_timeout=5.0,
+        socket_connect_timeout=3.0,
+        retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+        decode_responses=False,
+    )
     return client
 
 
 def sync_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
     """For one-shot commands (the demo's checks): short timeouts, a couple of retries."""
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s,
-                                socket_connect_timeout=timeout_s,
-                                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-                                decode_responses=False)
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        decode_responses=False,
+    )
 
 
 def text(value: bytes | str | None) -> str:

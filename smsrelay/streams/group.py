@@ -46,8 +46,14 @@ class ClaimPage:
 
 
 class ConsumerGroup:
-    def __init__(self, client: aioredis.Redis, reader: aioredis.Redis, group: str,
-                 streams: Mapping[str, int], consumer: str) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        reader: aioredis.Redis,
+        group: str,
+        streams: Mapping[str, int],
+        consumer: str,
+    ) -> None:
         """`streams` maps each stream to its shard; `reader` takes the blocking reads."""
         self.client = client
         self.reader = reader
@@ -64,36 +70,59 @@ class ConsumerGroup:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    async def read(self, count: int, block_ms: int | None = None, *,
-                   own_pending: bool = False, streams: Iterable[str] | None = None
-                   ) -> list[Delivery]:
+    async def read(
+        self,
+        count: int,
+        block_ms: int | None = None,
+        *,
+        own_pending: bool = False,
+        streams: Iterable[str] | None = None,
+    ) -> list[Delivery]:
         """New entries (or, with `own_pending`, those already delivered to this consumer)."""
         start = "0" if own_pending else ">"
         wanted: Any = {stream: start for stream in (streams or self.streams)}
-        reply = await self.reader.xreadgroup(self.group, self.consumer, wanted, count=count,
-                                             block=block_ms)
+        reply = await self.reader.xreadgroup(
+            self.group, self.consumer, wanted, count=count, block=block_ms
+        )
         deliveries: list[Delivery] = []
         for stream, entries in reply or []:
             name = text(stream)
             shard = self.streams[name]
             # (a pending entry deleted meanwhile comes back with no fields: {} here)
-            deliveries += [Delivery(name, shard, text(entry_id), fields or {})
-                           for entry_id, fields in entries]
+            deliveries += [
+                Delivery(name, shard, text(entry_id), fields or {}) for entry_id, fields in entries
+            ]
         return deliveries
 
-    async def claim(self, stream: str, min_idle_ms: int, count: int,
-                    cursor: str = "0-0", *, with_counts: bool = True) -> ClaimPage:
+    async def claim(
+        self,
+        stream: str,
+        min_idle_ms: int,
+        count: int,
+        cursor: str = "0-0",
+        *,
+        with_counts: bool = True,
+    ) -> ClaimPage:
         """One page of entries idle longer than `min_idle_ms` (a dead consumer's), now ours."""
-        reply = await self.client.xautoclaim(stream, self.group, self.consumer, min_idle_ms,
-                                             start_id=cursor, count=count)
+        reply = await self.client.xautoclaim(
+            stream, self.group, self.consumer, min_idle_ms, start_id=cursor, count=count
+        )
         claimed = [(text(entry_id), fields) for entry_id, fields in reply[1]]
         deleted = [text(d) for d in reply[2]] if len(reply) > 2 else []
-        counts = await self.delivery_counts(stream, [i for i, _ in claimed]) if (
-            with_counts and claimed) else {}
+        counts = (
+            await self.delivery_counts(stream, [i for i, _ in claimed])
+            if (with_counts and claimed)
+            else {}
+        )
         shard = self.streams[stream]
-        return ClaimPage(text(reply[0]), [Delivery(stream, shard, entry_id, fields,
-                                                   counts.get(entry_id, 1))
-                                          for entry_id, fields in claimed], deleted)
+        return ClaimPage(
+            text(reply[0]),
+            [
+                Delivery(stream, shard, entry_id, fields, counts.get(entry_id, 1))
+                for entry_id, fields in claimed
+            ],
+            deleted,
+        )
 
     async def delivery_counts(self, stream: str, entry_ids: Sequence[str]) -> dict[str, int]:
         """How many times each entry has been delivered (XPENDING), in one round trip."""
@@ -101,15 +130,19 @@ class ConsumerGroup:
             for entry_id in entry_ids:
                 pipe.xpending_range(stream, self.group, min=entry_id, max=entry_id, count=1)
             replies = await pipe.execute()
-        return {entry_id: int(info[0]["times_delivered"])
-                for entry_id, info in zip(entry_ids, replies, strict=True) if info}
+        return {
+            entry_id: int(info[0]["times_delivered"])
+            for entry_id, info in zip(entry_ids, replies, strict=True)
+            if info
+        }
 
     async def refresh(self, stream: str, entry_ids: Sequence[str]) -> None:
         """Reset the idle time of entries this consumer still works on (XCLAIM JUSTID does so
         without counting a delivery), so no other consumer takes them over."""
         if entry_ids:
-            await self.client.xclaim(stream, self.group, self.consumer, 0, list(entry_ids),
-                                     justid=True)
+            await self.client.xclaim(
+                stream, self.group, self.consumer, 0, list(entry_ids), justid=True
+            )
 
     async def ack(self, deliveries: Sequence[Delivery], *, delete: bool) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -122,8 +155,9 @@ class ConsumerGroup:
     async def forget(self) -> bool:
         """Leave the group tidy: remove this consumer if it holds nothing. False if it does."""
         for stream in self.streams:
-            held = await self.client.xpending_range(stream, self.group, min="-", max="+",
-                                                    count=1, consumername=self.consumer)
+            held = await self.client.xpending_range(
+                stream, self.group, min="-", max="+", count=1, consumername=self.consumer
+            )
             if held:
                 return False
         for stream in self.streams:

@@ -129,5 +129,5 @@ def shard_label(namespace: str, key: str) -> str | None:
     """The shard part of a request stream's name (`-4` in `{ns:-4}:requests`)."""
     prefix, suffix = "{" + namespace + ":", "}:requests"
     if key.startswith(prefix) and key.endswith(suffix):
-        return key[len(prefix):-len(suffix)]
+        return key[len(prefix) : -len(suffix)]
     return None

@@ -23,12 +23,16 @@ async def check_eviction_policy(client: aioredis.Redis) -> None:
     try:
         reply = await client.config_get("maxmemory-policy")
     except aioredis.ResponseError as exc:
-        log.warning("redis.policy_unknown", error=str(exc),
-                    advice=f"make sure maxmemory-policy is {SAFE_POLICY}")
+        log.warning(
+            "redis.policy_unknown",
+            error=str(exc),
+            advice=f"make sure maxmemory-policy is {SAFE_POLICY}",
+        )
         return
     policy = text(reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy"))
     if policy and policy != SAFE_POLICY:
         raise ConfigError(
             f"Redis maxmemory-policy is {policy}: Redis could evict request streams, sent "
             f"markers or rate-limit windows (lost or duplicated SMS). Set it to {SAFE_POLICY} "
-            f"(redis-cli CONFIG SET maxmemory-policy {SAFE_POLICY}, and in redis.conf)")
+            f"(redis-cli CONFIG SET maxmemory-policy {SAFE_POLICY}, and in redis.conf)"
+        )

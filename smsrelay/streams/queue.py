@@ -68,23 +68,38 @@ class BeginCall:
 
 
 class Queue:
-    def __init__(self, settings: Settings, client: aioredis.Redis,
-                 reader: aioredis.Redis | None = None, *, consumer: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: aioredis.Redis,
+        reader: aioredis.Redis | None = None,
+        *,
+        consumer: str | None = None,
+    ) -> None:
         self.settings = settings
         self.redis = client
         self.scripts = Scripts(client)
         self.batcher = ScriptBatcher(client)
         self.shards = all_shards(settings.namespace, settings.shards)
         self.fleet = FleetKeys(settings.namespace)
-        self.group = ConsumerGroup(client, reader or client, WORKER_GROUP,
-                                   {k.requests: k.shard for k in self.shards},
-                                   consumer or consumer_name())
+        self.group = ConsumerGroup(
+            client,
+            reader or client,
+            WORKER_GROUP,
+            {k.requests: k.shard for k in self.shards},
+            consumer or consumer_name(),
+        )
         # Set when this process delays a message, so the mover looks at once instead of
         # sleeping through a short backoff.
         self.delay_scheduled = asyncio.Event()
-        self._state_ttl_s = str(max(int(settings.rate_limit_window_seconds),
-                                    int(settings.backoff_max_seconds) * settings.max_attempts,
-                                    86_400) * 2)
+        self._state_ttl_s = str(
+            max(
+                int(settings.rate_limit_window_seconds),
+                int(settings.backoff_max_seconds) * settings.max_attempts,
+                86_400,
+            )
+            * 2
+        )
 
     @property
     def consumer(self) -> str:
@@ -97,8 +112,9 @@ class Queue:
     async def read(self, count: int, block_ms: int = READ_BLOCK_MS) -> list[Delivery]:
         return await self.group.read(count, block_ms)
 
-    async def claim(self, shard: int, min_idle_ms: int, count: int,
-                    cursor: str = "0-0") -> ClaimPage:
+    async def claim(
+        self, shard: int, min_idle_ms: int, count: int, cursor: str = "0-0"
+    ) -> ClaimPage:
         return await self.group.claim(self.keys(shard).requests, min_idle_ms, count, cursor)
 
     async def refresh(self, deliveries: Sequence[Delivery]) -> None:
@@ -117,42 +133,79 @@ class Queue:
         """begin.lua for each call in one round trip, in order. None where Redis gave no
         decision (the caller then asks on its own)."""
         replies = await self.batcher.run_together(
-            [(self.scripts.begin, *self._begin_call(call)) for call in calls])
-        return [None if isinstance(reply, Exception) else _decode_begin(reply)
-                for reply in replies]
+            [(self.scripts.begin, *self._begin_call(call)) for call in calls]
+        )
+        return [None if isinstance(reply, Exception) else _decode_begin(reply) for reply in replies]
 
     def _begin_call(self, call: BeginCall) -> tuple[list[str], list[Any]]:
         keys = self.keys(call.shard)
         s = self.settings
         max_attempts = s.max_attempts if call.max_attempts is None else call.max_attempts
-        return ([keys.sent(call.message_id), keys.state(call.message_id),
-                 keys.rate_limit(call.phone)],
-                [call.message_id, call.sender.token, s.rate_limit_max if call.check_rate else 0,
-                 int(s.rate_limit_window_seconds * 1000), max_attempts, clock.now_iso(),
-                 self._state_ttl_s, call.sender.lease_ms])
+        return (
+            [keys.sent(call.message_id), keys.state(call.message_id), keys.rate_limit(call.phone)],
+            [
+                call.message_id,
+                call.sender.token,
+                s.rate_limit_max if call.check_rate else 0,
+                int(s.rate_limit_window_seconds * 1000),
+                max_attempts,
+                clock.now_iso(),
+                self._state_ttl_s,
+                call.sender.lease_ms,
+            ],
+        )
 
     # -- settling ------------------------------------------------------------------------
-    async def mark_sent(self, shard: int, delivery: Delivery | None, message_id: str,
-                        sid: str, outcome: Mapping[str, str] | None = None) -> bool:
+    async def mark_sent(
+        self,
+        shard: int,
+        delivery: Delivery | None,
+        message_id: str,
+        sid: str,
+        outcome: Mapping[str, str] | None = None,
+    ) -> bool:
         """The provider accepted the message: write its sent marker, then settle the entry
         (none for a direct sender). `outcome` goes to the outcome stream for the mirror."""
         keys = self.keys(shard)
-        script_keys = [delivery.stream if delivery else keys.requests, keys.sent(message_id),
-                       keys.state(message_id)]
-        args: list[Any] = [WORKER_GROUP, delivery.entry_id if delivery else "", sid,
-                           self.settings.sent_marker_ttl_seconds]
+        script_keys = [
+            delivery.stream if delivery else keys.requests,
+            keys.sent(message_id),
+            keys.state(message_id),
+        ]
+        args: list[Any] = [
+            WORKER_GROUP,
+            delivery.entry_id if delivery else "",
+            sid,
+            self.settings.sent_marker_ttl_seconds,
+        ]
         if outcome is not None:
             script_keys.append(keys.outcomes)
             args += wire.flatten(outcome)
         return bool(await self.batcher.call(self.scripts.sent, script_keys, args))
 
-    async def dead_letter(self, delivery: Delivery, *, message_id: str, phone: str | None,
-                          reason: str, error: str, attempts: int, first_attempt_at: str = "",
-                          last_attempt_at: str = "", release_slot: bool = False) -> bool:
+    async def dead_letter(
+        self,
+        delivery: Delivery,
+        *,
+        message_id: str,
+        phone: str | None,
+        reason: str,
+        error: str,
+        attempts: int,
+        first_attempt_at: str = "",
+        last_attempt_at: str = "",
+        release_slot: bool = False,
+    ) -> bool:
         keys = self.keys(delivery.shard)
-        extra = {"reason": reason, "error": error, "attempts": str(attempts),
-                 "first_attempt_at": first_attempt_at, "last_attempt_at": last_attempt_at,
-                 "dead_lettered_at": clock.now_iso(), "source_entry_id": delivery.entry_id}
+        extra = {
+            "reason": reason,
+            "error": error,
+            "attempts": str(attempts),
+            "first_attempt_at": first_attempt_at,
+            "last_attempt_at": last_attempt_at,
+            "dead_lettered_at": clock.now_iso(),
+            "source_entry_id": delivery.entry_id,
+        }
         fields = wire.dead_letter_fields(delivery.fields, extra)
         script_keys = [delivery.stream, keys.dead, keys.dead_counts, keys.state(message_id)]
         if release_slot and phone:
@@ -161,13 +214,26 @@ class Queue:
         dead_id = await self.scripts.deadletter(keys=script_keys, args=args)
         return dead_id is not None
 
-    async def delay(self, delivery: Delivery, message_id: str, fields: Mapping[str, str],
-                    delay_s: float, last_error: str = "") -> bool:
+    async def delay(
+        self,
+        delivery: Delivery,
+        message_id: str,
+        fields: Mapping[str, str],
+        delay_s: float,
+        last_error: str = "",
+    ) -> bool:
         keys = self.keys(delivery.shard)
         done = await self.scripts.delay(
             keys=[delivery.stream, keys.delayed, keys.delayed_payload, keys.state(message_id)],
-            args=[WORKER_GROUP, delivery.entry_id, message_id, max(0, round(delay_s * 1000)),
-                  wire.delay_payload(fields), last_error])
+            args=[
+                WORKER_GROUP,
+                delivery.entry_id,
+                message_id,
+                max(0, round(delay_s * 1000)),
+                wire.delay_payload(fields),
+                last_error,
+            ],
+        )
         self.delay_scheduled.set()
         return bool(done)
 
@@ -175,18 +241,17 @@ class Queue:
         """Acknowledge and delete an entry whose message is settled elsewhere."""
         await self.group.ack([delivery], delete=True)
 
-    async def release(self, shard: int, sender: Sender, message_id: str,
-                      phone: str | None) -> bool:
+    async def release(self, shard: int, sender: Sender, message_id: str, phone: str | None) -> bool:
         """A direct sender's attempt failed: give the message (and its rate slot) back."""
         keys = self.keys(shard)
         script_keys = [keys.state(message_id)] + ([keys.rate_limit(phone)] if phone else [])
-        return bool(await self.scripts.release(keys=script_keys,
-                                               args=[sender.token, message_id]))
+        return bool(await self.scripts.release(keys=script_keys, args=[sender.token, message_id]))
 
     async def sender_of(self, shard: int, message_id: str) -> str | None:
         """Who is sending the message now (a stream entry id or a direct sender), if anyone."""
         owner, lease_until = await self.redis.hmget(  # type: ignore[misc]
-            self.keys(shard).state(message_id), ["owner", "lease_until"])
+            self.keys(shard).state(message_id), ["owner", "lease_until"]
+        )
         if owner is None:
             return None
         if lease_until is not None:
@@ -209,23 +274,28 @@ class Queue:
         """(moved, ms until the next is due or -1, unreadable payloads dropped)."""
         keys = self.keys(shard)
         reply = await self.scripts.move_due(
-            keys=[keys.delayed, keys.delayed_payload, keys.requests], args=[limit])
+            keys=[keys.delayed, keys.delayed_payload, keys.requests], args=[limit]
+        )
         return int(reply[0]), int(reply[1]), int(reply[2])
 
     # -- publishing and budgets ----------------------------------------------------------
-    async def publish(self, fields: Mapping[str, str], idempotency_key: str | None,
-                      shard: int) -> bool:
+    async def publish(
+        self, fields: Mapping[str, str], idempotency_key: str | None, shard: int
+    ) -> bool:
         """Queue an entry through publish.lua; False when the idempotency key was used."""
-        script_keys, args = wire.publish_call(self.keys(shard), fields, idempotency_key,
-                                              self.settings.idempotency_ttl_seconds)
+        script_keys, args = wire.publish_call(
+            self.keys(shard), fields, idempotency_key, self.settings.idempotency_ttl_seconds
+        )
         reply = await self.scripts.publish(keys=script_keys, args=args)
         return bool(int(reply[0]))
 
-    async def take(self, budget_key: str, rate_per_s: float, burst: int,
-                   wanted: int = 1) -> tuple[int, int]:
+    async def take(
+        self, budget_key: str, rate_per_s: float, burst: int, wanted: int = 1
+    ) -> tuple[int, int]:
         """Take up to `wanted` tokens of a fleet budget: (granted, ms until the next)."""
         granted, wait_ms = await self.scripts.budget(
-            keys=[budget_key], args=[json.dumps(1000.0 / rate_per_s), burst, wanted])
+            keys=[budget_key], args=[json.dumps(1000.0 / rate_per_s), burst, wanted]
+        )
         return int(granted), int(wait_ms)
 
 
@@ -240,6 +310,11 @@ def _decode_begin(reply: Any) -> Begin:
     if verdict == "limited":
         return Begin("limited", wait_ms=int(reply[1]), attempt=int(reply[2]))
     if verdict == "exhausted":
-        return Begin("exhausted", attempt=int(reply[1]), last_error=text(reply[2]),
-                     first_attempt_at=text(reply[3]), last_attempt_at=text(reply[4]))
+        return Begin(
+            "exhausted",
+            attempt=int(reply[1]),
+            last_error=text(reply[2]),
+            first_attempt_at=text(reply[3]),
+            last_attempt_at=text(reply[4]),
+        )
     raise ValueError(f"begin.lua answered {verdict!r}")

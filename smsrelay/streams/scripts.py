@@ -32,8 +32,7 @@ def source(name: str) -> str:
 class Scripts:
     """Every script registered on one Redis client."""
 
-    NAMES = ("publish", "begin", "sent", "deadletter", "delay", "move_due", "release",
-             "budget")
+    NAMES = ("publish", "begin", "sent", "deadletter", "delay", "move_due", "release", "budget")
 
     def __init__(self, client: Any) -> None:
         for name in self.NAMES:

@@ -67,11 +67,14 @@ class PipelineStats:
         return sum(int(getattr(s, name)) for s in self.shards)
 
 
-async def collect(client: aioredis.Redis, settings: Settings, *, consumers: bool = True,
-                  unread: bool = True) -> PipelineStats:
+async def collect(
+    client: aioredis.Redis, settings: Settings, *, consumers: bool = True, unread: bool = True
+) -> PipelineStats:
     """Read every shard in a few pipelined round trips. Raises Redis errors as they come."""
-    shards = [ShardStats(k.shard, k.requests, k.dead)
-              for k in all_shards(settings.namespace, settings.shards)]
+    shards = [
+        ShardStats(k.shard, k.requests, k.dead)
+        for k in all_shards(settings.namespace, settings.shards)
+    ]
     keys = all_shards(settings.namespace, settings.shards)
     async with client.pipeline(transaction=False) as pipe:
         for k in keys:
@@ -84,20 +87,23 @@ async def collect(client: aioredis.Redis, settings: Settings, *, consumers: bool
             pipe.hgetall(k.admin_retry_counts)
         replies = await pipe.execute(raise_on_error=False)
     for n, (stats, k) in enumerate(zip(shards, keys, strict=True)):
-        (length, groups, delayed, dead, dead_groups, dead_counts,
-         retry_counts) = replies[7 * n:7 * n + 7]
+        (length, groups, delayed, dead, dead_groups, dead_counts, retry_counts) = replies[
+            7 * n : 7 * n + 7
+        ]
         stats.backlog, stats.delayed, stats.dead_letters = _int(length), _int(delayed), _int(dead)
         workers = _group(groups, WORKER_GROUP)
         stats.pending = int(workers["pending"]) if workers else 0
         mirror = _group(dead_groups, MIRROR_GROUP)
-        stats.unmirrored = (await _unmirrored(client, k.dead, mirror) if mirror
-                            else stats.dead_letters)
+        stats.unmirrored = (
+            await _unmirrored(client, k.dead, mirror) if mirror else stats.dead_letters
+        )
         stats.dead_by_reason = _counts(dead_counts)
         stats.admin_retries = _counts(retry_counts)
         if consumers and workers:
             infos: list[dict[Any, Any]] = await client.xinfo_consumers(k.requests, WORKER_GROUP)
-            stats.consumers = [Consumer(text(c["name"]), int(c["pending"]), int(c["idle"]))
-                               for c in infos]
+            stats.consumers = [
+                Consumer(text(c["name"]), int(c["pending"]), int(c["idle"])) for c in infos
+            ]
     result = PipelineStats(settings.namespace, shards)
     if unread:
         result.unread = await unread_streams(client, settings)
@@ -111,8 +117,9 @@ async def unread_streams(client: aioredis.Redis, settings: Settings) -> list[Unr
     """
     read_by_workers = {str(shard) for shard in range(settings.shards)}
     found: list[str] = []
-    async for key in client.scan_iter(match=request_stream_pattern(settings.namespace),
-                                      count=1000, _type="stream"):
+    async for key in client.scan_iter(
+        match=request_stream_pattern(settings.namespace), count=1000, _type="stream"
+    ):
         name = text(key)
         if shard_label(settings.namespace, name) not in read_by_workers:
             found.append(name)

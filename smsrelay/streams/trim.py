@@ -14,8 +14,7 @@ def _id(value: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-async def trim_settled(client: aioredis.Redis, stream: str, group: str,
-                       retention_ms: int) -> int:
+async def trim_settled(client: aioredis.Redis, stream: str, group: str, retention_ms: int) -> int:
     """XTRIM MINID: drop entries older than `retention_ms` that `group` has read and settled.
 
     The bound is the lowest of: the retention cutoff (on the server's clock), the entry after

@@ -21,14 +21,25 @@ MAX_DEAD_PAYLOAD_BYTES = 16 * 1024
 MAX_DEAD_PAYLOAD_FIELDS = 64
 MAX_ERROR_CHARS = 2000
 # Entry fields worth keeping first when an entry must be cut, in this order.
-_FIRST = ("id", "to", "body", "v", "created_at", "kind", "idempotency_key", "meta",
-          "replay_of", "expires_at")
+_FIRST = (
+    "id",
+    "to",
+    "body",
+    "v",
+    "created_at",
+    "kind",
+    "idempotency_key",
+    "meta",
+    "replay_of",
+    "expires_at",
+)
 # Fields of an entry that the worker's parsed model does not hold but a retry must carry on.
 CARRIED_FIELDS = ("replay_of",)
 
 
-def publish_call(keys: ShardKeys, fields: Mapping[str, str], idempotency_key: str | None,
-                 idempotency_ttl_s: int) -> tuple[list[str], FlatArgs]:
+def publish_call(
+    keys: ShardKeys, fields: Mapping[str, str], idempotency_key: str | None, idempotency_ttl_s: int
+) -> tuple[list[str], FlatArgs]:
     """publish.lua's keys and arguments for one entry."""
     script_keys = [keys.requests]
     if idempotency_key:
@@ -71,8 +82,9 @@ def dead_letter_fields(raw: RawFields, extra: Mapping[str, str]) -> dict[Any, An
     entry) is kept as `orig.<name>`. When the entry is larger, the most useful fields come
     first and the rest is cut; `payload_truncated`, `payload_bytes` and `payload_fields` say so.
     """
-    merged: dict[Any, Any] = {name: value[:MAX_ERROR_CHARS] if name == "error" else value
-                              for name, value in extra.items()}
+    merged: dict[Any, Any] = {
+        name: value[:MAX_ERROR_CHARS] if name == "error" else value for name, value in extra.items()
+    }
     items = sorted(raw.items(), key=lambda kv: _rank(kv[0]))
     total = sum(len(k) + len(v) for k, v in items)
     budget, kept, cut = MAX_DEAD_PAYLOAD_BYTES, 0, False
@@ -84,7 +96,7 @@ def dead_letter_fields(raw: RawFields, extra: Mapping[str, str]) -> dict[Any, An
             cut = True
             break
         if size > budget:  # keep the head of a long value (a body, say), then stop
-            merged[stored] = value[:budget - len(key)]
+            merged[stored] = value[: budget - len(key)]
             kept += 1
             cut = True
             break
@@ -92,8 +104,13 @@ def dead_letter_fields(raw: RawFields, extra: Mapping[str, str]) -> dict[Any, An
         budget -= size
         kept += 1
     if cut:
-        merged.update({"payload_truncated": "1", "payload_bytes": str(total),
-                       "payload_fields": str(len(items))})
+        merged.update(
+            {
+                "payload_truncated": "1",
+                "payload_bytes": str(total),
+                "payload_fields": str(len(items)),
+            }
+        )
     return merged
 
 

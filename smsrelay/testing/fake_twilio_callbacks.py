@@ -102,8 +102,11 @@ class Receipts:
         return to, cls.ending(final, code, before=before, delay_s=float(delay))
 
     def to_json(self) -> dict[str, object]:
-        return {"statuses": list(self.statuses), "error_code": self.error_code,
-                "delay": self.delay_s}
+        return {
+            "statuses": list(self.statuses),
+            "error_code": self.error_code,
+            "delay": self.delay_s,
+        }
 
 
 def _status_list(raw: object, name: str) -> tuple[str, ...]:
@@ -261,8 +264,9 @@ class StatusCallbacks:
         url = message.status_callback
         params = callback_params(message, status, error_code)
         signature = validator.compute_signature(url, params)
-        record = CallbackRecord(time.time(), message.sid, message.to, url, status, params,
-                                signature)
+        record = CallbackRecord(
+            time.time(), message.sid, message.to, url, status, params, signature
+        )
         self.records.append(record)
         headers = {
             SIGNATURE_HEADER: signature,
@@ -298,8 +302,12 @@ class StatusCallbacks:
 
     def summary(self) -> dict[str, int]:
         delivered = sum(1 for r in self.records if r.delivered)
-        return {"attempted": len(self.records), "delivered": delivered,
-                "failed": len(self.records) - delivered, "pending": self.pending()}
+        return {
+            "attempted": len(self.records),
+            "delivered": delivered,
+            "failed": len(self.records) - delivered,
+            "pending": self.pending(),
+        }
 
     # -- lifecycle --------------------------------------------------------------------------
     def reset(self) -> None:

@@ -103,7 +103,8 @@ def list_page(
     filters = {name: query[name] for name in _FILTERS if query.get(name)}
     checks = [_matcher(name, raw) for name, raw in filters.items()]
     newest_first = [
-        m for m in reversed(messages)
+        m
+        for m in reversed(messages)
         if m.account_sid == account_sid and all(check(m) for check in checks)
     ]
     start = _page_start(newest_first, query.get("PageToken"), number, size)
@@ -123,8 +124,7 @@ def list_page(
         "next_page_uri": uri(number + 1, f"PA{items[-1].sid}") if has_next and items else None,
         "page": number,
         "page_size": size,
-        "previous_page_uri": uri(number - 1, f"PB{items[0].sid}") if number > 0 and items
-        else None,
+        "previous_page_uri": uri(number - 1, f"PB{items[0].sid}") if number > 0 and items else None,
         "start": start,
         "uri": uri(number, query.get("PageToken") or None),
     }

@@ -26,22 +26,39 @@ REPLAY = "/api/admin/dead-letters/replay"
 
 
 @pytest.fixture
-def admin_settings(redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
-                   database_url: str) -> Settings:
-    return make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                         database_url=database_url, admin_token=TOKEN, replay_rate=200)
+def admin_settings(
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, database_url: str
+) -> Settings:
+    return make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        fake_twilio.url,
+        database_url=database_url,
+        admin_token=TOKEN,
+        replay_rate=200,
+    )
 
 
 @asynccontextmanager
-async def admin_client(settings: Settings, headers: dict[str, str] | None = None, *,
-                       client: tuple[str, int] = ("127.0.0.1", 50000),
-                       app: FastAPI | None = None) -> AsyncIterator[httpx.AsyncClient]:
+async def admin_client(
+    settings: Settings,
+    headers: dict[str, str] | None = None,
+    *,
+    client: tuple[str, int] = ("127.0.0.1", 50000),
+    app: FastAPI | None = None,
+) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the app (by default a new one) calling from the address `client`."""
     app = app or create_app(settings)
     transport = httpx.ASGITransport(app=app, client=client)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=transport, base_url="http://admin",
-            headers=AUTH if headers is None else headers) as http:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=transport,
+            base_url="http://admin",
+            headers=AUTH if headers is None else headers,
+        ) as http,
+    ):
         yield http
 
 
@@ -58,8 +75,9 @@ async def rclient(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-async def seed(settings: Settings, client: aioredis.Redis, *, phone: str | None = None,
-               **kwargs: Any) -> tuple[str, str, str]:
+async def seed(
+    settings: Settings, client: aioredis.Redis, *, phone: str | None = None, **kwargs: Any
+) -> tuple[str, str, str]:
     """A mirrored dead letter: (message id, dead-letter entry id, phone)."""
     phone = phone or unique_phone()
     message_id, entry_id = await add_dead_letter(client, settings, phone=phone, **kwargs)
@@ -74,8 +92,9 @@ async def get_record(api: httpx.AsyncClient, phone: str) -> dict[str, Any]:
     return record
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0,
-                     what: str = "condition") -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
+) -> None:
     """Await `check()` until it is true (an async `tests.helpers.wait_until`)."""
     deadline = time.monotonic() + timeout
     while not await check():

@@ -29,11 +29,18 @@ def bearer(token: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def role_settings(redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
-                  database_url: str) -> Settings:
-    return make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                         database_url=database_url, admin_token=TOKEN,
-                         admin_tokens=f"ops:viewer:{VIEWER}, ci:operator:{OPERATOR}")
+def role_settings(
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, database_url: str
+) -> Settings:
+    return make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        fake_twilio.url,
+        database_url=database_url,
+        admin_token=TOKEN,
+        admin_tokens=f"ops:viewer:{VIEWER}, ci:operator:{OPERATOR}",
+    )
 
 
 @pytest.fixture
@@ -49,23 +56,32 @@ async def app_client(role_settings: Settings) -> AsyncIterator[httpx.AsyncClient
         yield client
 
 
-@pytest.mark.parametrize(("token", "actor", "role"), [
-    (TOKEN, "admin", "operator"), (VIEWER, "ops", "viewer"), (OPERATOR, "ci", "operator")])
-async def test_routes_know_who_calls(app_client: httpx.AsyncClient, token: str, actor: str,
-                                     role: str) -> None:
+@pytest.mark.parametrize(
+    ("token", "actor", "role"),
+    [(TOKEN, "admin", "operator"), (VIEWER, "ops", "viewer"), (OPERATOR, "ci", "operator")],
+)
+async def test_routes_know_who_calls(
+    app_client: httpx.AsyncClient, token: str, actor: str, role: str
+) -> None:
     # Given each configured token, When a route reads request.state, Then it sees its name
     response = await app_client.get(WHOAMI, headers=bearer(token))
     assert response.json() == {"actor": actor, "role": role}
 
 
-@pytest.mark.parametrize(("method", "path", "kwargs"), [
-    ("POST", LIST, {"json": {"id": str(uuid.uuid4())}}),
-    ("DELETE", LIST, {"params": {"id": str(uuid.uuid4())}}),
-    ("POST", REPLAY, {"json": {"reason": "poison"}}),
-    ("PUT", LIST, {}), ("PATCH", "/api/nope", {}), ("POST", WHOAMI, {}),
-])
-async def test_a_viewer_changes_nothing(app_client: httpx.AsyncClient, method: str, path: str,
-                                        kwargs: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        ("POST", LIST, {"json": {"id": str(uuid.uuid4())}}),
+        ("DELETE", LIST, {"params": {"id": str(uuid.uuid4())}}),
+        ("POST", REPLAY, {"json": {"reason": "poison"}}),
+        ("PUT", LIST, {}),
+        ("PATCH", "/api/nope", {}),
+        ("POST", WHOAMI, {}),
+    ],
+)
+async def test_a_viewer_changes_nothing(
+    app_client: httpx.AsyncClient, method: str, path: str, kwargs: dict[str, Any]
+) -> None:
     # Given the viewer's token, When it asks for any change, Then 403 before anything runs
     response = await app_client.request(method, path, headers=bearer(VIEWER), **kwargs)
     assert response.status_code == 403, response.text
@@ -102,11 +118,16 @@ def test_every_token_is_compared_whatever_matches(monkeypatch: pytest.MonkeyPatc
         return real(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", counting)
-    settings = Settings.load(admin_token=TOKEN, admin_tokens=f"ops:viewer:{VIEWER},"
-                                                             f"ci:operator:{OPERATOR}")
+    settings = Settings.load(
+        admin_token=TOKEN, admin_tokens=f"ops:viewer:{VIEWER},ci:operator:{OPERATOR}"
+    )
     tokens = auth.TokenTable(settings.require_admin_credentials())
-    for header, expected in ((f"Bearer {TOKEN}", "admin"), (f"Bearer {OPERATOR}", "ci"),
-                             ("Bearer nope", None), ("", None)):
+    for header, expected in (
+        (f"Bearer {TOKEN}", "admin"),
+        (f"Bearer {OPERATOR}", "ci"),
+        ("Bearer nope", None),
+        ("", None),
+    ):
         calls.clear()
         found = tokens.identify(header.encode())
         assert (found.name if found else None) == expected
@@ -123,14 +144,18 @@ async def test_repeated_failures_are_refused_for_a_while(role_settings: Settings
     limit = role_settings.admin_auth_max_failures
     assert limit == 10  # the default
     with capture_logs() as logs:
-        async with admin_client(role_settings, headers={}, client=ATTACKER, app=app) as attacker, \
-                admin_client(role_settings, headers={}, client=BYSTANDER, app=app) as bystander:
+        async with (
+            admin_client(role_settings, headers={}, client=ATTACKER, app=app) as attacker,
+            admin_client(role_settings, headers={}, client=BYSTANDER, app=app) as bystander,
+        ):
             # Given one client sending wrong tokens, as fast as it can
-            statuses = [(await attacker.get(LIST, headers=bearer(f"guess-{n:016d}"))).status_code
-                        for n in range(3 * limit)]
+            statuses = [
+                (await attacker.get(LIST, headers=bearer(f"guess-{n:016d}"))).status_code
+                for n in range(3 * limit)
+            ]
             # Then it is refused with 401 at first, then with 429 for the cool-down
-            assert statuses[:limit - 1] == [401] * (limit - 1)
-            assert set(statuses[limit - 1:]) == {429}, statuses
+            assert statuses[: limit - 1] == [401] * (limit - 1)
+            assert set(statuses[limit - 1 :]) == {429}, statuses
             refused = await attacker.get(LIST, headers=bearer(TOKEN))  # even the right token
             assert refused.status_code == 429
             retry_after = int(refused.headers["Retry-After"])
@@ -163,8 +188,9 @@ async def test_a_request_without_a_token_is_not_a_guess(role_settings: Settings)
 
 
 @pytest.mark.parametrize(("limit", "refused_after"), [(3, 3), (0, None)])
-async def test_the_limit_is_a_setting(role_settings: Settings, limit: int,
-                                      refused_after: int | None) -> None:
+async def test_the_limit_is_a_setting(
+    role_settings: Settings, limit: int, refused_after: int | None
+) -> None:
     # Given SMSRELAY_ADMIN_AUTH_MAX_FAILURES (0: never refused, only logged)
     settings = role_settings.model_copy(update={"admin_auth_max_failures": limit})
     async with admin_client(settings, headers=bearer("y" * 20), client=ATTACKER) as client:
@@ -203,8 +229,9 @@ def test_failures_age_out_and_the_cooldown_ends() -> None:
 
 def test_the_log_is_one_line_per_client_per_period_with_a_count() -> None:
     clock = Clock()
-    table = auth.FailedAuth(max_failures=1000, window_s=600, cooldown_s=30,
-                            log_period_s=60, clock=clock)
+    table = auth.FailedAuth(
+        max_failures=1000, window_s=600, cooldown_s=30, log_period_s=60, clock=clock
+    )
     with capture_logs() as logs:
         for _ in range(50):
             table.failed("a", 7)
@@ -237,16 +264,21 @@ async def test_a_root_path_does_not_open_a_way_around_the_guard(role_settings: S
     # Given the app mounted under a root path (a proxy's prefix: the ASGI path then holds it)
     app = create_app(role_settings)
     transport = httpx.ASGITransport(app=app, root_path="/admin")
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=transport, base_url="http://admin") as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://admin") as client,
+    ):
         # Then the API still needs a token, and its answers are still not cached
         anonymous = await client.get(f"/admin{LIST}")
         assert anonymous.status_code == 401, anonymous.text
         assert anonymous.headers["Cache-Control"] == "no-store"
         viewer = await client.get(f"/admin{LIST}", headers=bearer(VIEWER))
         assert viewer.status_code == 200 and viewer.headers["Cache-Control"] == "no-store"
-        assert (await client.delete(f"/admin{LIST}", params={"id": str(uuid.uuid4())},
-                                    headers=bearer(VIEWER))).status_code == 403
+        assert (
+            await client.delete(
+                f"/admin{LIST}", params={"id": str(uuid.uuid4())}, headers=bearer(VIEWER)
+            )
+        ).status_code == 403
         # And /docs points at assets and a document under the prefix
         page = (await client.get("/admin/docs")).text
         assert 'src="/admin/docs/assets/swagger-init.js"' in page

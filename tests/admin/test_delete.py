@@ -14,7 +14,8 @@ from tests.admin.test_http_errors import assert_error
 
 
 async def test_delete_removes_the_row_and_the_stream_entry(
-        api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis) -> None:
+    api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis
+) -> None:
     # Given two records; the other one must survive
     message_id, _, phone = await seed(admin_settings, rclient)
     other_id, other_entry, _ = await seed(admin_settings, rclient)

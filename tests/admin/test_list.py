@@ -16,19 +16,32 @@ from tests.store.dlq import unique_phone
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-async def test_records_come_in_the_seed_shape(api: httpx.AsyncClient, admin_settings: Settings,
-                                              rclient: aioredis.Redis) -> None:
+async def test_records_come_in_the_seed_shape(
+    api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis
+) -> None:
     # Given a dead letter mirrored into Postgres
-    message_id, _, phone = await seed(admin_settings, rclient, attempts=3,
-                                      reason="retries_exhausted", error="Twilio 503")
+    message_id, _, phone = await seed(
+        admin_settings, rclient, attempts=3, reason="retries_exhausted", error="Twilio 503"
+    )
     # When listing its phone's records
     body = (await api.get(LIST, params={"phone": phone})).json()
     # Then the body is the seed's, with the extra fields, camelCase and ISO 8601 UTC
     assert body["success"] is True
     assert body["pagination"] == {"total": 1, "limit": 50, "offset": 0, "hasMore": False}
     [record] = body["data"]
-    assert set(record) == {"id", "phone", "message", "error", "attempts", "createdAt",
-                           "lastAttemptAt", "reason", "status", "messageSid", "resolvedAt"}
+    assert set(record) == {
+        "id",
+        "phone",
+        "message",
+        "error",
+        "attempts",
+        "createdAt",
+        "lastAttemptAt",
+        "reason",
+        "status",
+        "messageSid",
+        "resolvedAt",
+    }
     assert record["id"] == message_id
     assert (record["phone"], record["attempts"], record["error"]) == (phone, 3, "Twilio 503")
     assert record["message"] == "Hi, your booking is in"
@@ -37,16 +50,22 @@ async def test_records_come_in_the_seed_shape(api: httpx.AsyncClient, admin_sett
     assert ISO_UTC.match(record["createdAt"]) and ISO_UTC.match(record["lastAttemptAt"])
 
 
-async def test_newest_first_with_filters_and_pages(api: httpx.AsyncClient,
-                                                   admin_settings: Settings,
-                                                   rclient: aioredis.Redis) -> None:
+async def test_newest_first_with_filters_and_pages(
+    api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis
+) -> None:
     phone = unique_phone()
     start = clock.now() - timedelta(hours=1)
     ids = []
-    for n, reason in enumerate(["rate_limited", "permanent_error", "rate_limited",
-                                "poison", "rate_limited"]):
-        message_id, _, _ = await seed(admin_settings, rclient, phone=phone, reason=reason,
-                                      created_at=clock.iso(start + timedelta(minutes=n)))
+    for n, reason in enumerate(
+        ["rate_limited", "permanent_error", "rate_limited", "poison", "rate_limited"]
+    ):
+        message_id, _, _ = await seed(
+            admin_settings,
+            rclient,
+            phone=phone,
+            reason=reason,
+            created_at=clock.iso(start + timedelta(minutes=n)),
+        )
         ids.append(message_id)
     newest_first = ids[::-1]
 
@@ -56,14 +75,16 @@ async def test_newest_first_with_filters_and_pages(api: httpx.AsyncClient,
         body = response.json()
         return [r["id"] for r in body["data"]], body["pagination"]
 
-    assert await page() == (newest_first, {"total": 5, "limit": 50, "offset": 0,
-                                           "hasMore": False})
-    assert await page(limit=2) == (newest_first[:2], {"total": 5, "limit": 2, "offset": 0,
-                                                      "hasMore": True})
-    assert await page(limit=2, offset=4) == (newest_first[4:], {"total": 5, "limit": 2,
-                                                                "offset": 4, "hasMore": False})
-    assert await page(offset=5) == ([], {"total": 5, "limit": 50, "offset": 5,
-                                         "hasMore": False})
+    assert await page() == (newest_first, {"total": 5, "limit": 50, "offset": 0, "hasMore": False})
+    assert await page(limit=2) == (
+        newest_first[:2],
+        {"total": 5, "limit": 2, "offset": 0, "hasMore": True},
+    )
+    assert await page(limit=2, offset=4) == (
+        newest_first[4:],
+        {"total": 5, "limit": 2, "offset": 4, "hasMore": False},
+    )
+    assert await page(offset=5) == ([], {"total": 5, "limit": 50, "offset": 5, "hasMore": False})
     limited, meta = await page(reason="rate_limited")
     assert limited == [ids[4], ids[2], ids[0]] and meta["total"] == 3
     assert (await page(status="resolved"))[0] == []
@@ -71,7 +92,8 @@ async def test_newest_first_with_filters_and_pages(api: httpx.AsyncClient,
 
 
 async def test_a_phone_filter_with_an_unencoded_plus_works(
-        api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis) -> None:
+    api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis
+) -> None:
     message_id, _, phone = await seed(admin_settings, rclient)
     # `?phone=+1415...` typed into a shell: the `+` arrives as a space
     response = await api.get(f"{LIST}?phone={phone}")

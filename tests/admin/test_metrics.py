@@ -30,8 +30,9 @@ def scrape(text: str) -> dict[str, Any]:
     return families
 
 
-async def test_metrics_read_redis_and_postgres(admin_settings: Settings,
-                                               rclient: aioredis.Redis, fake_twilio: Any) -> None:
+async def test_metrics_read_redis_and_postgres(
+    admin_settings: Settings, rclient: aioredis.Redis, fake_twilio: Any
+) -> None:
     # Given two requests waiting, three dead letters mirrored, two admin retries
     with Producer(admin_settings) as producer:
         for _ in range(2):
@@ -54,26 +55,40 @@ async def test_metrics_read_redis_and_postgres(admin_settings: Settings,
     assert metrics["smsrelay_dead_letter_stream_length"] == ("gauge", {shard: 3.0})
     kind, dead = metrics["smsrelay_dead_letters_total"]
     assert kind == "counter"
-    assert dead == {(("reason", "invalid_payload"),): 0.0, (("reason", "permanent_error"),): 1.0,
-                    (("reason", "poison"),): 0.0, (("reason", "rate_limited"),): 2.0,
-                    (("reason", "retries_exhausted"),): 0.0}
+    assert dead == {
+        (("reason", "invalid_payload"),): 0.0,
+        (("reason", "permanent_error"),): 1.0,
+        (("reason", "poison"),): 0.0,
+        (("reason", "rate_limited"),): 2.0,
+        (("reason", "retries_exhausted"),): 0.0,
+    }
     kind, retries = metrics["smsrelay_admin_retries_total"]
     assert kind == "counter"
-    assert retries == {(("outcome", o),): v for o, v in (
-        ("success", 1.0), ("not_found", 1.0), ("rate_limited", 0.0), ("provider_error", 0.0),
-        ("conflict", 0.0))}
+    assert retries == {
+        (("outcome", o),): v
+        for o, v in (
+            ("success", 1.0),
+            ("not_found", 1.0),
+            ("rate_limited", 0.0),
+            ("provider_error", 0.0),
+            ("conflict", 0.0),
+        )
+    }
     kind, records = metrics["smsrelay_failed_sms_records"]
     assert kind == "gauge"
     assert {dict(k)["status"] for k in records} == {"failed", "replayed", "resolved"}
     assert records[(("status", "resolved"),)] >= 1 and records[(("status", "failed"),)] >= 2
-    assert metrics["smsrelay_scrape_error"][1] == {(("source", "postgres"),): 0.0,
-                                                   (("source", "redis"),): 0.0}
+    assert metrics["smsrelay_scrape_error"][1] == {
+        (("source", "postgres"),): 0.0,
+        (("source", "redis"),): 0.0,
+    }
     # and the names are the ones the deploy checks read
     assert set(metrics) == admin_metric_names()
 
 
 async def test_pending_counts_entries_held_by_workers(
-        admin_settings: Settings, rclient: aioredis.Redis) -> None:
+    admin_settings: Settings, rclient: aioredis.Redis
+) -> None:
     with Producer(admin_settings) as producer:
         producer.publish(unique_phone(), "in flight")
     requests = ShardKeys(admin_settings.namespace).requests
@@ -92,26 +107,38 @@ async def test_every_shard_is_reported(admin_settings: Settings) -> None:
 
 
 async def test_a_scrape_survives_postgres_and_redis_outages(admin_settings: Settings) -> None:
-    down = admin_settings.model_copy(update={
-        "database_url": "postgresql://postgres@127.0.0.1:1/postgres",
-        "redis_url": "redis://127.0.0.1:1/0"})
+    down = admin_settings.model_copy(
+        update={
+            "database_url": "postgresql://postgres@127.0.0.1:1/postgres",
+            "redis_url": "redis://127.0.0.1:1/0",
+        }
+    )
     async with admin_client(down) as api:
         response = await api.get("/metrics")
     assert response.status_code == 200
     metrics = scrape(response.text)
-    assert metrics["smsrelay_scrape_error"][1] == {(("source", "postgres"),): 1.0,
-                                                   (("source", "redis"),): 1.0}
+    assert metrics["smsrelay_scrape_error"][1] == {
+        (("source", "postgres"),): 1.0,
+        (("source", "redis"),): 1.0,
+    }
     assert "smsrelay_failed_sms_records" not in metrics
     assert "smsrelay_stream_length" not in metrics
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
-async def test_promtool_finds_nothing_to_fix(admin_settings: Settings,
-                                             rclient: aioredis.Redis) -> None:
+async def test_promtool_finds_nothing_to_fix(
+    admin_settings: Settings, rclient: aioredis.Redis
+) -> None:
     await seed(admin_settings, rclient)
     async with admin_client(admin_settings) as api:
         text = (await api.get("/metrics")).text
     result = await asyncio.to_thread(
-        subprocess.run, ["promtool", "check", "metrics"], input=text, capture_output=True,
-        text=True, timeout=30, check=False)
+        subprocess.run,
+        ["promtool", "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr

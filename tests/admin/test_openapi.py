@@ -30,19 +30,30 @@ NO_INPUTS = {"/healthz", "/readyz", "/metrics"}
 
 
 @pytest.fixture(scope="module")
-def admin_url(redis_url: str, database_url: str,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def admin_url(
+    redis_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A real admin server in a thread (its lifespan runs as in production)."""
     namespace = f"t{uuid.uuid4().hex[:10]}"
     tmp: Path = tmp_path_factory.mktemp("openapi")
     with FakeTwilioThread() as fake:
         # schemathesis tries wrong tokens on every operation (its ignored_auth check): with
         # the failed-auth limit on, its own valid requests would soon be refused (429).
-        config = make_settings(redis_url, namespace, tmp, fake.url, database_url=database_url,
-                               admin_token=TOKEN, admin_auth_max_failures=0)
+        config = make_settings(
+            redis_url,
+            namespace,
+            tmp,
+            fake.url,
+            database_url=database_url,
+            admin_token=TOKEN,
+            admin_auth_max_failures=0,
+        )
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1",
-                                               port=port, log_config=None, access_log=False))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(config), host="127.0.0.1", port=port, log_config=None, access_log=False
+            )
+        )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         url = f"http://127.0.0.1:{port}"
@@ -61,8 +72,7 @@ def admin_url(redis_url: str, database_url: str,
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_every_answer_matches_the_openapi_document(admin_url: str,
-                                                   mode: GenerationMode) -> None:
+def test_every_answer_matches_the_openapi_document(admin_url: str, mode: GenerationMode) -> None:
     # Positive: valid requests are accepted (or 404/409/...: what the document lists).
     # Negative: invalid ones are refused with a documented 4xx, never a 500.
     schema = schemathesis.openapi.from_url(f"{admin_url}/openapi.json")
@@ -73,13 +83,16 @@ def test_every_answer_matches_the_openapi_document(admin_url: str,
     assert len(operations) == 7
 
     for operation in operations:
+
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck),
-                  database=None)
+        @settings(
+            max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None
+        )
         def check(case: schemathesis.Case[Any]) -> None:
             # A negative header case drops the bearer token on purpose: 401 is its answer.
             auth_mutated = case.meta is not None and case.meta.is_negative_at(
-                ParameterLocation.HEADER)
+                ParameterLocation.HEADER
+            )
             case.call_and_validate(headers=None if auth_mutated else AUTH)
 
         if mode is GenerationMode.NEGATIVE and operation.path in NO_INPUTS:

@@ -19,23 +19,27 @@ from tests.helpers import running_worker
 from tests.store.dlq import unique_phone
 
 
-async def requests_of(client: aioredis.Redis, settings: Settings) -> list[tuple[str, dict[str,
-                                                                                         str]]]:
+async def requests_of(
+    client: aioredis.Redis, settings: Settings
+) -> list[tuple[str, dict[str, str]]]:
     entries = await client.xrange(ShardKeys(settings.namespace).requests)
     return [(e.decode(), {k.decode(): v.decode() for k, v in f.items()}) for e, f in entries]
 
 
 async def test_replay_puts_the_original_entry_back_once(
-        api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis) -> None:
+    api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis
+) -> None:
     # Given a failed record (no worker runs in this test)
-    message_id, entry_id, phone = await seed(admin_settings, rclient, kind="booking",
-                                             meta='{"booking": 42}')
+    message_id, entry_id, phone = await seed(
+        admin_settings, rclient, kind="booking", meta='{"booking": 42}'
+    )
     # When replayed
     response = await api.post(REPLAY, json={"ids": [message_id, str(uuid.uuid4())]})
     # Then it is accepted, the record shows `replayed`, and the original entry is back
     assert response.status_code == 202, response.text
     assert response.json() == {"success": True, "queued": 1, "skipped": 1}
     assert (await get_record(api, phone))["status"] == "replayed"
+
     async def queued() -> bool:
         return bool(await requests_of(rclient, admin_settings))
 
@@ -54,7 +58,8 @@ async def test_replay_puts_the_original_entry_back_once(
 
 
 async def test_replay_is_paced_at_the_replay_rate(
-        admin_settings: Settings, rclient: aioredis.Redis) -> None:
+    admin_settings: Settings, rclient: aioredis.Redis
+) -> None:
     settings = admin_settings.model_copy(update={"replay_rate": 10.0})
     for _ in range(6):
         await seed(settings, rclient, reason="poison")
@@ -70,7 +75,8 @@ async def test_replay_is_paced_at_the_replay_rate(
 
 
 async def test_a_replay_cut_short_puts_unqueued_records_back_to_failed(
-        admin_settings: Settings, rclient: aioredis.Redis) -> None:
+    admin_settings: Settings, rclient: aioredis.Redis
+) -> None:
     settings = admin_settings.model_copy(update={"replay_rate": 1.0})
     phone = unique_phone()
     for _ in range(3):
@@ -78,6 +84,7 @@ async def test_a_replay_cut_short_puts_unqueued_records_back_to_failed(
     async with open_service(settings) as service:
         plan = await service.plan_replay(reason=DeadLetterReason.RETRIES_EXHAUSTED, limit=3)
         service.start_replay(plan)
+
         async def first_queued() -> bool:
             return bool(await requests_of(rclient, settings))
 
@@ -98,7 +105,8 @@ def publish(settings: Settings, phone: str) -> str:
 
 
 async def test_replay_end_to_end_through_a_worker(
-        admin_settings: Settings, fake_twilio: Any) -> None:
+    admin_settings: Settings, fake_twilio: Any
+) -> None:
     settings = admin_settings
     healed, broken = unique_phone(), unique_phone()
     # The first send to each fails for good; later ones to `healed` succeed
@@ -111,8 +119,11 @@ async def test_replay_end_to_end_through_a_worker(
         async def wait_status(phone: str, status: str, attempts: int | None = None) -> None:
             async def reached() -> bool:
                 data = (await api.get(LIST, params={"phone": phone})).json()["data"]
-                return bool(data) and data[0]["status"] == status and (
-                    attempts is None or data[0]["attempts"] == attempts)
+                return (
+                    bool(data)
+                    and data[0]["status"] == status
+                    and (attempts is None or data[0]["attempts"] == attempts)
+                )
 
             await eventually(reached, what=f"{phone} {status}")
 

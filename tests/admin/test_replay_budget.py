@@ -18,16 +18,20 @@ RATE = 10
 
 
 async def test_five_replays_on_two_admins_share_one_rate(
-        admin_settings: Settings, rclient: aioredis.Redis, fake_twilio: Any) -> None:
+    admin_settings: Settings, rclient: aioredis.Redis, fake_twilio: Any
+) -> None:
     settings = admin_settings.model_copy(update={"replay_rate": RATE})
     ids = [(await add_dead_letter(rclient, settings))[0] for _ in range(30)]
     await mirror_now(settings)
     requests = ShardKeys(settings.namespace).requests
     # When five replays of 6 ids each are asked at once, from two admin processes
     async with admin_client(settings) as one, admin_client(settings) as two:
-        answers = await asyncio.gather(*(
-            (one if n % 2 else two).post(REPLAY, json={"ids": ids[6 * n:6 * n + 6]})
-            for n in range(5)))
+        answers = await asyncio.gather(
+            *(
+                (one if n % 2 else two).post(REPLAY, json={"ids": ids[6 * n : 6 * n + 6]})
+                for n in range(5)
+            )
+        )
         assert [a.json()["queued"] for a in answers] == [6] * 5
 
         async def all_queued() -> bool:
@@ -36,8 +40,9 @@ async def test_five_replays_on_two_admins_share_one_rate(
         await eventually(all_queued, timeout=15, what="30 replays on the stream")
     # Then the entries went out at the rate, not five (or two) times it: their stream ids are
     # the server's clock at each XADD
-    stamps = sorted(int(text(entry_id).split("-")[0])
-                    for entry_id, _ in await rclient.xrange(requests))
+    stamps = sorted(
+        int(text(entry_id).split("-")[0]) for entry_id, _ in await rclient.xrange(requests)
+    )
     span_s = (stamps[-1] - stamps[0]) / 1000
     assert span_s >= (30 - 1) / RATE - 0.2, span_s
     for start in stamps:

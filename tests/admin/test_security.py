@@ -54,8 +54,9 @@ async def test_docs_load_nothing_from_outside(api: httpx.AsyncClient) -> None:
     assets = Assets()
     assets.feed(page.text)
     # Then every script, style sheet and icon is on the service itself, and each loads
-    assert any(u.endswith(".js") for u in assets.urls) and any(u.endswith(".css")
-                                                               for u in assets.urls)
+    assert any(u.endswith(".js") for u in assets.urls) and any(
+        u.endswith(".css") for u in assets.urls
+    )
     for url in assets.urls:
         absolute = urljoin(f"{BASE}/docs", url)
         assert urlsplit(absolute).netloc == "admin", f"{url} is not on the service"
@@ -84,12 +85,18 @@ async def test_the_docs_page_has_a_strict_policy(api: httpx.AsyncClient) -> None
     assert page.headers["X-Frame-Options"] == "DENY"
 
 
-@pytest.mark.parametrize(("path", "headers", "status"), [
-    (LIST, None, 200), (LIST, {"Authorization": ""}, 401), (LIST + "?limit=0", None, 400),
-    ("/api/admin/nothing-here", None, 404),
-])
-async def test_api_answers_are_never_cached(api: httpx.AsyncClient, path: str,
-                                            headers: dict[str, str] | None, status: int) -> None:
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [
+        (LIST, None, 200),
+        (LIST, {"Authorization": ""}, 401),
+        (LIST + "?limit=0", None, 400),
+        ("/api/admin/nothing-here", None, 404),
+    ],
+)
+async def test_api_answers_are_never_cached(
+    api: httpx.AsyncClient, path: str, headers: dict[str, str] | None, status: int
+) -> None:
     # Given an /api/ answer, success or error, Then no cache keeps it, nor sniffs it
     response = await (api.get(path) if headers is None else api.get(path, headers=headers))
     assert response.status_code == status, response.text
@@ -100,8 +107,9 @@ async def test_api_answers_are_never_cached(api: httpx.AsyncClient, path: str,
 
 
 async def test_api_413_and_405_carry_the_headers_too(api: httpx.AsyncClient) -> None:
-    big = await api.post(LIST, content=b" " * (65 * 1024),
-                         headers={"Content-Type": "application/json"})
+    big = await api.post(
+        LIST, content=b" " * (65 * 1024), headers={"Content-Type": "application/json"}
+    )
     wrong = await api.put(LIST)
     for response, status in ((big, 413), (wrong, 405)):
         assert response.status_code == status
@@ -118,8 +126,7 @@ async def test_every_response_is_nosniff(api: httpx.AsyncClient, path: str) -> N
     assert csp(response)["frame-ancestors"] == "'none'"
 
 
-async def test_the_document_tells_roles_limits_and_a_valid_example(
-        api: httpx.AsyncClient) -> None:
+async def test_the_document_tells_roles_limits_and_a_valid_example(api: httpx.AsyncClient) -> None:
     document = (await api.get("/openapi.json")).json()
     paths = document["paths"]
     for path, operations in paths.items():
@@ -137,12 +144,14 @@ async def test_the_document_tells_roles_limits_and_a_valid_example(
     assert "8761234567" not in str(document)
 
 
-async def test_security_md_names_every_route_open_without_a_token(
-        api: httpx.AsyncClient) -> None:
+async def test_security_md_names_every_route_open_without_a_token(api: httpx.AsyncClient) -> None:
     # A route added outside /api/ is reachable by anyone: SECURITY.md must say so.
     text = (Path(__file__).parents[2] / "SECURITY.md").read_text()
-    open_paths = [path for path in (await api.get("/openapi.json")).json()["paths"]
-                  if not path.startswith("/api/")] + ["/openapi.json", "/docs"]
+    open_paths = [
+        path
+        for path in (await api.get("/openapi.json")).json()["paths"]
+        if not path.startswith("/api/")
+    ] + ["/openapi.json", "/docs"]
     assert len(open_paths) >= 5
     for path in open_paths:
         assert f"`{path}`" in text, f"{path} is not in SECURITY.md"

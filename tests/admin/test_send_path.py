@@ -24,8 +24,12 @@ def _worker(settings: Settings) -> Any:
 
 @pytest.mark.parametrize("run", range(3))
 async def test_a_retry_and_a_replay_75_ms_apart_send_one_sms(
-        run: int, api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis,
-        fake_twilio: Any) -> None:
+    run: int,
+    api: httpx.AsyncClient,
+    admin_settings: Settings,
+    rclient: aioredis.Redis,
+    fake_twilio: Any,
+) -> None:
     # Given a dead letter, a worker, and a provider that takes 0.3 s to answer
     message_id, _, phone = await seed(admin_settings, rclient)
     fake_twilio.script(phone, [], default={"delay": 0.3})
@@ -51,8 +55,8 @@ async def _resolved(api: httpx.AsyncClient, phone: str) -> bool:
 
 
 async def test_a_replay_asked_during_a_failing_retry_is_skipped_then_sends_once(
-        api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis,
-        fake_twilio: Any) -> None:
+    api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis, fake_twilio: Any
+) -> None:
     # Given a retry whose send is refused after 0.3 s
     message_id, _, phone = await seed(admin_settings, rclient)
     fake_twilio.script(phone, [{"status": 503, "delay": 0.3}])
@@ -72,8 +76,8 @@ async def test_a_replay_asked_during_a_failing_retry_is_skipped_then_sends_once(
 
 
 async def test_a_delete_during_a_retry_is_a_conflict_and_the_send_is_recorded(
-        api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis,
-        fake_twilio: Any) -> None:
+    api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis, fake_twilio: Any
+) -> None:
     message_id, _, phone = await seed(admin_settings, rclient)
     fake_twilio.script(phone, [{"delay": 0.4}])
     # When an admin deletes the record while another's retry is sending it
@@ -86,14 +90,16 @@ async def test_a_delete_during_a_retry_is_a_conflict_and_the_send_is_recorded(
     assert (await retry).status_code == 200
     record = await get_record(api, phone)
     assert (record["status"], record["messageSid"]) == (
-        "resolved", fake_twilio.messages_to(phone)[0].sid)
+        "resolved",
+        fake_twilio.messages_to(phone)[0].sid,
+    )
     # and once it settled, the delete works
     assert (await api.delete(LIST, params={"id": message_id})).status_code == 200
 
 
 async def test_a_delete_while_a_worker_sends_a_replay_is_a_conflict(
-        api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis,
-        fake_twilio: Any) -> None:
+    api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis, fake_twilio: Any
+) -> None:
     message_id, _, phone = await seed(admin_settings, rclient)
     fake_twilio.script(phone, [{"delay": 0.5}])
     async with _worker(admin_settings):
@@ -110,11 +116,12 @@ async def _requested(fake_twilio: Any, phone: str) -> bool:
 
 
 async def test_retry_never_sends_an_invalid_payload_even_forced(
-        api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis,
-        fake_twilio: Any) -> None:
+    api: httpx.AsyncClient, admin_settings: Settings, rclient: aioredis.Redis, fake_twilio: Any
+) -> None:
     # A dead letter whose entry did not parse, though its `to` and `body` would
-    message_id, _, phone = await seed(admin_settings, rclient, reason="invalid_payload",
-                                      error="created_at: invalid datetime")
+    message_id, _, phone = await seed(
+        admin_settings, rclient, reason="invalid_payload", error="created_at: invalid datetime"
+    )
     response = await api.post(LIST, json={"id": message_id, "force": True})
     assert response.status_code == 409
     assert "invalid_payload" in response.json()["error"]

@@ -20,31 +20,37 @@ async def test_postgres_down_is_503_database_unavailable(admin_settings: Setting
     some_id = str(uuid.uuid4())
     # The app still starts (it migrates once Postgres is back)
     async with admin_client(settings) as api:
-        for response in (await api.get(LIST), await api.post(LIST, json={"id": some_id}),
-                         await api.delete(LIST, params={"id": some_id}),
-                         await api.post(REPLAY, json={"ids": [some_id]})):
+        for response in (
+            await api.get(LIST),
+            await api.post(LIST, json={"id": some_id}),
+            await api.delete(LIST, params={"id": some_id}),
+            await api.post(REPLAY, json={"ids": [some_id]}),
+        ):
             assert_error(response, 503, "database unavailable")
             assert response.json()["service"] == "postgres"
         ready = await api.get("/readyz")
         assert ready.status_code == 503
-        assert ready.json() == {"status": "unavailable", "redis": "ok",
-                                "postgres": "unavailable"}
+        assert ready.json() == {"status": "unavailable", "redis": "ok", "postgres": "unavailable"}
         assert (await api.get("/healthz")).status_code == 200
         # bad input is still told apart from an outage
         assert_error(await api.get(LIST, params={"limit": 0}), 400, "limit")
 
 
-async def test_redis_down_is_503_for_what_needs_redis(admin_settings: Settings,
-                                                      rclient: aioredis.Redis) -> None:
+async def test_redis_down_is_503_for_what_needs_redis(
+    admin_settings: Settings, rclient: aioredis.Redis
+) -> None:
     message_id, entry_id, phone = await seed(admin_settings, rclient)
     settings = admin_settings.model_copy(update={"redis_url": NOWHERE_REDIS})
     async with admin_client(settings) as api:
         # Listing reads Postgres only: it works
         assert (await api.get(LIST, params={"phone": phone})).json()["data"][0]["id"] == (
-            message_id)
+            message_id
+        )
         # Retry and delete need Redis: 503, and the row is kept (delete is all or nothing)
-        for response in (await api.post(LIST, json={"id": message_id}),
-                         await api.delete(LIST, params={"id": message_id})):
+        for response in (
+            await api.post(LIST, json={"id": message_id}),
+            await api.delete(LIST, params={"id": message_id}),
+        ):
             assert_error(response, 503, "database unavailable")
             assert response.json()["service"] == "redis"
         assert (await get_record(api, phone))["status"] == "failed"
@@ -53,5 +59,6 @@ async def test_redis_down_is_503_for_what_needs_redis(admin_settings: Settings,
         assert ready.json()["redis"].startswith("unavailable")
         assert ready.json()["postgres"] == "ok"
     # and the dead-letter entry is still there
-    assert [e.decode() for e, _ in await rclient.xrange(
-        ShardKeys(admin_settings.namespace).dead)] == [entry_id]
+    assert [
+        e.decode() for e, _ in await rclient.xrange(ShardKeys(admin_settings.namespace).dead)
+    ] == [entry_id]

@@ -19,10 +19,24 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-AGGREGATIONS = frozenset({
-    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
-    "bottomk", "topk", "quantile", "limitk", "limit_ratio",
-})
+AGGREGATIONS = frozenset(
+    {
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    }
+)
 _MODIFIERS = frozenset({"by", "without"})
 _LABEL_LISTS = frozenset({"on", "ignoring", "group_left", "group_right"})
 _WORDS = frozenset({"and", "or", "unless", "offset", "bool", "inf", "nan", "start", "end", "atan2"})
@@ -57,7 +71,7 @@ def _label_list(tokens: list[str], i: int) -> tuple[tuple[str, ...], int]:
     """The labels of `( a, b )` starting at tokens[i] == "(", and the index after it."""
     assert tokens[i] == "(", tokens[i:]
     end = tokens.index(")", i)
-    return tuple(t for t in tokens[i + 1:end] if t != ","), end + 1
+    return tuple(t for t in tokens[i + 1 : end] if t != ","), end + 1
 
 
 def selections(expr: str) -> list[Selection]:
@@ -106,8 +120,9 @@ def _labels(labels: Iterable[str]) -> str:
     return ", ".join(labels)
 
 
-def replica_problems(expr: str, admin: Mapping[str, frozenset[str]],
-                     worker: Iterable[str]) -> list[str]:
+def replica_problems(
+    expr: str, admin: Mapping[str, frozenset[str]], worker: Iterable[str]
+) -> list[str]:
     """What `expr` gets wrong about replicas: `admin` maps each admin series to the labels it
     may be grouped by (its own), `worker` names the per-process worker series."""
     workers = set(worker)
@@ -119,21 +134,30 @@ def replica_problems(expr: str, admin: Mapping[str, frozenset[str]],
             own = admin[name]
             wanted = f"max by ({_labels(sorted(own))})" if own else "max"
             if first is None:
-                problems.append(f"{name} is not aggregated: every admin replica reports it, so it "
-                                f"appears once per replica; take `{wanted}` first")
+                problems.append(
+                    f"{name} is not aggregated: every admin replica reports it, so it "
+                    f"appears once per replica; take `{wanted}` first"
+                )
             elif first.op not in ("max", "min"):
-                problems.append(f"{name} is first aggregated with `{first.op}`: every admin "
-                                f"replica reports the whole value, so it counts once per replica; "
-                                f"take `{wanted}` first")
+                problems.append(
+                    f"{name} is first aggregated with `{first.op}`: every admin "
+                    f"replica reports the whole value, so it counts once per replica; "
+                    f"take `{wanted}` first"
+                )
             elif first.grouping == "without":
-                problems.append(f"{name}: `{first.op} without ({_labels(first.labels)})` keeps "
-                                f"labels the discovery adds that differ between replicas "
-                                f"(pod_template_hash, node, ...); take `{wanted}`")
+                problems.append(
+                    f"{name}: `{first.op} without ({_labels(first.labels)})` keeps "
+                    f"labels the discovery adds that differ between replicas "
+                    f"(pod_template_hash, node, ...); take `{wanted}`"
+                )
             elif set(first.labels) != own:
-                problems.append(f"{name}: `{first.op} by ({_labels(first.labels)})` must keep "
-                                f"exactly the series' own labels: take `{wanted}` first")
+                problems.append(
+                    f"{name}: `{first.op} by ({_labels(first.labels)})` must keep "
+                    f"exactly the series' own labels: take `{wanted}` first"
+                )
         elif name in workers and (first is None or first.op not in ("sum", "count")):
             how = "not aggregated" if first is None else f"first aggregated with `{first.op}`"
-            problems.append(f"{name} is {how}: worker series are per process, sum them across "
-                            f"workers")
+            problems.append(
+                f"{name} is {how}: worker series are per process, sum them across workers"
+            )
     return problems

@@ -50,8 +50,14 @@ def tool(name: str) -> str:
 
 def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     """Run a tool to completion (never raises on a non-zero exit: the caller asserts)."""
-    return subprocess.run([tool(args[0]), *args[1:]], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [tool(args[0]), *args[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def output(result: subprocess.CompletedProcess[str]) -> str:
@@ -59,6 +65,7 @@ def output(result: subprocess.CompletedProcess[str]) -> str:
 
 
 # ---- YAML -------------------------------------------------------------------------------------
+
 
 def load_yaml(path: Path) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text())
@@ -74,6 +81,7 @@ def load_yaml_docs(path: Path) -> list[dict[str, Any]]:
 
 
 # ---- settings ---------------------------------------------------------------------------------
+
 
 def settings_env_names() -> set[str]:
     """Every environment variable smsrelay's settings read (field name = variable lowercased
@@ -98,8 +106,11 @@ def settings_env_names() -> set[str]:
 def unknown_settings(variables: Iterable[str]) -> list[str]:
     """The variables that look like smsrelay's (SMSRELAY_*, TWILIO_*) but no setting reads."""
     known = settings_env_names()
-    return sorted(v for v in variables
-                  if v.upper().startswith(("SMSRELAY_", "TWILIO_")) and v.upper() not in known)
+    return sorted(
+        v
+        for v in variables
+        if v.upper().startswith(("SMSRELAY_", "TWILIO_")) and v.upper() not in known
+    )
 
 
 def settings_default(field_name: str) -> object:
@@ -110,6 +121,7 @@ def settings_default(field_name: str) -> object:
 
 # ---- CLI --------------------------------------------------------------------------------------
 
+
 def cli_parser() -> argparse.ArgumentParser:
     """smsrelay's argparse parser, from `smsrelay.cli.build_parser()`; fails clearly if absent."""
     try:
@@ -117,13 +129,16 @@ def cli_parser() -> argparse.ArgumentParser:
     except ModuleNotFoundError as exc:
         if exc.name not in ("smsrelay.cli", "smsrelay"):
             raise
-        pytest.fail("smsrelay.cli does not exist yet: the deploy checks parse every command of "
-                    "compose.yaml, the Dockerfile and the k8s manifests with its build_parser()",
-                    pytrace=False)
+        pytest.fail(
+            "smsrelay.cli does not exist yet: the deploy checks parse every command of "
+            "compose.yaml, the Dockerfile and the k8s manifests with its build_parser()",
+            pytrace=False,
+        )
     build_parser = getattr(cli, "build_parser", None)
     if not callable(build_parser):
-        pytest.fail("smsrelay.cli has no build_parser() returning an argparse.ArgumentParser",
-                    pytrace=False)
+        pytest.fail(
+            "smsrelay.cli has no build_parser() returning an argparse.ArgumentParser", pytrace=False
+        )
     parser = build_parser()
     assert isinstance(parser, argparse.ArgumentParser), "build_parser() must return a parser"
     return parser
@@ -199,8 +214,9 @@ def contract_path() -> Path:
     for candidate in (REPO.parent / "shared" / "CONTRACT.md", Path("/work/shared/CONTRACT.md")):
         if candidate.is_file():
             return candidate
-    pytest.fail("CONTRACT.md not found beside the repository (../shared/CONTRACT.md)",
-                pytrace=False)
+    pytest.fail(
+        "CONTRACT.md not found beside the repository (../shared/CONTRACT.md)", pytrace=False
+    )
 
 
 def contract_metric_names() -> tuple[set[str], set[str]]:
@@ -237,10 +253,26 @@ def admin_metric_labels() -> dict[str, frozenset[str]]:
 
 # ---- PromQL -----------------------------------------------------------------------------------
 
-_PROMQL_WORDS = frozenset({
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "offset", "bool", "atan2", "inf", "nan", "start", "end",
-})
+_PROMQL_WORDS = frozenset(
+    {
+        "and",
+        "or",
+        "unless",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "offset",
+        "bool",
+        "atan2",
+        "inf",
+        "nan",
+        "start",
+        "end",
+    }
+)
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _MATCHERS = re.compile(r"\{[^{}]*\}")
 _RANGES = re.compile(r"\[[^\[\]]*\]")
@@ -278,8 +310,12 @@ def dashboard_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
-    exprs = [str(target["expr"]) for panel in dashboard_panels(dashboard)
-             for target in panel.get("targets", []) if target.get("expr")]
+    exprs = [
+        str(target["expr"])
+        for panel in dashboard_panels(dashboard)
+        for target in panel.get("targets", [])
+        if target.get("expr")
+    ]
     for variable in dashboard.get("templating", {}).get("list", []):
         query = variable.get("query")
         if variable.get("type") == "query" and query:

@@ -23,8 +23,10 @@ from tests.deploy.support import (
     unknown_settings,
 )
 
-_INTERPOLATION = re.compile(r"\$(?:\{(?P<name>[A-Za-z_]\w*)(?P<op>:?[-?])?(?P<arg>[^}]*)\}"
-                            r"|(?P<bare>[A-Za-z_]\w*)|(?P<dollar>\$))")
+_INTERPOLATION = re.compile(
+    r"\$(?:\{(?P<name>[A-Za-z_]\w*)(?P<op>:?[-?])?(?P<arg>[^}]*)\}"
+    r"|(?P<bare>[A-Za-z_]\w*)|(?P<dollar>\$))"
+)
 
 
 def _compose() -> dict[str, Any]:
@@ -44,6 +46,7 @@ def _env_example() -> dict[str, str]:
 
 def _interpolate(text: str, env: Mapping[str, str]) -> str:
     """Compose's ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, $VAR and $$."""
+
     def replace(match: re.Match[str]) -> str:
         if match.group("dollar"):
             return "$"
@@ -60,8 +63,11 @@ def _interpolate(text: str, env: Mapping[str, str]) -> str:
 
 
 def _interpolated_names() -> set[str]:
-    return {m.group("name") or m.group("bare") for m in _INTERPOLATION.finditer(COMPOSE.read_text())
-            if not m.group("dollar")}
+    return {
+        m.group("name") or m.group("bare")
+        for m in _INTERPOLATION.finditer(COMPOSE.read_text())
+        if not m.group("dollar")
+    }
 
 
 def _smsrelay_services() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -133,8 +139,9 @@ def test_env_example_holds_only_settings_and_compose_variables() -> None:
             assert name in example, f"compose.yaml needs ${{{name}}}, .env.example lacks it"
 
 
-def test_settings_accept_each_service_environment(monkeypatch: pytest.MonkeyPatch,
-                                                   tmp_path: Path) -> None:
+def test_settings_accept_each_service_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     # Given each smsrelay service's environment as compose would build it from .env.example
     example = _env_example()
     for name, service in _smsrelay_services():
@@ -164,8 +171,10 @@ def test_redis_is_durable() -> None:
 
 def test_postgres_keeps_its_data_on_a_volume() -> None:
     postgres = _compose()["services"]["postgres"]
-    assert any(v.endswith(":/var/lib/postgresql/data") and v.split(":")[0] in _compose()["volumes"]
-               for v in postgres["volumes"])
+    assert any(
+        v.endswith(":/var/lib/postgresql/data") and v.split(":")[0] in _compose()["volumes"]
+        for v in postgres["volumes"]
+    )
     assert postgres["healthcheck"]["test"]
 
 
@@ -184,8 +193,11 @@ def test_two_workers_with_time_to_drain() -> None:
     worker = _compose()["services"]["worker"]
     assert worker["command"] == ["worker"]
     assert worker["deploy"]["replicas"] >= 2
-    grace = float(_environment(worker).get("SMSRELAY_SHUTDOWN_GRACE_SECONDS",
-                                           str(settings_default("shutdown_grace_seconds"))))
+    grace = float(
+        _environment(worker).get(
+            "SMSRELAY_SHUTDOWN_GRACE_SECONDS", str(settings_default("shutdown_grace_seconds"))
+        )
+    )
     assert _seconds(worker["stop_grace_period"]) > grace, "compose would kill a draining worker"
 
 

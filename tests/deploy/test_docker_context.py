@@ -49,7 +49,7 @@ def _regex(pattern: str) -> re.Pattern[str]:
             out += "[^/]"
         elif char == "[":
             end = pattern.index("]", i + 1)
-            out += "[" + pattern[i + 1:end].replace("\\", "\\\\") + "]"
+            out += "[" + pattern[i + 1 : end].replace("\\", "\\\\") + "]"
             i = end
         elif char == "\\" and i + 1 < len(pattern):
             i += 1
@@ -129,17 +129,34 @@ def test_the_build_context_is_the_repository_root() -> None:
     assert "docker build -f deploy/Dockerfile -t smsrelay ." in (DEPLOY / "README.md").read_text()
     # Then the ignore file is at that root, and no Dockerfile-specific one shadows it in BuildKit
     assert DOCKERIGNORE.is_file(), "the legacy builder reads only <context>/.dockerignore"
-    assert not (DEPLOY / "Dockerfile.dockerignore").exists(), \
+    assert not (DEPLOY / "Dockerfile.dockerignore").exists(), (
         "BuildKit would read deploy/Dockerfile.dockerignore instead of the root .dockerignore"
+    )
 
 
-@pytest.mark.parametrize("path", [
-    ".venv/lib/python3.11/site-packages/redis/client.py", ".venv/bin/python", ".git/HEAD",
-    ".git", "bench/out/run.json", "bench/out", "smsrelay/__pycache__/cli.cpython-311.pyc",
-    "smsrelay/admin/__pycache__/app.cpython-311.pyc", "smsrelay/cli.pyc", ".mypy_cache/3.11/x.json",
-    ".pytest_cache/v/cache/lastfailed", ".ruff_cache/0.6.0/1", ".hypothesis/examples/a",
-    "smsrelay/.mypy_cache/x", ".env", "deploy/.env", "smsrelay/.env", "tests/test_cli.py",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".venv/lib/python3.11/site-packages/redis/client.py",
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".git",
+        "bench/out/run.json",
+        "bench/out",
+        "smsrelay/__pycache__/cli.cpython-311.pyc",
+        "smsrelay/admin/__pycache__/app.cpython-311.pyc",
+        "smsrelay/cli.pyc",
+        ".mypy_cache/3.11/x.json",
+        ".pytest_cache/v/cache/lastfailed",
+        ".ruff_cache/0.6.0/1",
+        ".hypothesis/examples/a",
+        "smsrelay/.mypy_cache/x",
+        ".env",
+        "deploy/.env",
+        "smsrelay/.env",
+        "tests/test_cli.py",
+    ],
+)
 def test_local_state_is_left_out(path: str) -> None:
     assert excluded(path, _patterns()), f"{path} would be sent to the builder"
 

@@ -18,26 +18,43 @@ from tests.deploy.support import (
 
 # Panel the issue asks for -> (a regex its title matches, regexes its queries must all match).
 REQUIRED_PANELS: dict[str, tuple[str, list[str]]] = {
-    "sends by outcome": (r"(?i)sends by outcome",
-                         [r"by \(outcome\).*smsrelay_send_attempts_total"]),
-    "dead letters by reason": (r"(?i)dead letters by reason",
-                               [r"by \(reason\).*smsrelay_dead_letters_total"]),
-    "backlog and pending": (r"(?i)backlog and pending",
-                            [r"smsrelay_stream_length", r"smsrelay_stream_pending"]),
-    "provider latency p50/p95/p99": (r"(?i)provider latency", [
-        r"histogram_quantile\(0\.5,.*smsrelay_send_duration_seconds_bucket",
-        r"histogram_quantile\(0\.95,.*smsrelay_send_duration_seconds_bucket",
-        r"histogram_quantile\(0\.99,.*smsrelay_send_duration_seconds_bucket"]),
-    "publish-to-send latency": (r"(?i)publish to send", [
-        r"histogram_quantile\(0\.5,.*smsrelay_end_to_end_seconds_bucket",
-        r"histogram_quantile\(0\.95,.*smsrelay_end_to_end_seconds_bucket",
-        r"histogram_quantile\(0\.99,.*smsrelay_end_to_end_seconds_bucket"]),
-    "rate-limited rate": (r"(?i)rate-limited",
-                          [r"rate\(smsrelay_messages_rate_limited_total"]),
-    "failed_sms by status": (r"(?i)failed_sms by status",
-                             [r"by \(status\).*smsrelay_failed_sms_records"]),
-    "dead letters not yet mirrored": (r"(?i)not yet mirrored",
-                                      [r"by \(shard\).*smsrelay_dead_letters_unmirrored"]),
+    "sends by outcome": (
+        r"(?i)sends by outcome",
+        [r"by \(outcome\).*smsrelay_send_attempts_total"],
+    ),
+    "dead letters by reason": (
+        r"(?i)dead letters by reason",
+        [r"by \(reason\).*smsrelay_dead_letters_total"],
+    ),
+    "backlog and pending": (
+        r"(?i)backlog and pending",
+        [r"smsrelay_stream_length", r"smsrelay_stream_pending"],
+    ),
+    "provider latency p50/p95/p99": (
+        r"(?i)provider latency",
+        [
+            r"histogram_quantile\(0\.5,.*smsrelay_send_duration_seconds_bucket",
+            r"histogram_quantile\(0\.95,.*smsrelay_send_duration_seconds_bucket",
+            r"histogram_quantile\(0\.99,.*smsrelay_send_duration_seconds_bucket",
+        ],
+    ),
+    "publish-to-send latency": (
+        r"(?i)publish to send",
+        [
+            r"histogram_quantile\(0\.5,.*smsrelay_end_to_end_seconds_bucket",
+            r"histogram_quantile\(0\.95,.*smsrelay_end_to_end_seconds_bucket",
+            r"histogram_quantile\(0\.99,.*smsrelay_end_to_end_seconds_bucket",
+        ],
+    ),
+    "rate-limited rate": (r"(?i)rate-limited", [r"rate\(smsrelay_messages_rate_limited_total"]),
+    "failed_sms by status": (
+        r"(?i)failed_sms by status",
+        [r"by \(status\).*smsrelay_failed_sms_records"],
+    ),
+    "dead letters not yet mirrored": (
+        r"(?i)not yet mirrored",
+        [r"by \(shard\).*smsrelay_dead_letters_unmirrored"],
+    ),
     "workers Redis refuses": (r"(?i)redis refuses", [r"sum\(smsrelay_redis_writes_refused"]),
     "unread request streams": (r"(?i)unread request streams", [r"smsrelay_unread_streams"]),
 }

@@ -30,12 +30,29 @@ KUBERNETES_VERSIONS = ("1.29.0", "1.33.0")
 NOT_IN_THE_SCHEMAS = ("keda.sh/", "kustomize.config.k8s.io/")
 
 # The fields KEDA's redis-streams trigger reads (keda.sh/docs/latest/scalers/redis-streams).
-REDIS_STREAMS_METADATA = frozenset({
-    "address", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv", "username",
-    "usernameFromEnv", "password", "passwordFromEnv", "databaseIndex", "enableTLS", "unsafeSsl",
-    "stream", "consumerGroup", "pendingEntriesCount", "streamLength", "lagCount",
-    "activationLagCount",
-})
+REDIS_STREAMS_METADATA = frozenset(
+    {
+        "address",
+        "addressFromEnv",
+        "host",
+        "hostFromEnv",
+        "port",
+        "portFromEnv",
+        "username",
+        "usernameFromEnv",
+        "password",
+        "passwordFromEnv",
+        "databaseIndex",
+        "enableTLS",
+        "unsafeSsl",
+        "stream",
+        "consumerGroup",
+        "pendingEntriesCount",
+        "streamLength",
+        "lagCount",
+        "activationLagCount",
+    }
+)
 
 
 def _manifest_files() -> list[Path]:
@@ -79,11 +96,19 @@ def test_manifest_validates_against_kubernetes_schemas(path: Path, version: str)
 
 
 def test_schema_validation_can_fail(tmp_path: Path) -> None:
-    broken = (K8S / "worker.yaml").read_text().replace(
-        "terminationGracePeriodSeconds:", "terminationGracePeriod:")
+    broken = (
+        (K8S / "worker.yaml")
+        .read_text()
+        .replace("terminationGracePeriodSeconds:", "terminationGracePeriod:")
+    )
     (tmp_path / "worker.yaml").write_text(broken)
-    result = run("kubernetes-validate", "--strict", "-k", KUBERNETES_VERSIONS[0],
-                 str(tmp_path / "worker.yaml"))
+    result = run(
+        "kubernetes-validate",
+        "--strict",
+        "-k",
+        KUBERNETES_VERSIONS[0],
+        str(tmp_path / "worker.yaml"),
+    )
     assert result.returncode != 0 and "terminationGracePeriod" in result.stdout, output(result)
 
 
@@ -94,15 +119,19 @@ def test_kustomization_lists_every_manifest_but_the_secret_example() -> None:
     present = {p.name for p in _manifest_files()} - {"kustomization.yaml"}
     assert listed == present - {"secret.example.yaml"}, (listed, present)
     assert {image["name"] for image in kustomization["images"]} == {"smsrelay"}
-    assert all(doc["metadata"].get("namespace") == kustomization["namespace"]
-               for _, doc in _objects() if doc["kind"] not in ("Kustomization", "Namespace"))
+    assert all(
+        doc["metadata"].get("namespace") == kustomization["namespace"]
+        for _, doc in _objects()
+        if doc["kind"] not in ("Kustomization", "Namespace")
+    )
 
 
 def test_worker_grace_period_outlasts_the_drain() -> None:
     worker = _one("Deployment", "smsrelay-worker")
     config = _one("ConfigMap", "smsrelay-config")["data"]
-    drain = float(config.get("SMSRELAY_SHUTDOWN_GRACE_SECONDS",
-                             settings_default("shutdown_grace_seconds")))
+    drain = float(
+        config.get("SMSRELAY_SHUTDOWN_GRACE_SECONDS", settings_default("shutdown_grace_seconds"))
+    )
     grace = _pod_spec(worker)["terminationGracePeriodSeconds"]
     assert grace > drain, f"the kubelet kills after {grace}s, the worker drains for {drain}s"
     assert "replicas" not in worker["spec"], "KEDA owns the worker count"
@@ -156,8 +185,9 @@ def test_disruption_budgets_select_the_deployments() -> None:
     budgets = _kind("PodDisruptionBudget")
     for deployment in _kind("Deployment"):
         labels = deployment["spec"]["template"]["metadata"]["labels"]
-        matching = [b for b in budgets if b["spec"]["selector"]["matchLabels"].items()
-                    <= labels.items()]
+        matching = [
+            b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        ]
         assert len(matching) == 1, f"{deployment['metadata']['name']}: one PDB expected"
 
 
@@ -166,9 +196,18 @@ def test_keda_scaled_object_scales_workers_on_the_request_stream() -> None:
     (scaled,) = _kind("ScaledObject")
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     spec = scaled["spec"]
-    assert set(spec) <= {"scaleTargetRef", "minReplicaCount", "maxReplicaCount",
-                         "pollingInterval", "cooldownPeriod", "idleReplicaCount", "fallback",
-                         "advanced", "triggers", "initialCooldownPeriod"}, sorted(spec)
+    assert set(spec) <= {
+        "scaleTargetRef",
+        "minReplicaCount",
+        "maxReplicaCount",
+        "pollingInterval",
+        "cooldownPeriod",
+        "idleReplicaCount",
+        "fallback",
+        "advanced",
+        "triggers",
+        "initialCooldownPeriod",
+    }, sorted(spec)
     target = spec["scaleTargetRef"]
     assert target["name"] == "smsrelay-worker" and target.get("kind", "Deployment") == "Deployment"
     _one("Deployment", target["name"])

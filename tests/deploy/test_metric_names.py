@@ -19,19 +19,31 @@ from tests.deploy.support import (
 )
 
 
-@pytest.mark.parametrize(("expr", "expected"), [
-    ("sum by (reason) (increase(smsrelay_dead_letters_total[15m])) > 10",
-     {"smsrelay_dead_letters_total"}),
-    ('histogram_quantile(0.95, sum by (le) (rate(smsrelay_send_duration_seconds_bucket'
-     '{job="smsrelay-worker"}[$__rate_interval])))', {"smsrelay_send_duration_seconds_bucket"}),
-    ('absent(up{job="smsrelay-worker"} == 1)', {"up"}),
-    ("sum(a_total) / ignoring(x) group_left sum(b) and on() vector(1e3) offset 5m",
-     {"a_total", "b"}),
-    ('count(up{job="x"} == 1) or vector(0)', {"up"}),
-    ("max without (instance, pod) (min_over_time(smsrelay_stream_pending[15m]) > 0)",
-     {"smsrelay_stream_pending"}),
-    ('sum(rate(x_total{outcome!="success",a=~"b|c"}[5m:1m])) * 60', {"x_total"}),
-])
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        (
+            "sum by (reason) (increase(smsrelay_dead_letters_total[15m])) > 10",
+            {"smsrelay_dead_letters_total"},
+        ),
+        (
+            "histogram_quantile(0.95, sum by (le) (rate(smsrelay_send_duration_seconds_bucket"
+            '{job="smsrelay-worker"}[$__rate_interval])))',
+            {"smsrelay_send_duration_seconds_bucket"},
+        ),
+        ('absent(up{job="smsrelay-worker"} == 1)', {"up"}),
+        (
+            "sum(a_total) / ignoring(x) group_left sum(b) and on() vector(1e3) offset 5m",
+            {"a_total", "b"},
+        ),
+        ('count(up{job="x"} == 1) or vector(0)', {"up"}),
+        (
+            "max without (instance, pod) (min_over_time(smsrelay_stream_pending[15m]) > 0)",
+            {"smsrelay_stream_pending"},
+        ),
+        ('sum(rate(x_total{outcome!="success",a=~"b|c"}[5m:1m])) * 60', {"x_total"}),
+    ],
+)
 def test_promql_metric_names(expr: str, expected: set[str]) -> None:
     assert promql_metric_names(expr) == expected
 
@@ -84,5 +96,6 @@ def test_dashboard_queries_only_exported_metrics() -> None:
 def test_a_misspelled_metric_is_caught() -> None:
     # The check above must be able to fail: a near-miss name is reported.
     assert _check("x", ["sum(smsrelay_stream_lenght)"]) == [
-        "x: smsrelay_stream_lenght (in 'sum(smsrelay_stream_lenght)')"]
+        "x: smsrelay_stream_lenght (in 'sum(smsrelay_stream_lenght)')"
+    ]
     assert _check("x", ["rate(smsrelay_send_duration_seconds_count[5m])"]) == []

@@ -80,8 +80,11 @@ def test_scrape_config_targets_the_stack() -> None:
 
 def test_every_required_alert_exists() -> None:
     names = [str(rule["alert"]) for rule in alert_rules() if "alert" in rule]
-    missing = [what for what, pattern in REQUIRED_ALERTS.items()
-               if not any(re.search(pattern, name) for name in names)]
+    missing = [
+        what
+        for what, pattern in REQUIRED_ALERTS.items()
+        if not any(re.search(pattern, name) for name in names)
+    ]
     assert not missing, f"no alert for: {missing} (alerts: {names})"
     assert len(names) == len(set(names)), "alert names repeat"
 

@@ -25,8 +25,9 @@ from tests.faults.support import (
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item,
-                              call: pytest.CallInfo[None]) -> Generator[None, object, object]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, object, object]:
     report = yield
     if call.when == "call":
         item.stash[_FAILED] = bool(getattr(report, "failed", False))
@@ -52,8 +53,7 @@ def procs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Processes]
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)",
-                    pytrace=False)
+        pytest.fail("redis-server is not installed (apt-get install redis-server)", pytrace=False)
     server = PrivateRedis(tmp_path / "redis")
     server.start()
     try:
@@ -65,8 +65,10 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 @pytest.fixture
 def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
     if not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None:
-        pytest.fail(f"Postgres 15 server binaries are needed in {PG_BIN} "
-                    "(apt-get install postgresql-15)", pytrace=False)
+        pytest.fail(
+            f"Postgres 15 server binaries are needed in {PG_BIN} (apt-get install postgresql-15)",
+            pytrace=False,
+        )
     server = ThrowawayPostgres()
     try:
         server.init()

@@ -36,8 +36,10 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 # -- waiting -------------------------------------------------------------------------------------
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
-             interval: float = 0.05) -> float:
+
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> float:
     """Poll until `predicate()` is true; fail naming `what` after `timeout` seconds.
 
     Returns the seconds it took (a measured figure for some tests).
@@ -59,6 +61,7 @@ def free_port() -> int:
 
 # -- measured figures ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Figure:
     test: str
@@ -79,6 +82,7 @@ def record_figure(test: str, name: str, value: float | int | str, unit: str = ""
 
 
 # -- processes -----------------------------------------------------------------------------------
+
 
 def child_env(**extra: str) -> dict[str, str]:
     """The test's environment without any SMSRELAY_/TWILIO_ variable, plus `extra`."""
@@ -144,8 +148,11 @@ class Managed:
 
     def tail(self, lines: int = 30) -> str:
         """The last warning/error and non-JSON lines of the log (info lines are skipped)."""
-        kept = [line for line in self.log_text().splitlines()
-                if '"level": "info"' not in line and '"level": "debug"' not in line]
+        kept = [
+            line
+            for line in self.log_text().splitlines()
+            if '"level": "info"' not in line and '"level": "debug"' not in line
+        ]
         return "\n".join(kept[-lines:])
 
 
@@ -159,8 +166,9 @@ class Processes:
     def start(self, name: str, argv: list[str], env: Mapping[str, str]) -> Managed:
         log = self.directory / f"{name}.log"
         with log.open("ab") as out:
-            popen = subprocess.Popen(argv, env=dict(env), stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+            popen = subprocess.Popen(
+                argv, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         child = Managed(name, popen, log)
         self.children.append(child)
         return child
@@ -171,8 +179,9 @@ class Processes:
 
     def describe(self) -> str:
         """The last lines of every child's log, for a failure message."""
-        return "\n".join(f"--- {c.name} (pid {c.pid}, rc {c.popen.poll()}):\n{c.tail()}"
-                         for c in self.children)
+        return "\n".join(
+            f"--- {c.name} (pid {c.pid}, rc {c.popen.poll()}):\n{c.tail()}" for c in self.children
+        )
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -205,8 +214,15 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_worker(procs: Processes, settings: Settings, name: str, *, mirror: bool = False,
-                 ready: bool = True, **extra: str) -> Managed:
+def start_worker(
+    procs: Processes,
+    settings: Settings,
+    name: str,
+    *,
+    mirror: bool = False,
+    ready: bool = True,
+    **extra: str,
+) -> Managed:
     """`smsrelay worker` as a real process; waits for its `worker.started` line."""
     argv = [sys.executable, "-m", "smsrelay.cli", "worker"]
     if not mirror:
@@ -215,8 +231,11 @@ def start_worker(procs: Processes, settings: Settings, name: str, *, mirror: boo
     assert env["SMSRELAY_LOG_LEVEL"] in ("debug", "info"), "readiness is read from the log"
     child = procs.start(name, argv, env)
     if ready:
-        wait_for(lambda: not child.alive() or "worker.started" in child.log_text(), 30,
-                 f"{name} to start")
+        wait_for(
+            lambda: not child.alive() or "worker.started" in child.log_text(),
+            30,
+            f"{name} to start",
+        )
         assert child.alive(), f"{name} exited at start:\n{child.tail()}"
     return child
 
@@ -227,8 +246,11 @@ ADMIN_TOKEN = "faults-admin-token-0123456789"
 def start_admin(procs: Processes, settings: Settings, port: int, **extra: str) -> Managed:
     """`smsrelay admin` as a real process (token ADMIN_TOKEN); waits until /healthz answers."""
     env = worker_env(settings, SMSRELAY_ADMIN_TOKEN=ADMIN_TOKEN, **extra)
-    child = procs.start("admin", [sys.executable, "-m", "smsrelay.cli", "admin", "--host",
-                                  LOOPBACK, "--port", str(port)], env)
+    child = procs.start(
+        "admin",
+        [sys.executable, "-m", "smsrelay.cli", "admin", "--host", LOOPBACK, "--port", str(port)],
+        env,
+    )
 
     def healthy() -> bool:
         if not child.alive():
@@ -245,6 +267,7 @@ def start_admin(procs: Processes, settings: Settings, port: int, **extra: str) -
 
 # -- a private Redis -----------------------------------------------------------------------------
 
+
 class PrivateRedis:
     """A redis-server of the test's own (AOF on, fsync before every reply) that may be killed.
 
@@ -252,8 +275,9 @@ class PrivateRedis:
     loads its append-only file as a crashed production server would.
     """
 
-    def __init__(self, directory: Path, port: int | None = None, *,
-                 appendonly: bool = True) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, *, appendonly: bool = True
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.appendonly = appendonly
@@ -265,21 +289,33 @@ class PrivateRedis:
         return f"redis://{LOOPBACK}:{self.port}/0"
 
     def client(self, **kwargs: Any) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2,
-                                    **kwargs)
+        return redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2, **kwargs)
 
     def start(self) -> None:
         assert self.popen is None or self.popen.poll() is not None, "already running"
         self.directory.mkdir(parents=True, exist_ok=True)
-        argv = ["redis-server", "--port", str(self.port), "--bind", LOOPBACK,
-                "--dir", str(self.directory), "--save", "", "--daemonize", "no",
-                "--logfile", str(self.directory / "redis.log")]
+        argv = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            LOOPBACK,
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.directory / "redis.log"),
+        ]
         if self.appendonly:
             argv += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             argv += ["--appendonly", "no"]
-        self.popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True)
+        self.popen = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         self.starts += 1
         wait_for(self._ready, 20, f"redis-server on port {self.port}")
 
@@ -321,9 +357,15 @@ class PrivateRedis:
 
 # -- a throwaway Postgres ------------------------------------------------------------------------
 
+
 def _as_postgres(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        ["runuser", "-u", "postgres", "--", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 class ThrowawayPostgres:
@@ -344,20 +386,44 @@ class ThrowawayPostgres:
 
     def init(self) -> None:
         shutil.chown(self.root, user="postgres", group="postgres")
-        done = _as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust",
-                            "-U", "postgres", "-E", "UTF8", "--no-sync")
+        done = _as_postgres(
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         assert done.returncode == 0, done.stdout + done.stderr
 
     def start(self) -> None:
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses={LOOPBACK} "
-                   "-c fsync=off -c full_page_writes=off")
-        done = _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
-                            "-o", options, "-w", "-t", "30", "start")
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses={LOOPBACK} "
+            "-c fsync=off -c full_page_writes=off"
+        )
+        done = _as_postgres(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "30",
+            "start",
+        )
         assert done.returncode == 0, done.stdout + done.stderr + self.log_tail()
 
     def stop(self, mode: str = "immediate") -> None:
-        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t",
-                     "30", "stop")
+        _as_postgres(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop"
+        )
 
     def running(self) -> bool:
         done = _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "status")
@@ -377,11 +443,17 @@ class ThrowawayPostgres:
 
 # -- the fake Twilio as a process ----------------------------------------------------------------
 
+
 class FakeTwilioProcess:
     """`smsrelay fake-twilio --port P`, driven over its `/_fake/` control endpoints."""
 
-    def __init__(self, procs: Processes, name: str = "fake-twilio",
-                 port: int | None = None, latency_ms: float = 0.0) -> None:
+    def __init__(
+        self,
+        procs: Processes,
+        name: str = "fake-twilio",
+        port: int | None = None,
+        latency_ms: float = 0.0,
+    ) -> None:
         self.procs = procs
         self.name = name
         self.port = port or free_port()
@@ -394,12 +466,25 @@ class FakeTwilioProcess:
         return f"http://{LOOPBACK}:{self.port}"
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "smsrelay.cli", "fake-twilio", "--host", LOOPBACK,
-                "--port", str(self.port), "--latency-ms", f"{self.latency_ms:g}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "smsrelay.cli",
+            "fake-twilio",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(self.port),
+            "--latency-ms",
+            f"{self.latency_ms:g}",
+        ]
         child = self.procs.start(self.name, argv, child_env())
         self.child = child
-        wait_for(lambda: not child.alive() or "listening on" in child.log_text(), 30,
-                 "the fake Twilio to listen")
+        wait_for(
+            lambda: not child.alive() or "listening on" in child.log_text(),
+            30,
+            "the fake Twilio to listen",
+        )
         assert child.alive(), child.tail()
 
     def kill(self) -> None:
@@ -425,8 +510,9 @@ class FakeTwilioProcess:
         return cast(list[dict[str, Any]], self._get("/_fake/requests"))
 
     def script(self, to: str, steps: Iterable[Any], default: Any = None) -> None:
-        response = self._http.post("/_fake/script",
-                                   json={"to": to, "steps": list(steps), "default": default})
+        response = self._http.post(
+            "/_fake/script", json={"to": to, "steps": list(steps), "default": default}
+        )
         response.raise_for_status()
 
     def set_latency(self, seconds: float) -> None:
@@ -434,6 +520,7 @@ class FakeTwilioProcess:
 
 
 # -- reading the pipeline's state ----------------------------------------------------------------
+
 
 def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
@@ -473,13 +560,13 @@ class Pipeline:
 
     def request_ids(self) -> list[str]:
         """The `id` field of every entry on the request stream, in order."""
-        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
-                       self.client.xrange(self.keys.requests))
+        entries = cast(
+            list[tuple[bytes, dict[bytes, bytes]]], self.client.xrange(self.keys.requests)
+        )
         return [_text(fields.get(b"id", b"")) for _, fields in entries]
 
     def dead_letters(self) -> list[dict[str, str]]:
-        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
-                       self.client.xrange(self.keys.dead))
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], self.client.xrange(self.keys.dead))
         return [{_text(k): _text(v) for k, v in fields.items()} for _, fields in entries]
 
     def sent_markers(self, message_ids: Iterable[str]) -> set[str]:
@@ -487,9 +574,8 @@ class Pipeline:
         ids = list(message_ids)
         found: set[str] = set()
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            values = cast(list[bytes | None],
-                          self.client.mget([self.keys.sent(i) for i in chunk]))
+            chunk = ids[start : start + 500]
+            values = cast(list[bytes | None], self.client.mget([self.keys.sent(i) for i in chunk]))
             found.update(i for i, v in zip(chunk, values, strict=True) if v is not None)
         return found
 
@@ -497,7 +583,7 @@ class Pipeline:
 def delete_namespace(client: redis.Redis, namespace: str) -> None:
     keys = list(client.scan_iter(match=f"{{{namespace}:*", count=1000))
     for start in range(0, len(keys), 1000):
-        client.delete(*keys[start:start + 1000])
+        client.delete(*keys[start : start + 1000])
 
 
 @contextlib.contextmanager
@@ -509,6 +595,7 @@ def closing_client(client: redis.Redis) -> Iterator[redis.Redis]:
 
 
 # -- publishing ----------------------------------------------------------------------------------
+
 
 def phone(n: int) -> str:
     """A distinct valid US number per n < 10,000 (libphonenumber accepts 415-555-xxxx)."""

@@ -32,11 +32,18 @@ def _messages() -> list[tuple[str, str]]:
 
 
 def test_three_workers_keep_the_limit_and_account_for_every_message(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             rate_limit_max=LIMIT, rate_limit_window_seconds=3600,
-                             on_rate_limit="dead_letter", worker_concurrency=32)
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
+    settings = make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        fake_twilio.url,
+        rate_limit_max=LIMIT,
+        rate_limit_window_seconds=3600,
+        on_rate_limit="dead_letter",
+        worker_concurrency=32,
+    )
     pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
     fake_twilio.set_latency(0.01)
     # Given three workers
@@ -45,8 +52,11 @@ def test_three_workers_keep_the_limit_and_account_for_every_message(
     # When 2,000 messages to 200 phones (10 each, the limit is 5 an hour) are published
     ids = publish_all(settings, _messages())
     try:
-        wait_for(lambda: len(fake_twilio.messages) + pipeline.length(pipeline.keys.dead)
-                 >= len(ids), 60, "every outcome")
+        wait_for(
+            lambda: len(fake_twilio.messages) + pipeline.length(pipeline.keys.dead) >= len(ids),
+            60,
+            "every outcome",
+        )
         wait_for(pipeline.drained, 15, "drained")
         sends = Counter(str(m.body) for m in fake_twilio.messages)
         per_phone = Counter(str(m.to) for m in fake_twilio.messages)
@@ -63,17 +73,27 @@ def test_three_workers_keep_the_limit_and_account_for_every_message(
     assert len(dead_ids) == len(dead)
     assert marked | dead_ids == set(ids.values()) and not marked & dead_ids
     assert sorted(per_phone.values()) == [LIMIT] * PHONES  # and the limit was used, exactly
-    record_figure("rate-limit", "sent + dead-lettered = published",
-                  f"{sum(sends.values())} + {len(dead)} = {len(ids)}")
+    record_figure(
+        "rate-limit",
+        "sent + dead-lettered = published",
+        f"{sum(sends.values())} + {len(dead)} = {len(ids)}",
+    )
 
 
 def test_three_workers_deferring_keep_the_limit_in_every_sliding_window(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
     window_s, tolerance_s = 4.0, 1.0
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             rate_limit_max=LIMIT, rate_limit_window_seconds=window_s,
-                             on_rate_limit="defer", worker_concurrency=32)
+    settings = make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        fake_twilio.url,
+        rate_limit_max=LIMIT,
+        rate_limit_window_seconds=window_s,
+        on_rate_limit="defer",
+        worker_concurrency=32,
+    )
     pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
     # Given three workers that defer what the limit holds back
     for n in range(3):
@@ -94,19 +114,28 @@ def test_three_workers_deferring_keep_the_limit_in_every_sliding_window(
     times: dict[str, list[float]] = defaultdict(list)
     for to, at, _ in accepted:
         times[to].append(at)
-    closest = min(sorted(ts)[n + LIMIT] - sorted(ts)[n]
-                  for ts in times.values() for n in range(len(ts) - LIMIT))
+    closest = min(
+        sorted(ts)[n + LIMIT] - sorted(ts)[n]
+        for ts in times.values()
+        for n in range(len(ts) - LIMIT)
+    )
     assert closest >= window_s - tolerance_s, closest
     record_figure("rate-limit-defer", "closest 1st-to-6th send to one phone", closest, "s")
 
 
 def test_a_poison_entry_is_set_aside_after_the_delivery_limit_and_others_flow(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
     max_deliveries = 3
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             claim_idle_seconds=0.5, max_deliveries=max_deliveries,
-                             rate_limit_max=1000)
+    settings = make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        fake_twilio.url,
+        claim_idle_seconds=0.5,
+        max_deliveries=max_deliveries,
+        rate_limit_max=1000,
+    )
     pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
     poisoned = phone(7777)
     # Given a message whose processing fails every time: its state key was overwritten with a

@@ -48,11 +48,19 @@ AMBIGUOUS = phone(9009)  # accepted, but after the timeout: the worker cannot kn
 
 
 def test_provider_errors_are_retried_per_policy_then_dead_lettered_nothing_lost(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             max_attempts=3, backoff_base_seconds=BASE_S, backoff_jitter=0,
-                             twilio_timeout_seconds=TIMEOUT_S, rate_limit_max=1000)
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
+    settings = make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        fake_twilio.url,
+        max_attempts=3,
+        backoff_base_seconds=BASE_S,
+        backoff_jitter=0,
+        twilio_timeout_seconds=TIMEOUT_S,
+        rate_limit_max=1000,
+    )
     pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
     # Given a provider that drops, fails and stalls for some numbers, and 60 healthy ones
     for to, (steps, default, _, _) in SCENARIOS.items():
@@ -67,8 +75,13 @@ def test_provider_errors_are_retried_per_policy_then_dead_lettered_nothing_lost(
         expected_dead = sum(1 for s in SCENARIOS.values() if s[2] != "sent")
         wait_for(lambda: len(pipeline.dead_letters()) >= expected_dead, 30, "dead letters")
         wait_for(pipeline.drained, 30, "drained")
-        wait_for(lambda: all(r.status is not None or r.outcome == "dropped"
-                             for r in fake_twilio.requests), 10, "every request answered")
+        wait_for(
+            lambda: all(
+                r.status is not None or r.outcome == "dropped" for r in fake_twilio.requests
+            ),
+            10,
+            "every request answered",
+        )
         dead = {d["to"]: d for d in pipeline.dead_letters()}
         requests = fake_twilio.requests
         sends = Counter(str(m.body) for m in fake_twilio.messages)
@@ -104,10 +117,14 @@ def test_provider_errors_are_retried_per_policy_then_dead_lettered_nothing_lost(
     # A send accepted after the timeout is sent again by the retry: counted, not hidden
     ambiguous = sends[f"outage-{AMBIGUOUS}"]
     assert AMBIGUOUS not in dead and 1 <= ambiguous <= 2
-    record_figure("provider-errors", "dead-lettered / sent / published",
-                  f"{len(dead)} / {len(marked)} / {len(ids)}")
-    record_figure("provider-errors", "duplicate SMS after an answer slower than the timeout",
-                  ambiguous - 1)
+    record_figure(
+        "provider-errors",
+        "dead-lettered / sent / published",
+        f"{len(dead)} / {len(marked)} / {len(ids)}",
+    )
+    record_figure(
+        "provider-errors", "duplicate SMS after an answer slower than the timeout", ambiguous - 1
+    )
 
 
 @pytest.fixture
@@ -127,12 +144,24 @@ def fakes(fake_port: int) -> Iterator[list[FakeTwilioThread]]:
 
 
 def test_a_whole_provider_outage_is_waited_out_within_the_retry_budget(
-        redis_url: str, namespace: str, tmp_path: Path, fake_port: int,
-        fakes: list[FakeTwilioThread], procs: Processes) -> None:
+    redis_url: str,
+    namespace: str,
+    tmp_path: Path,
+    fake_port: int,
+    fakes: list[FakeTwilioThread],
+    procs: Processes,
+) -> None:
     url = f"http://127.0.0.1:{fake_port}"
-    settings = make_settings(redis_url, namespace, tmp_path, url, max_attempts=6,
-                             backoff_base_seconds=0.25, backoff_jitter=0.1,
-                             rate_limit_max=1000)
+    settings = make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        url,
+        max_attempts=6,
+        backoff_base_seconds=0.25,
+        backoff_jitter=0.1,
+        rate_limit_max=1000,
+    )
     pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
     first = FakeTwilioThread(port=fake_port)
     first.start()
@@ -146,8 +175,9 @@ def test_a_whole_provider_outage_is_waited_out_within_the_retry_budget(
         first.stop()
         fakes.remove(first)  # (stopping a FakeTwilioThread twice raises)
         ids = publish_all(settings, [(phone(i), f"during-{i}") for i in range(100)])
-        wait_for(lambda: pipeline.backlog()[2] >= 50, 10,
-                 "sends failing and waiting for their retry")
+        wait_for(
+            lambda: pipeline.backlog()[2] >= 50, 10, "sends failing and waiting for their retry"
+        )
         time.sleep(2.0)  # the outage itself, not an assertion
         second = FakeTwilioThread(port=fake_port)
         second.start()
@@ -167,12 +197,18 @@ def test_a_whole_provider_outage_is_waited_out_within_the_retry_budget(
 
 
 def test_a_provider_slower_than_the_claim_idle_time_is_not_taken_over(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
     idle_s, slow_s = 1.0, 3.5
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             claim_idle_seconds=idle_s, twilio_timeout_seconds=6,
-                             rate_limit_max=1000)
+    settings = make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        fake_twilio.url,
+        claim_idle_seconds=idle_s,
+        twilio_timeout_seconds=6,
+        rate_limit_max=1000,
+    )
     pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
     slow = [phone(8000 + n) for n in range(6)]
     # Given sends that take 3.5x the claim idle time, and two workers that claim idle entries
@@ -180,8 +216,9 @@ def test_a_provider_slower_than_the_claim_idle_time_is_not_taken_over(
         fake_twilio.script(to, [{"delay": slow_s}])
     workers = [start_worker(procs, settings, f"worker-{n}") for n in range(2)]
     # When slow and fast messages are published
-    ids = publish_all(settings, [(to, f"slow-{to}") for to in slow]
-                      + [(phone(i), f"fast-{i}") for i in range(40)])
+    ids = publish_all(
+        settings, [(to, f"slow-{to}") for to in slow] + [(phone(i), f"fast-{i}") for i in range(40)]
+    )
     try:
         wait_for(lambda: len(fake_twilio.messages) >= len(ids), 30, "all sent")
         wait_for(pipeline.drained, 15, "drained")

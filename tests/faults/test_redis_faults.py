@@ -40,10 +40,14 @@ from tests.faults.support import (
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
-def _settings(server: PrivateRedis, namespace: str, tmp_path: Path, fake: Any,
-              **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"claim_idle_seconds": 1, "rate_limit_max": 1000,
-                              "worker_concurrency": 16}
+def _settings(
+    server: PrivateRedis, namespace: str, tmp_path: Path, fake: Any, **overrides: Any
+) -> Settings:
+    values: dict[str, Any] = {
+        "claim_idle_seconds": 1,
+        "rate_limit_max": 1000,
+        "worker_concurrency": 16,
+    }
     values.update(overrides)
     return make_settings(server.url, namespace, tmp_path, fake.url, **values)
 
@@ -56,8 +60,7 @@ class Publisher(threading.Thread):
     """Publishes `count` messages at a steady pace, noting each result and how long it took;
     then keeps its producer open until the spool is flushed."""
 
-    def __init__(self, settings: Settings, count: int, prefix: str,
-                 pace_s: float = 0.004) -> None:
+    def __init__(self, settings: Settings, count: int, prefix: str, pace_s: float = 0.004) -> None:
         super().__init__(name="publisher", daemon=True)
         self.settings = settings
         self.pace_s = pace_s
@@ -85,8 +88,8 @@ class Publisher(threading.Thread):
 
 
 def test_redis_killed_and_restarted_delivers_every_acknowledged_publish(
-        private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
+    private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
     # Entries idle 1 s are claimed; the outage (2 s) is longer than that, as a 60 s outage
     # is longer than the default 30 s. Sends finish while Redis is away: their workers keep
     # trying to record them, and nobody else may send them meanwhile.
@@ -107,12 +110,14 @@ def test_redis_killed_and_restarted_delivers_every_acknowledged_publish(
         publisher.join(timeout=120)
         assert not publisher.is_alive() and publisher.error is None, publisher.error
         statuses = Counter(r.status for _, r, _ in publisher.results)
-        acknowledged = {body for body, r, _ in publisher.results
-                        if r.status in ("queued", "spooled")}
+        acknowledged = {
+            body for body, r, _ in publisher.results if r.status in ("queued", "spooled")
+        }
         # Then every acknowledged publish (queued, or spooled and flushed) is delivered
         assert publisher.spool_left == 0
-        wait_for(lambda: set(_sends(fake_twilio)) >= acknowledged, 60,
-                 "every acknowledged publish sent")
+        wait_for(
+            lambda: set(_sends(fake_twilio)) >= acknowledged, 60, "every acknowledged publish sent"
+        )
         wait_for(pipeline.drained, 30, "drained")
         sends = _sends(fake_twilio)
         # And the workers reconnected by themselves: the same processes, alive, said so
@@ -127,8 +132,11 @@ def test_redis_killed_and_restarted_delivers_every_acknowledged_publish(
         pipeline.client.close()
     slowest = max(t for _, _, t in publisher.results)
     record_figure("redis-restart", "publishes", len(publisher.results))
-    record_figure("redis-restart", "queued / spooled / rejected",
-                  f"{statuses['queued']} / {statuses['spooled']} / {statuses['rejected']}")
+    record_figure(
+        "redis-restart",
+        "queued / spooled / rejected",
+        f"{statuses['queued']} / {statuses['spooled']} / {statuses['rejected']}",
+    )
     record_figure("redis-restart", "slowest publish", slowest, "s")
     record_figure("redis-restart", "duplicate SMS", sum(n - 1 for n in sends.values()))
     assert statuses["rejected"] == 0
@@ -162,22 +170,30 @@ print(producer.spooled(), flush=True)
 
 
 def _producer_env(settings: Settings) -> dict[str, str]:
-    return child_env(SMSRELAY_REDIS_URL=settings.redis_url,
-                     SMSRELAY_NAMESPACE=settings.namespace,
-                     SMSRELAY_SPOOL_DIR=str(settings.spool_dir), SMSRELAY_LOG_LEVEL="error")
+    return child_env(
+        SMSRELAY_REDIS_URL=settings.redis_url,
+        SMSRELAY_NAMESPACE=settings.namespace,
+        SMSRELAY_SPOOL_DIR=str(settings.spool_dir),
+        SMSRELAY_LOG_LEVEL="error",
+    )
 
 
 def _publish_in_a_process(settings: Settings, count: int) -> list[dict[str, Any]]:
-    done = subprocess.run([sys.executable, "-c", _PUBLISH_SCRIPT, str(count)],
-                          env=_producer_env(settings), capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _PUBLISH_SCRIPT, str(count)],
+        env=_producer_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 def test_redis_unreachable_publishes_are_spooled_then_delivered_after_a_restart(
-        private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
+    private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
     settings = _settings(private_redis, namespace, tmp_path, fake_twilio)
     count = 60
     # Given Redis is down
@@ -191,9 +207,14 @@ def test_redis_unreachable_publishes_are_spooled_then_delivered_after_a_restart(
     # When Redis is back and another process (a restarted app) starts a producer
     private_redis.start()
     start_worker(procs, settings, "worker")
-    flushed = subprocess.run([sys.executable, "-c", _FLUSH_SCRIPT, "30"],
-                             env=_producer_env(settings), capture_output=True, text=True,
-                             timeout=60, check=False)
+    flushed = subprocess.run(
+        [sys.executable, "-c", _FLUSH_SCRIPT, "30"],
+        env=_producer_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert flushed.stdout.strip() == "0", flushed.stderr
     # Then every spooled request is sent, once, under the id the first process was given
     pipeline = Pipeline(private_redis.client(), namespace)
@@ -208,13 +229,14 @@ def test_redis_unreachable_publishes_are_spooled_then_delivered_after_a_restart(
     assert max(sends.values()) == 1
     assert marked == {r["id"] for r in results}
     assert list(settings.spool_dir.glob("*.json")) == []
-    record_figure("redis-unreachable", "slowest publish (refused)",
-                  max(r["took"] for r in results), "s")
+    record_figure(
+        "redis-unreachable", "slowest publish (refused)", max(r["took"] for r in results), "s"
+    )
 
 
 def test_hung_redis_publish_returns_in_bounded_time_and_is_sent_once(
-        private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
+    private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
     settings = _settings(private_redis, namespace, tmp_path, fake_twilio)
     pipeline = Pipeline(private_redis.client(), namespace)
     # Given a Redis that accepts connections but answers nothing (SIGSTOP)
@@ -245,14 +267,16 @@ def test_hung_redis_publish_returns_in_bounded_time_and_is_sent_once(
     finally:
         pipeline.client.close()
     record_figure("redis-hung", "slowest publish (no answer)", slowest, "s")
-    record_figure("redis-hung", "request entries published twice", sum(
-        n - 1 for n in copies.values()))
+    record_figure(
+        "redis-hung", "request entries published twice", sum(n - 1 for n in copies.values())
+    )
     assert set(sends) == {"warm-up", "hung-1", "hung-2", "hung-3"}
     assert max(sends.values()) == 1, sends
 
 
 def test_hung_redis_async_publish_returns_in_bounded_time_then_flushes(
-        private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any) -> None:
+    private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any
+) -> None:
     # The async producer's client has no read timeout: one asyncio.timeout bounds each call.
     settings = _settings(private_redis, namespace, tmp_path, fake_twilio)
     pipeline = Pipeline(private_redis.client(), namespace)
@@ -263,8 +287,9 @@ def test_hung_redis_async_publish_returns_in_bounded_time_then_flushes(
             private_redis.pause()
             try:
                 started = time.monotonic()
-                results = await asyncio.gather(*(producer.publish(phone(i), f"hung-{i}")
-                                                 for i in range(1, 4)))
+                results = await asyncio.gather(
+                    *(producer.publish(phone(i), f"hung-{i}") for i in range(1, 4))
+                )
                 took = time.monotonic() - started
             finally:
                 private_redis.resume()
@@ -275,8 +300,9 @@ def test_hung_redis_async_publish_returns_in_bounded_time_then_flushes(
 
     try:
         statuses, took, left = asyncio.run(scenario())
-        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
-                       pipeline.client.xrange(pipeline.keys.requests))
+        entries = cast(
+            list[tuple[bytes, dict[bytes, bytes]]], pipeline.client.xrange(pipeline.keys.requests)
+        )
         bodies = {fields[b"body"].decode() for _, fields in entries}
     finally:
         pipeline.client.close()
@@ -287,8 +313,8 @@ def test_hung_redis_async_publish_returns_in_bounded_time_then_flushes(
 
 
 def test_a_producer_killed_mid_flush_publishes_each_spooled_request_once(
-        private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
+    private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
     settings = _settings(private_redis, namespace, tmp_path, fake_twilio)
     count = 300
     # Given 300 requests spooled while Redis was down
@@ -298,17 +324,20 @@ def test_a_producer_killed_mid_flush_publishes_each_spooled_request_once(
     pipeline = Pipeline(private_redis.client(), namespace)
     try:
         # When the process flushing them is SIGKILLed half-way
-        flusher = procs.start("flusher", [sys.executable, "-c", _FLUSH_SCRIPT, "60"],
-                              _producer_env(settings))
-        wait_for(lambda: pipeline.length(pipeline.keys.requests) >= count // 3, 30,
-                 "the flush under way")
+        flusher = procs.start(
+            "flusher", [sys.executable, "-c", _FLUSH_SCRIPT, "60"], _producer_env(settings)
+        )
+        wait_for(
+            lambda: pipeline.length(pipeline.keys.requests) >= count // 3, 30, "the flush under way"
+        )
         flusher.signal(signal.SIGKILL)
         flusher.wait(timeout=10)
         left = len(list(settings.spool_dir.glob("*.json")))
         assert 0 < left < count, left
         # And another process flushes the rest
-        finisher = procs.start("finisher", [sys.executable, "-c", _FLUSH_SCRIPT, "60"],
-                               _producer_env(settings))
+        finisher = procs.start(
+            "finisher", [sys.executable, "-c", _FLUSH_SCRIPT, "60"], _producer_env(settings)
+        )
         assert finisher.wait(timeout=90) == 0
         # Then each request is on the stream once, and sent once
         ids = pipeline.request_ids()
@@ -324,10 +353,11 @@ def test_a_producer_killed_mid_flush_publishes_each_spooled_request_once(
 
 
 def test_a_redis_outage_with_every_slot_busy_is_logged_once(
-        private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
-    settings = _settings(private_redis, namespace, tmp_path, fake_twilio, worker_concurrency=4,
-                         claim_idle_seconds=1)
+    private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
+    settings = _settings(
+        private_redis, namespace, tmp_path, fake_twilio, worker_concurrency=4, claim_idle_seconds=1
+    )
     pipeline = Pipeline(private_redis.client(), namespace)
     # Given a worker whose every slot holds a slow send
     fake_twilio.set_latency(1.0)
@@ -336,8 +366,11 @@ def test_a_redis_outage_with_every_slot_busy_is_logged_once(
             assert producer.publish(phone(i), f"busy-{i}").status == "queued"
     worker = start_worker(procs, settings, "worker")
     try:
-        wait_for(lambda: sum(1 for r in fake_twilio.requests if r.status is None) == 4, 20,
-                 "4 sends in flight")
+        wait_for(
+            lambda: sum(1 for r in fake_twilio.requests if r.status is None) == 4,
+            20,
+            "4 sends in flight",
+        )
         # When Redis is away for 4 s
         private_redis.kill()
         time.sleep(4.0)  # the outage itself, not an assertion
@@ -348,22 +381,32 @@ def test_a_redis_outage_with_every_slot_busy_is_logged_once(
         pipeline.client.close()
     # Then the worker said so once when it started and once when it ended
     events = worker.event_names()
-    record_figure("redis-outage-log", "redis.unavailable lines for one 4 s outage",
-                  events["redis.unavailable"])
+    record_figure(
+        "redis-outage-log",
+        "redis.unavailable lines for one 4 s outage",
+        events["redis.unavailable"],
+    )
     assert 1 <= events["redis.unavailable"] <= 3, events
     assert events["redis.recovered"] == events["redis.unavailable"], events
 
 
 def test_the_admin_reconnects_to_a_restarted_redis_by_itself(
-        private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes, database_url: str) -> None:
-    settings = _settings(private_redis, namespace, tmp_path, fake_twilio,
-                         database_url=database_url)
+    private_redis: PrivateRedis,
+    namespace: str,
+    tmp_path: Path,
+    fake_twilio: Any,
+    procs: Processes,
+    database_url: str,
+) -> None:
+    settings = _settings(private_redis, namespace, tmp_path, fake_twilio, database_url=database_url)
     port = free_port()
     # Given the admin service running against a Redis that is then killed
     start_admin(procs, settings, port)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=15,
-                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as api:
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        timeout=15,
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    ) as api:
         assert api.get("/readyz").status_code == 200
         private_redis.kill()
         # Then it says Redis is away (503 on /readyz, a flagged scrape), serving what it can
@@ -373,8 +416,7 @@ def test_the_admin_reconnects_to_a_restarted_redis_by_itself(
         assert 'smsrelay_scrape_error{source="redis"} 1.0' in api.get("/metrics").text
         # When Redis is back, Then the same process answers ready again, by itself
         private_redis.start()
-        took = wait_for(lambda: api.get("/readyz").status_code == 200, 30,
-                        "the admin ready again")
+        took = wait_for(lambda: api.get("/readyz").status_code == 200, 30, "the admin ready again")
         metrics = api.get("/metrics").text
     assert 'smsrelay_scrape_error{source="redis"} 0.0' in metrics
     assert "smsrelay_stream_length" in metrics
@@ -382,11 +424,17 @@ def test_the_admin_reconnects_to_a_restarted_redis_by_itself(
 
 
 def test_sigterm_during_a_redis_outage_records_every_send_once_redis_returns(
-        private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
+    private_redis: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
     grace = 8.0
-    settings = _settings(private_redis, namespace, tmp_path, fake_twilio, worker_concurrency=8,
-                         shutdown_grace_seconds=grace)
+    settings = _settings(
+        private_redis,
+        namespace,
+        tmp_path,
+        fake_twilio,
+        worker_concurrency=8,
+        shutdown_grace_seconds=grace,
+    )
     pipeline = Pipeline(private_redis.client(), namespace)
     fake_twilio.set_latency(0.5)
     with Producer(settings) as producer:
@@ -395,8 +443,11 @@ def test_sigterm_during_a_redis_outage_records_every_send_once_redis_returns(
     worker = start_worker(procs, settings, "worker")
     try:
         # Given sends in flight when Redis dies (the provider accepts them meanwhile)
-        wait_for(lambda: sum(1 for r in fake_twilio.requests if r.status is None) == 8, 20,
-                 "8 sends in flight")
+        wait_for(
+            lambda: sum(1 for r in fake_twilio.requests if r.status is None) == 8,
+            20,
+            "8 sends in flight",
+        )
         private_redis.kill()
         started = time.monotonic()
         # When the worker is told to stop, and Redis returns within its grace period
@@ -417,6 +468,9 @@ def test_sigterm_during_a_redis_outage_records_every_send_once_redis_returns(
     finally:
         pipeline.client.close()
     duplicates = {b: n for b, n in sends.items() if n > 1}
-    record_figure("sigterm-redis-down", "duplicate SMS after a stop during a Redis outage",
-                  sum(n - 1 for n in duplicates.values()))
+    record_figure(
+        "sigterm-redis-down",
+        "duplicate SMS after a stop during a Redis outage",
+        sum(n - 1 for n in duplicates.values()),
+    )
     assert duplicates == {}

@@ -30,10 +30,12 @@ from tests.faults.support import (
 from tests.helpers import running_worker, stream_state, wait_until
 
 
-def _settings(server: PrivateRedis, namespace: str, tmp_path: Path, fake: Any,
-              **overrides: Any) -> Settings:
-    return make_settings(server.url, namespace, tmp_path, fake.url, claim_idle_seconds=1,
-                         **overrides)
+def _settings(
+    server: PrivateRedis, namespace: str, tmp_path: Path, fake: Any, **overrides: Any
+) -> Settings:
+    return make_settings(
+        server.url, namespace, tmp_path, fake.url, claim_idle_seconds=1, **overrides
+    )
 
 
 def _publish(settings: Settings, count: int) -> None:
@@ -58,8 +60,8 @@ def server(tmp_path: Path) -> Any:
 
 
 def test_sends_accepted_while_redis_refuses_writes_are_recorded_once(
-        server: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
+    server: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
     settings = _settings(server, namespace, tmp_path, fake_twilio, worker_concurrency=80)
     _publish(settings, 80)
     fake_twilio.set_latency(3)  # long enough for both workers to start and Redis to fill
@@ -69,8 +71,9 @@ def test_sends_accepted_while_redis_refuses_writes_are_recorded_once(
     assert fake_twilio.fake.stats()["accepted"] == 0, "answered before Redis filled up"
     # When Redis fills up before their sent markers are written
     _refuse_writes(server, True)
-    wait_for(lambda: any("redis.writes_refused" in w.log_text() for w in workers), 10,
-             "the refusal said")
+    wait_for(
+        lambda: any("redis.writes_refused" in w.log_text() for w in workers), 10, "the refusal said"
+    )
     time.sleep(3)  # three claim idle times: nothing may be taken over and resent
     assert len(fake_twilio.requests) == 80
     # Then once memory is there again, each is recorded as sent: 80 SMS, not 160
@@ -88,7 +91,8 @@ def test_sends_accepted_while_redis_refuses_writes_are_recorded_once(
 
 
 async def test_a_worker_started_while_redis_refuses_writes_sends_once_it_accepts_them(
-        server: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any) -> None:
+    server: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any
+) -> None:
     # Given the group already there, 39 messages queued, and Redis refusing writes
     settings = _settings(server, namespace, tmp_path, fake_twilio)
     client = server.client()
@@ -110,10 +114,11 @@ async def test_a_worker_started_while_redis_refuses_writes_sends_once_it_accepts
 
 
 async def test_readyz_says_redis_refuses_writes(
-        server: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any,
-        database_url: str) -> None:
-    settings = _settings(server, namespace, tmp_path, fake_twilio, database_url=database_url,
-                         admin_token=TOKEN)
+    server: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any, database_url: str
+) -> None:
+    settings = _settings(
+        server, namespace, tmp_path, fake_twilio, database_url=database_url, admin_token=TOKEN
+    )
     async with admin_client(settings) as api:
         assert (await api.get("/readyz")).status_code == 200
         _refuse_writes(server, True)
@@ -126,7 +131,8 @@ async def test_readyz_says_redis_refuses_writes(
 
 
 async def test_an_evicting_policy_is_refused_at_start(
-        server: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any) -> None:
+    server: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any
+) -> None:
     settings = _settings(server, namespace, tmp_path, fake_twilio)
     client = server.client()
     client.config_set("maxmemory-policy", "volatile-lru")

@@ -62,25 +62,34 @@ class Publisher(threading.Thread):
 
 
 def test_soak_memory_returns_to_baseline_and_workers_do_not_grow(
-        tmp_path: Path, namespace: str, procs: Processes) -> None:
+    tmp_path: Path, namespace: str, procs: Processes
+) -> None:
     server = PrivateRedis(tmp_path / "redis", appendonly=False)
     server.start()
     fake = FakeTwilioProcess(procs)
     fake.start()
-    settings = make_settings(server.url, namespace, tmp_path, fake.url,
-                             rate_limit_max=1_000_000, rate_limit_window_seconds=1,
-                             worker_concurrency=64)
+    settings = make_settings(
+        server.url,
+        namespace,
+        tmp_path,
+        fake.url,
+        rate_limit_max=1_000_000,
+        rate_limit_window_seconds=1,
+        worker_concurrency=64,
+    )
     pipeline = Pipeline(server.client(), namespace)
     producer = Producer(settings)
     try:
         # Given two workers, warmed up on the first messages
-        workers = [start_worker(procs, settings, f"worker-{n}")
-                   for n in range(2)]
+        workers = [start_worker(procs, settings, f"worker-{n}") for n in range(2)]
         warm = max(1000, COUNT // 10)
         warm_up = Publisher(producer, 0, warm)
         warm_up.run()
-        wait_for(lambda: fake.stats()["accepted"] >= warm and pipeline.drained(), 120,
-                 "the warm-up drained")
+        wait_for(
+            lambda: fake.stats()["accepted"] >= warm and pipeline.drained(),
+            120,
+            "the warm-up drained",
+        )
         _forget_markers(pipeline)
         time.sleep(1.5)  # rate-limit windows (1 s) expire: the baseline holds no message state
         baseline = cast(dict[str, Any], pipeline.client.info("memory"))
@@ -121,20 +130,40 @@ def test_soak_memory_returns_to_baseline_and_workers_do_not_grow(
     growth_mb = [(a - b) / 1024 for a, b in zip(rss_after, rss_before, strict=True)]
     record_figure("soak", "messages (after warm-up)", sent)
     record_figure("soak", "throughput, 2 workers", sent / took, "msg/s")
-    record_figure("soak", "Redis used_memory baseline / peak / after drain",
-                  f"{_used_mb(baseline):.2f} / {peak_mb:.2f} / {_used_mb(after_drain):.2f}",
-                  "MiB")
-    record_figure("soak", "sent markers kept after the drain (7-day TTL)",
-                  f"{marker_count} x {marker_bytes / max(marker_count, 1):.0f}", "bytes")
+    record_figure(
+        "soak",
+        "Redis used_memory baseline / peak / after drain",
+        f"{_used_mb(baseline):.2f} / {peak_mb:.2f} / {_used_mb(after_drain):.2f}",
+        "MiB",
+    )
+    record_figure(
+        "soak",
+        "sent markers kept after the drain (7-day TTL)",
+        f"{marker_count} x {marker_bytes / max(marker_count, 1):.0f}",
+        "bytes",
+    )
     record_figure("soak", "Redis used_memory after markers expire", _used_mb(after), "MiB")
-    record_figure("soak", "Redis memory less client buffers, baseline / after",
-                  f"{data_before:.3f} / {data_after:.3f}", "MiB")
-    record_figure("soak", "Redis client connection buffers, baseline / after",
-                  f"{clients_before:.3f} / {clients_after:.3f}", "MiB")
+    record_figure(
+        "soak",
+        "Redis memory less client buffers, baseline / after",
+        f"{data_before:.3f} / {data_after:.3f}",
+        "MiB",
+    )
+    record_figure(
+        "soak",
+        "Redis client connection buffers, baseline / after",
+        f"{clients_before:.3f} / {clients_after:.3f}",
+        "MiB",
+    )
     record_figure("soak", "request stream after drain", stream_bytes, "bytes")
-    record_figure("soak", "worker RSS before / after",
-                  " ; ".join(f"{b / 1024:.1f} -> {a / 1024:.1f}"
-                             for b, a in zip(rss_before, rss_after, strict=True)), "MiB")
+    record_figure(
+        "soak",
+        "worker RSS before / after",
+        " ; ".join(
+            f"{b / 1024:.1f} -> {a / 1024:.1f}" for b, a in zip(rss_before, rss_after, strict=True)
+        ),
+        "MiB",
+    )
     record_figure("soak", "worker RSS growth (max)", max(growth_mb), "MiB")
     assert publisher.statuses == {"queued": sent}
     assert stats["accepted"] == COUNT and stats["duplicates"] == [], stats["duplicates"][:5]
@@ -150,17 +179,24 @@ def _forget_markers(pipeline: Pipeline) -> tuple[int, int]:
     pattern = pipeline.keys.sent("*")
     keys = list(pipeline.client.scan_iter(match=pattern, count=5000))
     sample = keys[:200]
-    per_key = (sum(int(cast(int, pipeline.client.memory_usage(k))) for k in sample)
-               / len(sample)) if sample else 0.0
+    per_key = (
+        (sum(int(cast(int, pipeline.client.memory_usage(k))) for k in sample) / len(sample))
+        if sample
+        else 0.0
+    )
     for start in range(0, len(keys), 5000):
-        pipeline.client.delete(*keys[start:start + 5000])
+        pipeline.client.delete(*keys[start : start + 5000])
     return len(keys), int(per_key * len(keys))
 
 
 def _message_keys(pipeline: Pipeline) -> dict[str, int]:
     """Keys left besides the streams and their bookkeeping, by kind (expected: none)."""
-    fixed = {pipeline.keys.requests, pipeline.keys.dead, pipeline.keys.outcomes,
-             pipeline.keys.dead_counts}
+    fixed = {
+        pipeline.keys.requests,
+        pipeline.keys.dead,
+        pipeline.keys.outcomes,
+        pipeline.keys.dead_counts,
+    }
     kinds: dict[str, int] = {}
     for raw in pipeline.client.scan_iter(match=f"{pipeline.keys.tag}:*", count=5000):
         key = raw.decode()

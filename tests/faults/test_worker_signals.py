@@ -31,12 +31,19 @@ def _in_progress(fake: Any) -> int:
 
 
 def test_sigkill_mid_send_delivers_everything_and_repeats_only_in_flight_sends(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
     count, concurrency, kills = 400, 32, 3
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             claim_idle_seconds=1, worker_concurrency=concurrency,
-                             rate_limit_max=1000, max_attempts=10)
+    settings = make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        fake_twilio.url,
+        claim_idle_seconds=1,
+        worker_concurrency=concurrency,
+        rate_limit_max=1000,
+        max_attempts=10,
+    )
     pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
     # Given 400 messages and a provider that takes 150 ms per send
     fake_twilio.set_latency(0.15)
@@ -47,22 +54,31 @@ def test_sigkill_mid_send_delivers_everything_and_repeats_only_in_flight_sends(
             # When a worker is SIGKILLed while sends are in flight, three times in a row
             victim = start_worker(procs, settings, f"victim-{round_no}")
             target = (round_no + 1) * count // (kills + 2)
-            wait_for(lambda: len(fake_twilio.messages) >= target  # noqa: B023
-                     and _in_progress(fake_twilio) >= concurrency // 2, 60,
-                     f"{target} sends and a full pipe of sends in flight")
+            wait_for(
+                lambda: (
+                    len(fake_twilio.messages) >= target  # noqa: B023
+                    and _in_progress(fake_twilio) >= concurrency // 2
+                ),
+                60,
+                f"{target} sends and a full pipe of sends in flight",
+            )
             victim.signal(signal.SIGKILL)
             victim.wait(timeout=10)
             # Everything the dead worker asked the provider is answered before anyone else
             # sends, so the requests seen now are exactly the victim's.
             wait_for(lambda: _in_progress(fake_twilio) == 0, 10, "in-flight requests answered")
             marked = pipeline.sent_markers(ids.values())
-            in_flight_at_kills |= {str(r.body) for r in fake_twilio.requests
-                                   if ids[str(r.body)] not in marked}
+            in_flight_at_kills |= {
+                str(r.body) for r in fake_twilio.requests if ids[str(r.body)] not in marked
+            }
         # Then a fresh worker finishes the work
         start_worker(procs, settings, "rescuer")
         fake_twilio.set_latency(0)
-        wait_for(lambda: len({m.body for m in fake_twilio.messages}) == count, 60,
-                 "every message accepted once at least")
+        wait_for(
+            lambda: len({m.body for m in fake_twilio.messages}) == count,
+            60,
+            "every message accepted once at least",
+        )
         wait_for(pipeline.drained, 30, "an empty stream, no pending entry, no delayed entry")
         sends = Counter(m.body for m in fake_twilio.messages)
         dead = pipeline.dead_letters()
@@ -81,12 +97,18 @@ def test_sigkill_mid_send_delivers_everything_and_repeats_only_in_flight_sends(
 
 
 def test_sigterm_during_sends_exits_0_within_the_grace_period_and_sends_once(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
     count, concurrency, grace = 200, 24, 5.0
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             worker_concurrency=concurrency, shutdown_grace_seconds=grace,
-                             rate_limit_max=1000)
+    settings = make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        fake_twilio.url,
+        worker_concurrency=concurrency,
+        shutdown_grace_seconds=grace,
+        rate_limit_max=1000,
+    )
     pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
     # Given a worker with a full pipe of 800 ms sends in flight
     fake_twilio.set_latency(0.8)
@@ -126,13 +148,20 @@ def test_sigterm_during_sends_exits_0_within_the_grace_period_and_sends_once(
 
 
 def test_sigterm_with_sends_slower_than_the_grace_period_hands_them_back(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
     count, concurrency, grace = 40, 8, 1.0
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             worker_concurrency=concurrency, shutdown_grace_seconds=grace,
-                             claim_idle_seconds=1, twilio_timeout_seconds=10,
-                             rate_limit_max=1000)
+    settings = make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        fake_twilio.url,
+        worker_concurrency=concurrency,
+        shutdown_grace_seconds=grace,
+        claim_idle_seconds=1,
+        twilio_timeout_seconds=10,
+        rate_limit_max=1000,
+    )
     pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
     # Given sends that take 3 s while the worker's grace period is 1 s
     fake_twilio.set_latency(3.0)
@@ -162,8 +191,11 @@ def test_sigterm_with_sends_slower_than_the_grace_period_hands_them_back(
         pipeline.client.close()
     duplicates = {body: n - 1 for body, n in sends.items() if n > 1}
     record_figure("sigterm-slow", "sends handed back at SIGTERM", len(handed_back))
-    record_figure("sigterm-slow", "duplicate SMS (provider finished a handed-back send)",
-                  sum(duplicates.values()))
+    record_figure(
+        "sigterm-slow",
+        "duplicate SMS (provider finished a handed-back send)",
+        sum(duplicates.values()),
+    )
     assert set(sends) == set(ids)
     # A handed-back send is ambiguous (the provider may finish it): repeats only among them
     assert set(duplicates) <= handed_back

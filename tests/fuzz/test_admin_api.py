@@ -52,11 +52,18 @@ NO_AUTH_LIMIT = {"SMSRELAY_ADMIN_AUTH_MAX_FAILURES": "0"}
 
 
 @pytest.fixture
-def admin(redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
-          database_url: str, procs: Processes) -> str:
+def admin(
+    redis_url: str,
+    namespace: str,
+    tmp_path: Path,
+    fake_twilio: Any,
+    database_url: str,
+    procs: Processes,
+) -> str:
     """`smsrelay admin` with a few real failed-SMS records (dead-lettered by a real worker)."""
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             database_url=database_url)
+    settings = make_settings(
+        redis_url, namespace, tmp_path, fake_twilio.url, database_url=database_url
+    )
     for n in range(6):
         fake_twilio.script(phone(300 + n), [], default={"status": 400, "code": 21610})
     start_worker(procs, settings, "worker", mirror=True)
@@ -65,27 +72,45 @@ def admin(redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
     start_admin(procs, settings, port, **NO_AUTH_LIMIT)
     url = f"http://{LOOPBACK}:{port}"
     with httpx.Client(base_url=url, headers=AUTH, timeout=15) as api:
-        wait_for(lambda: api.get(LIST, params={"reason": "permanent_error"}).json().get(
-            "pagination", {}).get("total", 0) >= 6, 30, "6 records mirrored")
+        wait_for(
+            lambda: (
+                api.get(LIST, params={"reason": "permanent_error"})
+                .json()
+                .get("pagination", {})
+                .get("total", 0)
+                >= 6
+            ),
+            30,
+            "6 records mirrored",
+        )
     return url
 
 
 @pytest.fixture
-def admin_without_postgres(redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
-                           procs: Processes) -> str:
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             database_url=NOWHERE_PG)
+def admin_without_postgres(
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> str:
+    settings = make_settings(
+        redis_url, namespace, tmp_path, fake_twilio.url, database_url=NOWHERE_PG
+    )
     port = free_port()
     start_admin(procs, settings, port, **NO_AUTH_LIMIT)
     return f"http://{LOOPBACK}:{port}"
 
 
 @pytest.fixture
-def guarded_admin(redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
-                  database_url: str, procs: Processes) -> tuple[str, Managed]:
+def guarded_admin(
+    redis_url: str,
+    namespace: str,
+    tmp_path: Path,
+    fake_twilio: Any,
+    database_url: str,
+    procs: Processes,
+) -> tuple[str, Managed]:
     """`smsrelay admin` as deployed: the failed-authentication limit on (its default)."""
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             database_url=database_url)
+    settings = make_settings(
+        redis_url, namespace, tmp_path, fake_twilio.url, database_url=database_url
+    )
     port = free_port()
     child = start_admin(procs, settings, port)
     return f"http://{LOOPBACK}:{port}", child
@@ -93,12 +118,12 @@ def guarded_admin(redis_url: str, namespace: str, tmp_path: Path, fake_twilio: A
 
 def from_address(url: str, address: str) -> httpx.Client:
     """A client whose connections come from `address` (any 127.x.y.z is this machine)."""
-    return httpx.Client(base_url=url, timeout=15,
-                        transport=httpx.HTTPTransport(local_address=address))
+    return httpx.Client(
+        base_url=url, timeout=15, transport=httpx.HTTPTransport(local_address=address)
+    )
 
 
-def _run_schema(url: str, mode: GenerationMode, examples: int, *,
-                store_down: bool = False) -> int:
+def _run_schema(url: str, mode: GenerationMode, examples: int, *, store_down: bool = False) -> int:
     """Every operation of the document, `examples` generated requests each; returns calls.
 
     With `store_down`, a 5xx is allowed when the document lists it (the 503s), never a 500.
@@ -111,15 +136,16 @@ def _run_schema(url: str, mode: GenerationMode, examples: int, *,
         operation = result.ok()
         if mode is GenerationMode.NEGATIVE and operation.path in NO_INPUTS:
             continue
+
         @fuzz_settings(examples)
         @given(case=operation.as_strategy(generation_mode=mode))
         def check(case: schemathesis.Case[Any]) -> None:
             nonlocal calls
             # A negative header case drops the bearer token on purpose: 401 is its answer.
-            dropped = case.meta is not None and case.meta.is_negative_at(
-                ParameterLocation.HEADER)
-            response = case.call_and_validate(headers=None if dropped else AUTH,
-                                              excluded_checks=excluded)
+            dropped = case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER)
+            response = case.call_and_validate(
+                headers=None if dropped else AUTH, excluded_checks=excluded
+            )
             assert response.status_code != 500, response.text
             calls += 1
 
@@ -136,12 +162,12 @@ def test_generated_requests_get_documented_answers(admin: str, mode: GenerationM
 
 
 def test_generated_requests_get_documented_503s_while_postgres_is_gone(
-        admin_without_postgres: str) -> None:
+    admin_without_postgres: str,
+) -> None:
     # Given an admin whose Postgres is unreachable
     # When schemathesis sends valid requests, Then each answer is documented (a 503 is)
     calls = _run_schema(admin_without_postgres, GenerationMode.POSITIVE, 15, store_down=True)
-    record_figure("admin-api", "schemathesis requests with Postgres gone, all conforming",
-                  calls)
+    record_figure("admin-api", "schemathesis requests with Postgres gone, all conforming", calls)
 
 
 def _raw(url: str, request: bytes) -> bytes:
@@ -166,8 +192,7 @@ def test_oversized_and_malformed_bodies_are_refused_with_a_4xx(admin: str) -> No
             for _ in range(40):
                 yield b" " * 4096
 
-        chunked = api.post(REPLAY, content=chunks(),
-                           headers={"Content-Type": "application/json"})
+        chunked = api.post(REPLAY, content=chunks(), headers={"Content-Type": "application/json"})
         many_ids = api.post(REPLAY, json={"ids": [some_id] * 5000})
         # Then 413 (or 400 for a body the schema bounds)
         assert declared.status_code == 413, declared.text
@@ -177,10 +202,16 @@ def test_oversized_and_malformed_bodies_are_refused_with_a_4xx(admin: str) -> No
         malformed = [
             api.post(LIST, content=b"[" * 30_000, headers={"Content-Type": "application/json"}),
             api.post(LIST, content=b"\xff\xfe{", headers={"Content-Type": "application/json"}),
-            api.post(LIST, content=b'{"id": "' + some_id.encode() + b'"',
-                     headers={"Content-Type": "application/json"}),
-            api.post(LIST, content=b"id=" + some_id.encode(),
-                     headers={"Content-Type": "application/x-www-form-urlencoded"}),
+            api.post(
+                LIST,
+                content=b'{"id": "' + some_id.encode() + b'"',
+                headers={"Content-Type": "application/json"},
+            ),
+            api.post(
+                LIST,
+                content=b"id=" + some_id.encode(),
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            ),
             api.post(LIST, json=[some_id]),
             api.post(LIST, json={"id": some_id, "force": "yes"}),
             api.post(REPLAY, json={"reason": "invalid_payload"}),
@@ -190,15 +221,25 @@ def test_oversized_and_malformed_bodies_are_refused_with_a_4xx(admin: str) -> No
         ]
         for response in malformed:
             assert response.status_code in (400, 404, 413, 414, 431), (
-                response.request.url, response.status_code, response.text[:200])
+                response.request.url,
+                response.status_code,
+                response.text[:200],
+            )
             if response.status_code in (400, 413):
                 assert response.json()["success"] is False and response.json()["error"]
     # A request line too big for the server is refused by it (a 4xx, or the connection
     # closed), and the service goes on
     try:
-        answer = _raw(admin, b"GET " + LIST.encode() + b"?phone=" + b"1" * 200_000
-                      + b" HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer "
-                      + ADMIN_TOKEN.encode() + b"\r\n\r\n")
+        answer = _raw(
+            admin,
+            b"GET "
+            + LIST.encode()
+            + b"?phone="
+            + b"1" * 200_000
+            + b" HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer "
+            + ADMIN_TOKEN.encode()
+            + b"\r\n\r\n",
+        )
     except ConnectionResetError:
         answer = b""
     assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:100]
@@ -206,16 +247,21 @@ def test_oversized_and_malformed_bodies_are_refused_with_a_4xx(admin: str) -> No
 
 
 WRONG_AUTH: list[dict[str, str]] = [
-    {}, {"Authorization": ""}, {"Authorization": "Bearer"},
-    {"Authorization": f"Basic {ADMIN_TOKEN}"}, {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
-    {"Authorization": f"Bearer {ADMIN_TOKEN[:-1]}"}, {"Authorization": ADMIN_TOKEN},
+    {},
+    {"Authorization": ""},
+    {"Authorization": "Bearer"},
+    {"Authorization": f"Basic {ADMIN_TOKEN}"},
+    {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
+    {"Authorization": f"Bearer {ADMIN_TOKEN[:-1]}"},
+    {"Authorization": ADMIN_TOKEN},
     {"Authorization": f"Bearer {ADMIN_TOKEN.upper()}"},
     {"Authorization": "Bearer " + "A" * 10_000},
 ]
 
 
 def test_every_wrong_token_is_401_on_every_api_route_and_health_needs_none(
-        guarded_admin: tuple[str, Managed]) -> None:
+    guarded_admin: tuple[str, Managed],
+) -> None:
     url, _ = guarded_admin
     some_id = str(uuid.uuid4())
     # Given every way to get the bearer token wrong (each from an address of its own: five
@@ -223,14 +269,18 @@ def test_every_wrong_token_is_401_on_every_api_route_and_health_needs_none(
     # Then 401 with the error body, before any validation
     for n, headers in enumerate(WRONG_AUTH):
         with from_address(url, f"127.0.1.{n + 1}") as api:
-            for response in (api.get(LIST, headers=headers),
-                             api.post(LIST, json={"id": some_id}, headers=headers),
-                             api.delete(LIST, params={"id": some_id}, headers=headers),
-                             api.post(REPLAY, json={"ids": [some_id]}, headers=headers),
-                             api.get("/api/anything", headers=headers)):
+            for response in (
+                api.get(LIST, headers=headers),
+                api.post(LIST, json={"id": some_id}, headers=headers),
+                api.delete(LIST, params={"id": some_id}, headers=headers),
+                api.post(REPLAY, json={"ids": [some_id]}, headers=headers),
+                api.get("/api/anything", headers=headers),
+            ):
                 assert response.status_code == 401, (headers.keys(), response.status_code)
-                assert response.json() == {"success": False,
-                                           "error": "missing or invalid bearer token"}
+                assert response.json() == {
+                    "success": False,
+                    "error": "missing or invalid bearer token",
+                }
                 assert response.headers["Cache-Control"] == "no-store"
     with httpx.Client(base_url=url, timeout=15) as api:
         # And the token is compared exactly, except the word Bearer; health needs none
@@ -240,18 +290,20 @@ def test_every_wrong_token_is_401_on_every_api_route_and_health_needs_none(
 
 
 def test_a_client_guessing_tokens_is_refused_and_others_are_not(
-        guarded_admin: tuple[str, Managed]) -> None:
+    guarded_admin: tuple[str, Managed],
+) -> None:
     url, child = guarded_admin
     guesses = [f"guess-{n:020d}" for n in range(40)]
     with from_address(url, "127.0.2.1") as attacker, from_address(url, "127.0.2.2") as other:
         # Given a client sending wrong tokens as fast as it can
-        answers = [attacker.get(LIST, headers={"Authorization": f"Bearer {guess}"})
-                   for guess in guesses]
+        answers = [
+            attacker.get(LIST, headers={"Authorization": f"Bearer {guess}"}) for guess in guesses
+        ]
         statuses = [answer.status_code for answer in answers]
         # Then after a few 401s it is refused with 429 and Retry-After, for a cool-down,
         # even with the right token
         assert statuses[0] == 401 and 429 in statuses, statuses
-        assert set(statuses[statuses.index(429):]) == {429}, statuses
+        assert set(statuses[statuses.index(429) :]) == {429}, statuses
         refused = attacker.get(LIST, headers=AUTH)
         assert refused.status_code == 429
         assert int(refused.headers["Retry-After"]) >= 1
@@ -271,8 +323,15 @@ def test_x_forwarded_for_does_not_make_a_new_client(guarded_admin: tuple[str, Ma
     with from_address(url, LOOPBACK) as guesser:
         # Given a client (on the same host as the service, as a local proxy would be) naming a
         # new address in X-Forwarded-For with each wrong token
-        statuses = [guesser.get(LIST, headers={"Authorization": f"Bearer guess-{n:020d}",
-                                               "X-Forwarded-For": f"203.0.113.{n}"}).status_code
-                    for n in range(1, 41)]
+        statuses = [
+            guesser.get(
+                LIST,
+                headers={
+                    "Authorization": f"Bearer guess-{n:020d}",
+                    "X-Forwarded-For": f"203.0.113.{n}",
+                },
+            ).status_code
+            for n in range(1, 41)
+        ]
     # Then its failures are still counted as its own: refused
     assert 429 in statuses, statuses

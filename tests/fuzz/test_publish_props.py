@@ -43,6 +43,7 @@ pytestmark = pytest.mark.faults
 DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 WIRE_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
+
 @fuzz_settings(1500)
 @given(args=publish_args())
 def test_a_request_is_valid_or_refused_with_a_validation_error(args: dict[str, Any]) -> None:
@@ -64,14 +65,37 @@ def test_a_request_is_valid_or_refused_with_a_validation_error(args: dict[str, A
 
 
 @fuzz_settings(1500)
-@given(fields=st.dictionaries(st.one_of(st.sampled_from(
-    ["v", "id", "to", "body", "created_at", "kind", "idempotency_key", "meta"]), any_text),
-    st.one_of(any_text, st.binary(max_size=20).map(lambda b: b.decode("latin-1")),
-              st.sampled_from(["1", "c42b55dd-b849-4bbf-a4ce-5ccad843c8b1", "+14155552671",
-                               "+1 (415) 555-2671", "+1-800-FLOWERS", "+460253544476",
-                               "hi\x1b[0m", "2026-01-01T00:00:00Z", "{}", "[]", "NaN",
-                               "{\"a\": NaN}"])),
-    max_size=9))
+@given(
+    fields=st.dictionaries(
+        st.one_of(
+            st.sampled_from(
+                ["v", "id", "to", "body", "created_at", "kind", "idempotency_key", "meta"]
+            ),
+            any_text,
+        ),
+        st.one_of(
+            any_text,
+            st.binary(max_size=20).map(lambda b: b.decode("latin-1")),
+            st.sampled_from(
+                [
+                    "1",
+                    "c42b55dd-b849-4bbf-a4ce-5ccad843c8b1",
+                    "+14155552671",
+                    "+1 (415) 555-2671",
+                    "+1-800-FLOWERS",
+                    "+460253544476",
+                    "hi\x1b[0m",
+                    "2026-01-01T00:00:00Z",
+                    "{}",
+                    "[]",
+                    "NaN",
+                    '{"a": NaN}',
+                ]
+            ),
+        ),
+        max_size=9,
+    )
+)
 def test_parse_entry_reads_a_request_or_raises_invalid_entry(fields: dict[str, str]) -> None:
     # Given any map of string fields, When the worker parses it, Then only InvalidEntry
     try:
@@ -95,15 +119,16 @@ def producer(settings: Settings) -> Iterator[Producer]:
 def _latest_entry(settings: Settings) -> dict[str, str]:
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     try:
-        [(_, fields)] = cast(list[tuple[str, dict[str, str]]], client.xrevrange(
-            ShardKeys(settings.namespace).requests, count=1))
+        [(_, fields)] = cast(
+            list[tuple[str, dict[str, str]]],
+            client.xrevrange(ShardKeys(settings.namespace).requests, count=1),
+        )
     finally:
         client.close()
     return fields
 
 
-def _check_readable(fields: dict[str, str], result: PublishResult, body: Any,
-                    meta: Any) -> None:
+def _check_readable(fields: dict[str, str], result: PublishResult, body: Any, meta: Any) -> None:
     """What was queued parses as the worker parses it, with the caller's body and meta."""
     entry = parse_entry(fields)
     assert str(entry.id) == result.message_id
@@ -124,7 +149,8 @@ def _check_refused(result: PublishResult) -> None:
 @fuzz_settings(600)
 @given(args=publish_args())
 def test_publish_never_raises_and_queues_only_what_a_worker_reads(
-        producer: Producer, settings: Settings, args: dict[str, Any]) -> None:
+    producer: Producer, settings: Settings, args: dict[str, Any]
+) -> None:
     # Given any input, When it is published, Then publish returns (never raises)
     result = producer.publish(**args)
     event(f"status={result.status}")
@@ -158,7 +184,8 @@ def test_async_publish_never_raises(settings: Settings, args: dict[str, Any]) ->
 @fuzz_settings(200)
 @given(args=publish_args())
 def test_publish_with_redis_away_spools_only_what_a_worker_reads(
-        tmp_path: Path, namespace: str, args: dict[str, Any]) -> None:
+    tmp_path: Path, namespace: str, args: dict[str, Any]
+) -> None:
     spool_dir = tmp_path / "spool"
     down = make_settings(DOWN_URL, namespace, tmp_path, "http://127.0.0.1:9")
     for old in Spool(spool_dir).pending():

@@ -28,19 +28,40 @@ pytestmark = pytest.mark.faults
 
 # Every variable of the contract's configuration table.
 CONTRACT = [
-    "SMSRELAY_REDIS_URL", "SMSRELAY_DATABASE_URL", "SMSRELAY_NAMESPACE",
-    "SMSRELAY_RATE_LIMIT_MAX", "SMSRELAY_RATE_LIMIT_WINDOW_SECONDS", "SMSRELAY_ON_RATE_LIMIT",
-    "SMSRELAY_MAX_ATTEMPTS", "SMSRELAY_BACKOFF_BASE_SECONDS", "SMSRELAY_BACKOFF_MAX_SECONDS",
-    "SMSRELAY_BACKOFF_JITTER", "SMSRELAY_CLAIM_IDLE_SECONDS", "SMSRELAY_WORKER_CONCURRENCY",
-    "SMSRELAY_METRICS_PORT", "SMSRELAY_REPLAY_RATE", "SMSRELAY_ADMIN_TOKEN",
-    "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "SMSRELAY_TWILIO_FROM",
-    "SMSRELAY_TWILIO_MESSAGING_SERVICE_SID", "SMSRELAY_TWILIO_BASE_URL",
-    "SMSRELAY_TWILIO_TIMEOUT_SECONDS", "SMSRELAY_SPOOL_DIR", "SMSRELAY_LOG_FORMAT",
-    "SMSRELAY_LOG_LEVEL", "SMSRELAY_ADMIN_TOKENS", "SMSRELAY_METRICS_HOST",
+    "SMSRELAY_REDIS_URL",
+    "SMSRELAY_DATABASE_URL",
+    "SMSRELAY_NAMESPACE",
+    "SMSRELAY_RATE_LIMIT_MAX",
+    "SMSRELAY_RATE_LIMIT_WINDOW_SECONDS",
+    "SMSRELAY_ON_RATE_LIMIT",
+    "SMSRELAY_MAX_ATTEMPTS",
+    "SMSRELAY_BACKOFF_BASE_SECONDS",
+    "SMSRELAY_BACKOFF_MAX_SECONDS",
+    "SMSRELAY_BACKOFF_JITTER",
+    "SMSRELAY_CLAIM_IDLE_SECONDS",
+    "SMSRELAY_WORKER_CONCURRENCY",
+    "SMSRELAY_METRICS_PORT",
+    "SMSRELAY_REPLAY_RATE",
+    "SMSRELAY_ADMIN_TOKEN",
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN",
+    "SMSRELAY_TWILIO_FROM",
+    "SMSRELAY_TWILIO_MESSAGING_SERVICE_SID",
+    "SMSRELAY_TWILIO_BASE_URL",
+    "SMSRELAY_TWILIO_TIMEOUT_SECONDS",
+    "SMSRELAY_SPOOL_DIR",
+    "SMSRELAY_LOG_FORMAT",
+    "SMSRELAY_LOG_LEVEL",
+    "SMSRELAY_ADMIN_TOKENS",
+    "SMSRELAY_METRICS_HOST",
 ]
-DURATIONS = ["SMSRELAY_RATE_LIMIT_WINDOW_SECONDS", "SMSRELAY_BACKOFF_BASE_SECONDS",
-             "SMSRELAY_BACKOFF_MAX_SECONDS", "SMSRELAY_CLAIM_IDLE_SECONDS",
-             "SMSRELAY_TWILIO_TIMEOUT_SECONDS"]
+DURATIONS = [
+    "SMSRELAY_RATE_LIMIT_WINDOW_SECONDS",
+    "SMSRELAY_BACKOFF_BASE_SECONDS",
+    "SMSRELAY_BACKOFF_MAX_SECONDS",
+    "SMSRELAY_CLAIM_IDLE_SECONDS",
+    "SMSRELAY_TWILIO_TIMEOUT_SECONDS",
+]
 SECRET = ("TOKEN", "TOKENS", "_URL")
 
 
@@ -78,8 +99,11 @@ WRONG: list[tuple[str, str, str]] = [
     ("SMSRELAY_ADMIN_TOKEN", "abc\x01defghij0123456", "a control character, 16+ characters"),
     ("SMSRELAY_ADMIN_TOKEN", "0123456789abcde", "15 characters: too short to resist guessing"),
     ("SMSRELAY_ADMIN_TOKENS", "ops:viewer:0123456789abcde", "15 characters"),
-    ("SMSRELAY_ADMIN_TOKENS", "ops:viewer:0123456789abcdef,ops:viewer:0123456789abcdeg",
-     "two credentials with one name: the audit could not tell them apart"),
+    (
+        "SMSRELAY_ADMIN_TOKENS",
+        "ops:viewer:0123456789abcdef,ops:viewer:0123456789abcdeg",
+        "two credentials with one name: the audit could not tell them apart",
+    ),
     ("SMSRELAY_ADMIN_TOKENS", "ops:reader:0123456789abcdef", "no such role"),
     ("SMSRELAY_METRICS_HOST", "local host", "a space in the host"),
     ("SMSRELAY_METRICS_HOST", "0.0.0.0:9464", "a port in the host"),
@@ -91,17 +115,20 @@ WRONG: list[tuple[str, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("variable", "value", "why"), WRONG,
-                         ids=[f"{v}={w!r}" for v, w, _ in WRONG])
+@pytest.mark.parametrize(
+    ("variable", "value", "why"), WRONG, ids=[f"{v}={w!r}" for v, w, _ in WRONG]
+)
 def test_a_value_that_would_break_later_fails_at_start(
-        clean_env: pytest.MonkeyPatch, variable: str, value: str, why: str) -> None:
+    clean_env: pytest.MonkeyPatch, variable: str, value: str, why: str
+) -> None:
     # Given a wrong value, When the settings load, Then one line names the variable
     outcome = _load(clean_env, variable, value)
     assert isinstance(outcome, str), f"{variable}={value!r} accepted ({why})"
 
 
-def test_a_spool_dir_that_is_a_file_fails_at_start(clean_env: pytest.MonkeyPatch,
-                                                   tmp_path: Path) -> None:
+def test_a_spool_dir_that_is_a_file_fails_at_start(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     # Given SMSRELAY_SPOOL_DIR naming a regular file (the spool would fail only when Redis
     # is down, i.e. exactly when it is needed, and those publishes would be lost)
     target = tmp_path / "not-a-directory"
@@ -117,8 +144,13 @@ def _unusable(variable: str, settings: Settings) -> str | None:
             return f"{name}={value}"
     if variable in DURATIONS:
         # every duration reaches Redis (or asyncio) in milliseconds, as a 64-bit integer
-        for name in ("rate_limit_window_seconds", "claim_idle_seconds", "backoff_max_seconds",
-                     "backoff_base_seconds", "twilio_timeout_seconds"):
+        for name in (
+            "rate_limit_window_seconds",
+            "claim_idle_seconds",
+            "backoff_max_seconds",
+            "backoff_base_seconds",
+            "twilio_timeout_seconds",
+        ):
             if not 0 <= getattr(settings, name) * 1000 < 2**63:
                 return f"{name}={getattr(settings, name)} s does not fit in milliseconds"
     try:
@@ -133,19 +165,56 @@ def _unusable(variable: str, settings: Settings) -> str | None:
 
 values = st.one_of(
     st.text(max_size=30),
-    st.sampled_from(["", " ", "0", "-0", "1", "-1", "1.5", "1e3", "1e309", "inf", "-inf",
-                     "nan", "NaN", "0x10", "1_000", "true", "null", "None", "  5  ", "\t",
-                     "redis://", "redis://:@:0", "rediss://h:6380/99", "unix:///tmp/r.sock",
-                     "postgresql://", "postgresql://u:p@h:1/db", "http://", "https://h:99999",
-                     "+15005550006", "AC" + "0" * 32, "MG" + "f" * 32, "ACME", "json",
-                     "DEBUG", "/tmp", "."]),
-    st.integers().map(str), st.floats().map(str))
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "1.5",
+            "1e3",
+            "1e309",
+            "inf",
+            "-inf",
+            "nan",
+            "NaN",
+            "0x10",
+            "1_000",
+            "true",
+            "null",
+            "None",
+            "  5  ",
+            "\t",
+            "redis://",
+            "redis://:@:0",
+            "rediss://h:6380/99",
+            "unix:///tmp/r.sock",
+            "postgresql://",
+            "postgresql://u:p@h:1/db",
+            "http://",
+            "https://h:99999",
+            "+15005550006",
+            "AC" + "0" * 32,
+            "MG" + "f" * 32,
+            "ACME",
+            "json",
+            "DEBUG",
+            "/tmp",
+            ".",
+        ]
+    ),
+    st.integers().map(str),
+    st.floats().map(str),
+)
 
 
 @fuzz_settings(1500)
 @given(variable=st.sampled_from(CONTRACT), value=values)
 def test_any_value_is_accepted_and_usable_or_one_line_naming_the_variable(
-        clean_env: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    clean_env: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
     # Given any value of any contract variable, When the settings load
     if "\x00" in value:
         return  # an environment cannot hold NUL
@@ -166,25 +235,41 @@ CLI_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("command", "variable", "value"), CLI_CASES,
-                         ids=[f"{c}-{v}" for c, v, _ in CLI_CASES])
-def test_the_commands_stop_at_start_with_one_line(command: str, variable: str,
-                                                  value: str) -> None:
+@pytest.mark.parametrize(
+    ("command", "variable", "value"), CLI_CASES, ids=[f"{c}-{v}" for c, v, _ in CLI_CASES]
+)
+def test_the_commands_stop_at_start_with_one_line(command: str, variable: str, value: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SMSRELAY_", "TWILIO_"))}
-    env.update({"TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "token",
-                "SMSRELAY_TWILIO_FROM": "+15005550006", "SMSRELAY_METRICS_PORT": "0",
-                "SMSRELAY_REDIS_URL": "redis://127.0.0.1:1/0", variable: value})
+    env.update(
+        {
+            "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+            "TWILIO_AUTH_TOKEN": "token",
+            "SMSRELAY_TWILIO_FROM": "+15005550006",
+            "SMSRELAY_METRICS_PORT": "0",
+            "SMSRELAY_REDIS_URL": "redis://127.0.0.1:1/0",
+            variable: value,
+        }
+    )
     args: list[str] = [command]
     if command == "publish":
         args += ["--to", "+14155552671", "--body", "hi"]
     # Given a wrong value, When the command starts
     started = time.monotonic()
     try:
-        done = subprocess.run([sys.executable, "-m", "smsrelay.cli", *args], env=env,
-                              capture_output=True, text=True, timeout=15, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "smsrelay.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
-        pytest.fail(f"`smsrelay {command}` with {variable}={value!r} was still running "
-                    "after 15 s instead of stopping at start", pytrace=False)
+        pytest.fail(
+            f"`smsrelay {command}` with {variable}={value!r} was still running "
+            "after 15 s instead of stopping at start",
+            pytrace=False,
+        )
     took = time.monotonic() - started
     # Then it stops at once (exit 2) with one line naming the variable, never a traceback
     lines = done.stderr.strip().splitlines()

@@ -34,22 +34,62 @@ from tests.helpers import dead_letters, running_worker, wait_until
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 Fields = dict[bytes, bytes]
-NAMES = [b"v", b"id", b"to", b"body", b"created_at", b"kind", b"idempotency_key", b"meta",
-         b"reason", b"error", b"attempts", b"replay_of", b"orig.v", b""]
-PLAUSIBLE = [b"1", b"2", b"", b"+14155552671", b"+1", b"2026-01-01T00:00:00Z", b"yesterday",
-             b"+1 (415) 555-8001", b"+1-800-FLOWERS", b"+460253544476", b"hi \x1b[31m",
-             b"{}", b"[]", b"null", b"{\"a\": NaN}", b"[" * 300, b"\x00", b"\xff\xfe",
-             str(uuid.uuid4()).encode()]
+NAMES = [
+    b"v",
+    b"id",
+    b"to",
+    b"body",
+    b"created_at",
+    b"kind",
+    b"idempotency_key",
+    b"meta",
+    b"reason",
+    b"error",
+    b"attempts",
+    b"replay_of",
+    b"orig.v",
+    b"",
+]
+PLAUSIBLE = [
+    b"1",
+    b"2",
+    b"",
+    b"+14155552671",
+    b"+1",
+    b"2026-01-01T00:00:00Z",
+    b"yesterday",
+    b"+1 (415) 555-8001",
+    b"+1-800-FLOWERS",
+    b"+460253544476",
+    b"hi \x1b[31m",
+    b"{}",
+    b"[]",
+    b"null",
+    b'{"a": NaN}',
+    b"[" * 300,
+    b"\x00",
+    b"\xff\xfe",
+    str(uuid.uuid4()).encode(),
+]
 # Any Unicode text as its bytes, lone surrogates too (which makes invalid UTF-8).
 text_bytes = any_text.map(lambda t: t.encode("utf-8", "surrogatepass"))
-values = st.one_of(st.binary(max_size=40), text_bytes, st.sampled_from(PLAUSIBLE),
-                   st.integers(1599, 1602).map(lambda n: b"x" * n))
+values = st.one_of(
+    st.binary(max_size=40),
+    text_bytes,
+    st.sampled_from(PLAUSIBLE),
+    st.integers(1599, 1602).map(lambda n: b"x" * n),
+)
 huge = st.sampled_from([1 << 20, 4 << 20]).map(lambda n: b"y" * n)
 
 
 def _valid() -> Fields:
-    return {b"v": b"1", b"id": str(uuid.uuid4()).encode(), b"to": b"+14155552671",
-            b"body": b"a request", b"created_at": b"2026-01-01T00:00:00Z"}
+    return {
+        b"v": b"1",
+        b"id": str(uuid.uuid4()).encode(),
+        b"to": b"+14155552671",
+        b"body": b"a request",
+        b"created_at": b"2026-01-01T00:00:00Z",
+    }
 
 
 @st.composite
@@ -70,8 +110,12 @@ def one_thing_wrong(draw: st.DrawFn) -> Fields:
 
 
 entries = st.one_of(
-    st.dictionaries(st.one_of(st.sampled_from(NAMES), st.binary(max_size=12), text_bytes),
-                    values, min_size=1, max_size=8),
+    st.dictionaries(
+        st.one_of(st.sampled_from(NAMES), st.binary(max_size=12), text_bytes),
+        values,
+        min_size=1,
+        max_size=8,
+    ),
     one_thing_wrong(),
     one_thing_wrong(),
     st.integers(500, 3000).map(lambda n: {f"f{i}".encode(): b"v" for i in range(n)}),
@@ -88,10 +132,11 @@ def _parses(fields: Fields) -> bool:
 
 
 def test_arbitrary_entries_are_dead_lettered_and_the_worker_lives_on(
-        redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any,
-        procs: Processes) -> None:
-    settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                             rate_limit_max=1_000_000)
+    redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
+) -> None:
+    settings = make_settings(
+        redis_url, namespace, tmp_path, fake_twilio.url, rate_limit_max=1_000_000
+    )
     client = redis.Redis.from_url(redis_url)
     pipeline = Pipeline(client, namespace)
     worker = start_worker(procs, settings, "worker")
@@ -106,12 +151,15 @@ def test_arbitrary_entries_are_dead_lettered_and_the_worker_lives_on(
         # When the worker has had them
         wait_for(pipeline.drained, 30, "the worker to settle every entry")
         assert worker.alive(), worker.tail()
-        dead = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(
-            pipeline.keys.dead, min=f"({seen[0]}", max="+"))
+        dead = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            client.xrange(pipeline.keys.dead, min=f"({seen[0]}", max="+"),
+        )
         if dead:
             seen[0] = dead[-1][0].decode()
-        reasons = {fields[b"source_entry_id"].decode(): fields[b"reason"].decode()
-                   for _, fields in dead}
+        reasons = {
+            fields[b"source_entry_id"].decode(): fields[b"reason"].decode() for _, fields in dead
+        }
         # Then each is dead-lettered as invalid_payload, unless it is a valid request
         for entry_id, fields in zip(ids, batch, strict=True):
             valid = _parses(fields)
@@ -126,13 +174,19 @@ def test_arbitrary_entries_are_dead_lettered_and_the_worker_lives_on(
         check()
         # And the worker still sends, never needed the poison path, never crashed
         publish_all(settings, [("+14155552690", "after the junk")])
-        wait_for(lambda: any(m.body == "after the junk" for m in fake_twilio.messages), 20,
-                 "the message after the junk")
+        wait_for(
+            lambda: any(m.body == "after the junk" for m in fake_twilio.messages),
+            20,
+            "the message after the junk",
+        )
         events = worker.event_names()
     finally:
         client.close()
-    record_figure("fuzz-entries", "arbitrary entries: invalid (dead-lettered) / valid (sent)",
-                  f"{outcomes['invalid']} / {outcomes['valid']}")
+    record_figure(
+        "fuzz-entries",
+        "arbitrary entries: invalid (dead-lettered) / valid (sent)",
+        f"{outcomes['invalid']} / {outcomes['valid']}",
+    )
     assert worker.alive(), worker.tail()
     assert outcomes["invalid"] > 0
     assert events["sms.processing_failed"] == 0
@@ -140,18 +194,25 @@ def test_arbitrary_entries_are_dead_lettered_and_the_worker_lives_on(
 
 
 async def test_entries_another_publisher_did_not_normalise_are_dead_lettered(
-        settings: Settings, fake_twilio: Any) -> None:
+    settings: Settings, fake_twilio: Any
+) -> None:
     # Given entries a publisher in another language wrote with a formatted number, a number
     # libphonenumber reads as another one, and a body with an escape sequence
     client = redis.Redis.from_url(settings.redis_url)
     stream = ShardKeys(settings.namespace).requests
-    bad = {"+1 (415) 555-8001": "to: must be plain E.164",
-           "+460253544476": "to: must be the number's canonical E.164 form",
-           "+14155558002": "body: must not contain control characters"}
+    bad = {
+        "+1 (415) 555-8001": "to: must be plain E.164",
+        "+460253544476": "to: must be the number's canonical E.164 form",
+        "+14155558002": "body: must not contain control characters",
+    }
     entries: list[Fields] = [
-        {**_valid(), b"to": to.encode(),
-         b"body": b"red \x1b[31malert" if to == "+14155558002" else b"formatted"}
-        for to in bad]
+        {
+            **_valid(),
+            b"to": to.encode(),
+            b"body": b"red \x1b[31malert" if to == "+14155558002" else b"formatted",
+        }
+        for to in bad
+    ]
     for fields in [*entries, {**_valid(), b"to": b"+14155558001", b"body": b"plain"}]:
         client.xadd(stream, cast(Any, fields))
     # When a worker reads them

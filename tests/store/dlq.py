@@ -20,22 +20,43 @@ def unique_phone() -> str:
     return f"+1415{random.randint(2_000_000, 9_999_999)}"
 
 
-def dead_letter_fields(message_id: str, phone: str, body: str = "Hi, your booking is in",
-                       *, reason: str = "permanent_error", error: str = "Twilio 21610: "
-                       "Attempt to send to unsubscribed recipient", attempts: int = 1,
-                       **extra: str) -> dict[str, str]:
+def dead_letter_fields(
+    message_id: str,
+    phone: str,
+    body: str = "Hi, your booking is in",
+    *,
+    reason: str = "permanent_error",
+    error: str = "Twilio 21610: Attempt to send to unsubscribed recipient",
+    attempts: int = 1,
+    **extra: str,
+) -> dict[str, str]:
     now = clock.now_iso()
-    fields = {"v": "1", "id": message_id, "to": phone, "body": body, "created_at": now,
-              "reason": reason, "error": error, "attempts": str(attempts),
-              "first_attempt_at": now, "last_attempt_at": now, "dead_lettered_at": now,
-              "source_entry_id": f"{random.randint(1, 10**12)}-0"}
+    fields = {
+        "v": "1",
+        "id": message_id,
+        "to": phone,
+        "body": body,
+        "created_at": now,
+        "reason": reason,
+        "error": error,
+        "attempts": str(attempts),
+        "first_attempt_at": now,
+        "last_attempt_at": now,
+        "dead_lettered_at": now,
+        "source_entry_id": f"{random.randint(1, 10**12)}-0",
+    }
     fields.update(extra)
     return fields
 
 
-async def add_dead_letter(client: aioredis.Redis, settings: Settings, *,
-                          message_id: str | None = None, phone: str | None = None,
-                          **kwargs: Any) -> tuple[str, str]:
+async def add_dead_letter(
+    client: aioredis.Redis,
+    settings: Settings,
+    *,
+    message_id: str | None = None,
+    phone: str | None = None,
+    **kwargs: Any,
+) -> tuple[str, str]:
     """XADD a dead letter and count it, as deadletter.lua does; returns (message id, entry id)."""
     message_id = message_id or str(uuid.uuid4())
     phone = phone or unique_phone()

@@ -15,12 +15,10 @@ from tests.store.dlq import dead_letter_fields, unique_phone
 
 
 def letter(stream_id: str, message_id: str, phone: str, **kwargs: object) -> DeadLetter:
-    return DeadLetter.from_stream(stream_id, dead_letter_fields(message_id, phone,
-                                                                **kwargs))  # type: ignore[arg-type]
+    return DeadLetter.from_stream(stream_id, dead_letter_fields(message_id, phone, **kwargs))  # type: ignore[arg-type]
 
 
-async def upsert(db: Database, ns: str, dead: DeadLetter,
-                 shard: int = 0) -> list[StreamRef]:
+async def upsert(db: Database, ns: str, dead: DeadLetter, shard: int = 0) -> list[StreamRef]:
     async with db.connection() as conn, conn.transaction():
         return await fs.upsert_dead_letter(conn, dead, ns, shard)
 
@@ -34,7 +32,11 @@ async def test_mirroring_one_dead_letter_twice_changes_nothing(db: Database, ns:
         record = await fs.get_record(conn, ns, uuid.UUID(message_id))
     assert record is not None
     assert (record.phone, record.attempts, record.status, record.dead_letter_id) == (
-        phone, 3, RecordStatus.FAILED, "1700000000000-0")
+        phone,
+        3,
+        RecordStatus.FAILED,
+        "1700000000000-0",
+    )
     assert record.reason == "permanent_error"
     assert record.error is not None and "21610" in record.error
 
@@ -46,25 +48,41 @@ async def test_a_newer_dead_letter_wins_and_the_older_is_superseded(db: Database
     async with db.connection() as conn:
         await fs.mark_replayed(conn, ns, ids=[uuid.UUID(message_id)])
     # When the replay is dead-lettered again
-    superseded = await upsert(db, ns, letter("1700000000500-3", message_id, phone, attempts=2,
-                                             reason="retries_exhausted", error="503"))
+    superseded = await upsert(
+        db,
+        ns,
+        letter(
+            "1700000000500-3",
+            message_id,
+            phone,
+            attempts=2,
+            reason="retries_exhausted",
+            error="503",
+        ),
+    )
     # Then the record is failed again, attempts add up, and the old entry is reported
     assert superseded == [StreamRef(0, "1700000000000-0")]
     async with db.connection() as conn:
         record = await fs.get_record(conn, ns, uuid.UUID(message_id))
     assert record is not None
     assert (record.status, record.attempts, record.reason, record.error) == (
-        RecordStatus.FAILED, 3, "retries_exhausted", "503")
+        RecordStatus.FAILED,
+        3,
+        "retries_exhausted",
+        "503",
+    )
     # and a late copy of the older entry changes nothing and is itself superseded
     assert await upsert(db, ns, letter("1700000000000-0", message_id, phone)) == [
-        StreamRef(0, "1700000000000-0")]
+        StreamRef(0, "1700000000000-0")
+    ]
     async with db.connection() as conn:
         again = await fs.get_record(conn, ns, uuid.UUID(message_id))
     assert again == record
 
 
 async def test_an_outcome_resolves_and_a_late_dead_letter_cannot_undo_it(
-        db: Database, ns: str) -> None:
+    db: Database, ns: str
+) -> None:
     message_id, phone = str(uuid.uuid4()), unique_phone()
     await upsert(db, ns, letter("1700000000000-0", message_id, phone))
     # When the replay of a newer dead letter is sent before that dead letter is mirrored
@@ -88,16 +106,21 @@ async def test_list_is_newest_first_with_filters_and_total(db: Database, ns: str
         message_id = str(uuid.uuid4())
         ids.append(message_id)
         created = clock.iso(base + timedelta(minutes=n))
-        await upsert(db, ns, letter(f"1700000000{n}00-0", message_id, phone, reason=reason,
-                                created_at=created))
+        await upsert(
+            db,
+            ns,
+            letter(f"1700000000{n}00-0", message_id, phone, reason=reason, created_at=created),
+        )
     async with db.connection() as conn:
         page = await fs.list_records(conn, ns, limit=2, offset=0, phone=phone)
         rest = await fs.list_records(conn, ns, limit=2, offset=2, phone=phone)
-        limited = await fs.list_records(conn, ns, limit=10, offset=0, phone=phone,
-                                        reason="rate_limited")
+        limited = await fs.list_records(
+            conn, ns, limit=10, offset=0, phone=phone, reason="rate_limited"
+        )
         beyond = await fs.list_records(conn, ns, limit=10, offset=50, phone=phone)
-        resolved = await fs.list_records(conn, ns, limit=10, offset=0, phone=phone,
-                                         status=RecordStatus.RESOLVED)
+        resolved = await fs.list_records(
+            conn, ns, limit=10, offset=0, phone=phone, status=RecordStatus.RESOLVED
+        )
     assert [str(r.id) for r in page.records] == [ids[2], ids[1]]
     assert (page.total, page.has_more) == (3, True)
     assert [str(r.id) for r in rest.records] == [ids[0]]
@@ -129,8 +152,12 @@ async def test_replay_bookkeeping(db: Database, ns: str) -> None:
 
 async def test_junk_in_a_dead_letter_is_stored_readably(db: Database, ns: str) -> None:
     # Given a malformed entry: no id, NUL bytes, bytes that are not UTF-8
-    raw = {b"to": b"+1\x00", b"body": b"\xff\xfe\x00", b"reason": b"invalid_payload",
-           b"source_entry_id": b"1-1"}
+    raw = {
+        b"to": b"+1\x00",
+        b"body": b"\xff\xfe\x00",
+        b"reason": b"invalid_payload",
+        b"source_entry_id": b"1-1",
+    }
     dead = DeadLetter.from_stream("1700000000000-7", raw)
     # When mirrored, then it has a stable id derived from its entry, and it is listed
     await upsert(db, ns, dead)

@@ -26,8 +26,10 @@ def fresh_url(postgres_url: str) -> Iterator[str]:
 
 def _columns(url: str) -> dict[str, str]:
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT column_name, is_nullable FROM information_schema.columns "
-                            "WHERE table_schema = 'public' AND table_name = 'failed_sms'")
+        rows = conn.execute(
+            "SELECT column_name, is_nullable FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND table_name = 'failed_sms'"
+        )
         return {name: nullable for name, nullable in rows}
 
 
@@ -51,13 +53,35 @@ async def test_migrate_applies_each_version_once(fresh_url: str) -> None:
     assert version == LATEST_VERSION
     # and the table has the contract's columns, ours, and the list's indexes
     columns = _columns(fresh_url)
-    assert set(columns) == {"id", "phone", "message", "error", "attempts", "created_at",
-                            "last_attempt_at", "reason", "status", "message_sid",
-                            "resolved_at", "namespace", "shard", "dead_letter_id"}
+    assert set(columns) == {
+        "id",
+        "phone",
+        "message",
+        "error",
+        "attempts",
+        "created_at",
+        "last_attempt_at",
+        "reason",
+        "status",
+        "message_sid",
+        "resolved_at",
+        "namespace",
+        "shard",
+        "dead_letter_id",
+    }
     assert {c for c, nullable in columns.items() if nullable == "YES"} == {
-        "error", "last_attempt_at", "message_sid", "resolved_at", "dead_letter_id"}
-    assert {"failed_sms_created_at_idx", "failed_sms_status_idx", "failed_sms_reason_idx",
-            "failed_sms_phone_idx"} <= _indexes(fresh_url)
+        "error",
+        "last_attempt_at",
+        "message_sid",
+        "resolved_at",
+        "dead_letter_id",
+    }
+    assert {
+        "failed_sms_created_at_idx",
+        "failed_sms_status_idx",
+        "failed_sms_reason_idx",
+        "failed_sms_phone_idx",
+    } <= _indexes(fresh_url)
 
 
 async def test_concurrent_migrations_apply_once_without_errors(fresh_url: str) -> None:
@@ -75,12 +99,17 @@ async def test_concurrent_migrations_apply_once_without_errors(fresh_url: str) -
 async def test_the_seed_table_is_adopted(fresh_url: str) -> None:
     # Given the seed's FailedSMS table with a row in it
     with psycopg.connect(fresh_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE public.failed_sms (id uuid PRIMARY KEY, phone text NOT NULL, "
-                     "message text NOT NULL, error text NULL, attempts int NOT NULL DEFAULT 0, "
-                     "created_at timestamptz NOT NULL DEFAULT now(), "
-                     "last_attempt_at timestamptz NULL)")
-        conn.execute("INSERT INTO public.failed_sms (id, phone, message, error, attempts) "
-                     "VALUES (%s, '+18761234567', 'hi', 'boom', 3)", [uuid.uuid4()])
+        conn.execute(
+            "CREATE TABLE public.failed_sms (id uuid PRIMARY KEY, phone text NOT NULL, "
+            "message text NOT NULL, error text NULL, attempts int NOT NULL DEFAULT 0, "
+            "created_at timestamptz NOT NULL DEFAULT now(), "
+            "last_attempt_at timestamptz NULL)"
+        )
+        conn.execute(
+            "INSERT INTO public.failed_sms (id, phone, message, error, attempts) "
+            "VALUES (%s, '+18761234567', 'hi', 'boom', 3)",
+            [uuid.uuid4()],
+        )
     # When the database is first used
     await Database(fresh_url).ping()
     # Then the row is kept, with the new columns filled in
@@ -93,6 +122,9 @@ async def test_unreachable_postgres_is_one_clear_line() -> None:
     # Given a port where nothing listens
     db = Database("postgresql://postgres@127.0.0.1:1/postgres")
     # When connecting, then the error names the server and the cause
-    with pytest.raises(Exception, match=r"^Postgres unreachable at 127\.0\.0\.1:1/postgres "
-                                        r"\(connection refused\)$"):
+    with pytest.raises(
+        Exception,
+        match=r"^Postgres unreachable at 127\.0\.0\.1:1/postgres "
+        r"\(connection refused\)$",
+    ):
         await db.ping()

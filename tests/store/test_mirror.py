@@ -22,10 +22,15 @@ from tests.store.dlq import add_dead_letter, mirror_now, unique_phone
 
 
 @pytest.fixture
-def mirror_settings(redis_url: str, namespace: str, tmp_path: Path,
-                    database_url: str) -> Settings:
-    return make_settings(redis_url, namespace, tmp_path, "http://127.0.0.1:9",
-                         database_url=database_url, claim_idle_seconds=0.2)
+def mirror_settings(redis_url: str, namespace: str, tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        "http://127.0.0.1:9",
+        database_url=database_url,
+        claim_idle_seconds=0.2,
+    )
 
 
 @pytest.fixture
@@ -41,12 +46,14 @@ async def record(settings: Settings, message_id: str) -> Any:
 
 
 async def test_dead_letters_become_rows_and_stay_in_their_stream(
-        mirror_settings: Settings, client: aioredis.Redis) -> None:
+    mirror_settings: Settings, client: aioredis.Redis
+) -> None:
     # Given two dead letters
     keys = ShardKeys(mirror_settings.namespace)
     first, first_entry = await add_dead_letter(client, mirror_settings)
-    second, _ = await add_dead_letter(client, mirror_settings, reason="rate_limited",
-                                      attempts=0, error="Rate limit exceeded")
+    second, _ = await add_dead_letter(
+        client, mirror_settings, reason="rate_limited", attempts=0, error="Rate limit exceeded"
+    )
     # When the mirror runs
     assert await mirror_now(mirror_settings) == 2
     # Then both are rows, acknowledged, and still in the dead-letter stream
@@ -61,14 +68,22 @@ async def test_dead_letters_become_rows_and_stay_in_their_stream(
 
 
 async def test_outcome_resolves_the_row_and_leaves_its_stream(
-        mirror_settings: Settings, client: aioredis.Redis) -> None:
+    mirror_settings: Settings, client: aioredis.Redis
+) -> None:
     keys = ShardKeys(mirror_settings.namespace)
     message_id, entry_id = await add_dead_letter(client, mirror_settings)
     await mirror_now(mirror_settings)
     # When the worker reports a replay of it as sent
-    await client.xadd(keys.outcomes, {"id": message_id, "status": "resolved",
-                                      "message_sid": "SMabc", "replay_of": entry_id,
-                                      "resolved_at": "2026-01-02T03:04:05.678Z"})
+    await client.xadd(
+        keys.outcomes,
+        {
+            "id": message_id,
+            "status": "resolved",
+            "message_sid": "SMabc",
+            "replay_of": entry_id,
+            "resolved_at": "2026-01-02T03:04:05.678Z",
+        },
+    )
     await mirror_now(mirror_settings)
     # Then the record is resolved and the outcome entry is gone
     row = await record(mirror_settings, message_id)
@@ -78,14 +93,16 @@ async def test_outcome_resolves_the_row_and_leaves_its_stream(
 
 
 async def test_a_redead_lettered_replay_replaces_its_older_entry(
-        mirror_settings: Settings, client: aioredis.Redis) -> None:
+    mirror_settings: Settings, client: aioredis.Redis
+) -> None:
     keys = ShardKeys(mirror_settings.namespace)
     phone = unique_phone()
     message_id, old_entry = await add_dead_letter(client, mirror_settings, phone=phone)
     await mirror_now(mirror_settings)
     # When the same message is dead-lettered again (its replay failed)
-    _, new_entry = await add_dead_letter(client, mirror_settings, phone=phone,
-                                         message_id=message_id, attempts=2)
+    _, new_entry = await add_dead_letter(
+        client, mirror_settings, phone=phone, message_id=message_id, attempts=2
+    )
     await mirror_now(mirror_settings)
     # Then the row points at the new entry, attempts add up, the old entry is deleted
     row = await record(mirror_settings, message_id)
@@ -95,7 +112,8 @@ async def test_a_redead_lettered_replay_replaces_its_older_entry(
 
 
 async def test_entries_of_a_dead_mirror_are_claimed(
-        mirror_settings: Settings, client: aioredis.Redis) -> None:
+    mirror_settings: Settings, client: aioredis.Redis
+) -> None:
     # Given a mirror that read an entry and died before writing it
     keys = ShardKeys(mirror_settings.namespace)
     message_id, _ = await add_dead_letter(client, mirror_settings)
@@ -112,7 +130,8 @@ async def test_entries_of_a_dead_mirror_are_claimed(
 
 
 async def test_junk_does_not_block_the_entries_behind_it(
-        mirror_settings: Settings, client: aioredis.Redis) -> None:
+    mirror_settings: Settings, client: aioredis.Redis
+) -> None:
     keys = ShardKeys(mirror_settings.namespace)
     await client.xadd(keys.dead, {b"\xff": b"\x00\xfe", b"reason": b"invalid_payload"})
     await client.xadd(keys.outcomes, {"status": "resolved", "id": "not-a-uuid"})
@@ -123,10 +142,16 @@ async def test_junk_does_not_block_the_entries_behind_it(
 
 
 async def test_run_mirror_waits_out_a_missing_postgres_and_stops_promptly(
-        redis_url: str, namespace: str, tmp_path: Path, client: aioredis.Redis) -> None:
+    redis_url: str, namespace: str, tmp_path: Path, client: aioredis.Redis
+) -> None:
     # Given Postgres nowhere to be found
-    settings = make_settings(redis_url, namespace, tmp_path, "http://127.0.0.1:9",
-                             database_url="postgresql://postgres@127.0.0.1:1/postgres")
+    settings = make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        "http://127.0.0.1:9",
+        database_url="postgresql://postgres@127.0.0.1:1/postgres",
+    )
     await add_dead_letter(client, settings)
     stop = asyncio.Event()
     task = asyncio.create_task(run_mirror(settings, stop))

@@ -20,11 +20,19 @@ from tests.store.dlq import add_dead_letter, mirror_now
 
 
 @pytest.fixture
-def settings(redis_url: str, namespace: str, tmp_path: Path, database_url: str,
-             fake_twilio: Any) -> Settings:
-    return make_settings(redis_url, namespace, tmp_path, fake_twilio.url,
-                         database_url=database_url, dead_letter_retention_days=0,
-                         admin_token=TOKEN, replay_rate=100)
+def settings(
+    redis_url: str, namespace: str, tmp_path: Path, database_url: str, fake_twilio: Any
+) -> Settings:
+    return make_settings(
+        redis_url,
+        namespace,
+        tmp_path,
+        fake_twilio.url,
+        database_url=database_url,
+        dead_letter_retention_days=0,
+        admin_token=TOKEN,
+        replay_rate=100,
+    )
 
 
 @pytest.fixture
@@ -35,7 +43,8 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 async def test_mirrored_dead_letters_are_trimmed_and_the_rest_stays(
-        settings: Settings, client: aioredis.Redis) -> None:
+    settings: Settings, client: aioredis.Redis
+) -> None:
     dead = ShardKeys(settings.namespace).dead
     for _ in range(3):
         await add_dead_letter(client, settings)
@@ -55,8 +64,9 @@ async def test_mirrored_dead_letters_are_trimmed_and_the_rest_stays(
     assert (await client.xpending(dead, MIRROR_GROUP))["pending"] == 1
 
 
-async def test_a_long_retention_keeps_everything(settings: Settings,
-                                                 client: aioredis.Redis) -> None:
+async def test_a_long_retention_keeps_everything(
+    settings: Settings, client: aioredis.Redis
+) -> None:
     kept = settings.model_copy(update={"dead_letter_retention_days": 14})
     await add_dead_letter(client, kept)
     await mirror_now(kept)
@@ -65,11 +75,11 @@ async def test_a_long_retention_keeps_everything(settings: Settings,
 
 
 async def test_retry_replay_and_delete_work_from_the_record_alone(
-        settings: Settings, client: aioredis.Redis, fake_twilio: Any) -> None:
+    settings: Settings, client: aioredis.Redis, fake_twilio: Any
+) -> None:
     # Given three mirrored dead letters whose stream entries were trimmed
     phones = ["+14155552611", "+14155552612", "+14155552613"]
-    ids = [(await add_dead_letter(client, settings, phone=p, body=f"for {p}"))[0]
-           for p in phones]
+    ids = [(await add_dead_letter(client, settings, phone=p, body=f"for {p}"))[0] for p in phones]
     await mirror_now(settings)
     assert await Mirror(settings).trim(client) == 3
     assert await client.xlen(ShardKeys(settings.namespace).dead) == 0

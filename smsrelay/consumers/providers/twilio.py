@@ -47,17 +47,21 @@ class TwilioProvider:
         self._http = _QuietHttpClient(pool_connections=False)
         limit = pool_size or settings.worker_concurrency
         self._http.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit,
-                                           keepalive_timeout=30))
-        self._client = Client(settings.twilio_account_sid,
-                              settings.twilio_auth_token.get_secret_value(),
-                              http_client=self._http,
-                              environment={"SMSRELAY_NO_TWILIO_ENV": "1"})
+            connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=30)
+        )
+        self._client = Client(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token.get_secret_value(),
+            http_client=self._http,
+            environment={"SMSRELAY_NO_TWILIO_ENV": "1"},
+        )
         self._client.api.base_url = settings.twilio_base_url
         self._messages = self._client.api.account.messages
         self._sender: dict[str, Any] = (
-            {"from_": settings.twilio_from} if settings.twilio_from
-            else {"messaging_service_sid": settings.twilio_messaging_service_sid})
+            {"from_": settings.twilio_from}
+            if settings.twilio_from
+            else {"messaging_service_sid": settings.twilio_messaging_service_sid}
+        )
         if settings.twilio_status_callback:
             self._sender["status_callback"] = settings.twilio_status_callback
 
@@ -70,22 +74,31 @@ class TwilioProvider:
         except TwilioRestException as exc:
             # Without a Twilio code in the answer the SDK puts the HTTP status in `code`.
             code = None if exc.code == exc.status else exc.code
-            raise ProviderError(describe(exc.status, code, _first_line(exc.msg)),
-                                code=code, status=exc.status,
-                                retryable=is_retryable(exc.status, code)) from None
+            raise ProviderError(
+                describe(exc.status, code, _first_line(exc.msg)),
+                code=code,
+                status=exc.status,
+                retryable=is_retryable(exc.status, code),
+            ) from None
         except TwilioServiceException as exc:
-            raise ProviderError(describe(exc.status, exc.code, exc.detail or exc.title),
-                                code=exc.code, status=exc.status,
-                                retryable=is_retryable(exc.status, exc.code)) from None
+            raise ProviderError(
+                describe(exc.status, exc.code, exc.detail or exc.title),
+                code=exc.code,
+                status=exc.status,
+                retryable=is_retryable(exc.status, exc.code),
+            ) from None
         except TimeoutError:
-            raise ProviderError(f"Twilio did not answer within {self._timeout_s:g} s",
-                                retryable=True) from None
+            raise ProviderError(
+                f"Twilio did not answer within {self._timeout_s:g} s", retryable=True
+            ) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise ProviderError(f"network error talking to Twilio: {type(exc).__name__}: {exc}",
-                                retryable=True) from None
+            raise ProviderError(
+                f"network error talking to Twilio: {type(exc).__name__}: {exc}", retryable=True
+            ) from None
         except TwilioException as exc:
-            raise ProviderError(f"Twilio client error: {_first_line(str(exc))}",
-                                retryable=True) from None
+            raise ProviderError(
+                f"Twilio client error: {_first_line(str(exc))}", retryable=True
+            ) from None
         segments = int(message.num_segments) if message.num_segments else None
         return SendReceipt(sid=str(message.sid), segments=segments)
 
