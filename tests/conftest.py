@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from smsrelay.settings import Settings
+from tests.support.servers import PG_BIN, PrivateRedis, ThrowawayPostgres, require_tool
 
 REDIS_URL_VAR = "SMSRELAY_TEST_REDIS_URL"
 DATABASE_URL_VAR = "SMSRELAY_TEST_DATABASE_URL"
@@ -144,3 +145,29 @@ def make_settings(
 @pytest.fixture
 def settings(redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any) -> Settings:
     return make_settings(redis_url, namespace, tmp_path, fake_twilio.url)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own (AOF always), to kill, pause or fill."""
+    require_tool("redis-server", "apt-get install redis-server")
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
+    """A Postgres cluster of the test's own, to stop and start."""
+    require_tool(str(PG_BIN / "initdb"), "apt-get install postgresql-15")
+    require_tool("runuser", "apt-get install util-linux")
+    server = ThrowawayPostgres()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from base64 import b64encode
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from twilio.rest import Client
 
 from smsrelay.testing.fake_twilio import FakeTwilio, FakeTwilioThread, Receipts
 from smsrelay.testing.fake_twilio_script import Script, Step
+from tests.support.wait import wait_until
 
 ACCOUNT_SID = "AC" + "0" * 32
 TOKEN = "token"  # the fake accepts any credentials unless told otherwise
@@ -49,12 +50,6 @@ async def _client(url: str, http: AsyncTwilioHttpClient, token: str = TOKEN) -> 
 async def twilio(fake: FakeTwilio) -> AsyncIterator[Any]:
     async with AsyncTwilioHttpClient() as http:
         yield await _client(fake.url, http)
-
-
-async def _eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not check():  # noqa: ASYNC110 - polls state the fake changes on its own loop
-            await asyncio.sleep(0.02)
 
 
 def _auth(token: str = TOKEN) -> dict[str, str]:
@@ -233,7 +228,7 @@ async def test_delay_beyond_the_client_timeout_still_sends(fake: FakeTwilio, twi
     assert (request.outcome, request.sid, request.status) == ("accepted", message.sid, None)
     [listed] = await twilio.messages.list_async(to=TO)
     assert (listed.sid, listed.status) == (message.sid, "delivered")
-    await _eventually(lambda: request.status is not None)  # the late answer goes to nobody
+    await wait_until(lambda: request.status is not None)  # the late answer goes to nobody
     assert request.status == 201
     assert fake.accepted_count(TO, "Hi John") == 1
 
@@ -556,7 +551,7 @@ async def test_a_message_not_sent_yet_has_no_date_sent(fake: FakeTwilio, twilio:
     assert len(await twilio.messages.list_async(to=TO)) == 1
     since = datetime.now(UTC) - timedelta(hours=1)
     assert await twilio.messages.list_async(to=TO, date_sent_after=since) == []
-    await _eventually(lambda: fake.messages[0].status == "delivered")
+    await wait_until(lambda: fake.messages[0].status == "delivered")
     fetched = await twilio.messages(message.sid).fetch_async()
     assert fetched.status == "delivered"
     assert fetched.date_sent is not None

@@ -5,8 +5,6 @@ Kept apart from test_fake_twilio.py only to hold each file under 600 lines."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from twilio.rest import Client
 from smsrelay.cli import build_parser
 from smsrelay.testing.fake_twilio import FakeTwilio, FakeTwilioThread, Receipts, Step
 from smsrelay.testing.fake_twilio_control import CONTROL_ROUTES
+from tests.support.servers import free_port
 from tests.test_fake_twilio import ACCOUNT_SID, FROM, NO_ENV, OTHER, TO, TOKEN, _client
 
 SECRET = "the-auth-token"
@@ -164,9 +163,7 @@ async def test_a_receiver_that_is_down_or_failing_is_recorded(
 ) -> None:
     receiver.answer = 500
     await _send(twilio, receiver.url)
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]  # nothing listens there once closed
+    closed_port = free_port()  # nothing listens there
     await _send(twilio, f"http://127.0.0.1:{closed_port}/cb", to=OTHER)
     await fake.wait_for_callbacks(timeout_s=10)
 

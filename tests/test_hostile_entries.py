@@ -14,7 +14,8 @@ from smsrelay.status import collect_status, render_status
 from smsrelay.streams.keys import ShardKeys, shard_of
 from smsrelay.streams.wire import MAX_DEAD_PAYLOAD_BYTES
 from tests.conftest import make_settings
-from tests.helpers import dead_letters, running_worker, stream_state, wait_until
+from tests.support.wait import wait_until
+from tests.support.worker import dead_letters, running_worker, stream_state
 
 
 def _entry(to: str, body: str = "hello", **extra: str) -> dict[Any, Any]:

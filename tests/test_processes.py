@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ import pytest
 from smsrelay.producers.publish import Producer
 from smsrelay.settings import Settings
 from tests.conftest import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, TEST_FROM
-from tests.helpers import dead_letters, stream_state
+from tests.support.wait import wait_for
+from tests.support.worker import dead_letters, stream_state
 
 pytestmark = pytest.mark.slow
 
@@ -46,14 +46,6 @@ def start_worker(settings: Settings, log: Path, **env: str) -> subprocess.Popen[
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def publish_many(settings: Settings, count: int) -> list[str]:

@@ -135,6 +135,7 @@ def test_the_fast_phone_path_agrees_with_libphonenumbers_parse_on_every_example_
     assert disagree == []
 
 
+@pytest.mark.slow
 @settings(max_examples=3000, deadline=None)
 @given(st.from_regex(r"\+[1-9][0-9]{1,16}", fullmatch=True))
 def test_the_fast_phone_path_never_accepts_what_the_full_path_would_not(text: str) -> None:
@@ -430,6 +431,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.text(max_size=8), json_values, max_size=6))
 def test_the_walks_size_is_a_lower_bound_of_the_encoding(meta: dict[str, Any]) -> None:

@@ -14,7 +14,8 @@ from smsrelay.settings import Settings
 from smsrelay.streams.keys import ShardKeys
 from smsrelay.streams.queue import BeginCall, Queue, Sender
 from tests.conftest import make_settings
-from tests.helpers import dead_letters, running_worker, stream_state, wait_until
+from tests.support.wait import wait_until
+from tests.support.worker import dead_letters, running_worker, stream_state
 
 
 def _publish(settings: Settings, *messages: tuple[str, str]) -> list[str]:

@@ -17,7 +17,7 @@ from smsrelay.settings import Settings
 from tests.admin.conftest import TOKEN, seed
 from tests.conftest import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, TEST_FROM
 from tests.store.dlq import add_dead_letter, unique_phone
-from tests.store.throwaway_pg import free_port
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ from smsrelay.admin.app import create_app
 from smsrelay.testing.fake_twilio import FakeTwilioThread
 from tests.admin.conftest import AUTH, TOKEN
 from tests.conftest import make_settings
-from tests.store.throwaway_pg import free_port
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
 NO_INPUTS = {"/healthz", "/readyz", "/metrics"}

@@ -14,9 +14,10 @@ from smsrelay.schemas.dead_letter import DeadLetterReason
 from smsrelay.settings import Settings
 from smsrelay.store.mirror import run_mirror
 from smsrelay.streams.keys import ShardKeys
-from tests.admin.conftest import LIST, REPLAY, admin_client, eventually, get_record, seed
-from tests.helpers import running_worker
+from tests.admin.conftest import LIST, REPLAY, admin_client, get_record, seed
 from tests.store.dlq import unique_phone
+from tests.support.wait import wait_until
+from tests.support.worker import running_worker
 
 
 async def requests_of(
@@ -43,7 +44,7 @@ async def test_replay_puts_the_original_entry_back_once(
     async def queued() -> bool:
         return bool(await requests_of(rclient, admin_settings))
 
-    await eventually(queued, what="the entry back on the request stream")
+    await wait_until(queued, what="the entry back on the request stream")
     [(_, fields)] = await requests_of(rclient, admin_settings)
     assert fields["id"] == message_id and fields["to"] == phone
     assert (fields["kind"], fields["meta"], fields["v"]) == ("booking", '{"booking": 42}', "1")
@@ -88,7 +89,7 @@ async def test_a_replay_cut_short_puts_unqueued_records_back_to_failed(
         async def first_queued() -> bool:
             return bool(await requests_of(rclient, settings))
 
-        await eventually(first_queued, what="the first entry")
+        await wait_until(first_queued, what="the first entry")
         # When the service stops before the replay is done
         await service.aclose(grace_s=0.2)
         page = await service.list_records(limit=10, offset=0, phone=phone)
@@ -125,7 +126,7 @@ async def test_replay_end_to_end_through_a_worker(
                     and (attempts is None or data[0]["attempts"] == attempts)
                 )
 
-            await eventually(reached, what=f"{phone} {status}")
+            await wait_until(reached, what=f"{phone} {status}")
 
         # Given both dead-lettered and mirrored
         await wait_status(healed, "failed")

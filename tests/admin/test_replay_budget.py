@@ -11,8 +11,9 @@ import redis.asyncio as aioredis
 from smsrelay.settings import Settings
 from smsrelay.streams.clients import text
 from smsrelay.streams.keys import ShardKeys
-from tests.admin.conftest import REPLAY, admin_client, eventually
+from tests.admin.conftest import REPLAY, admin_client
 from tests.store.dlq import add_dead_letter, mirror_now
+from tests.support.wait import wait_until
 
 RATE = 10
 
@@ -37,7 +38,7 @@ async def test_five_replays_on_two_admins_share_one_rate(
         async def all_queued() -> bool:
             return int(await rclient.xlen(requests)) == 30
 
-        await eventually(all_queued, timeout=15, what="30 replays on the stream")
+        await wait_until(all_queued, timeout=15, what="30 replays on the stream")
     # Then the entries went out at the rate, not five (or two) times it: their stream ids are
     # the server's clock at each XADD
     stamps = sorted(

@@ -14,8 +14,9 @@ from smsrelay.outage import Outages
 from smsrelay.runner import mirror_upkeep
 from smsrelay.settings import Settings
 from smsrelay.streams.keys import ShardKeys
-from tests.admin.conftest import LIST, REPLAY, eventually, get_record, seed
-from tests.helpers import running_worker
+from tests.admin.conftest import LIST, REPLAY, get_record, seed
+from tests.support.wait import wait_until
+from tests.support.worker import running_worker
 
 
 def _worker(settings: Settings) -> Any:
@@ -40,7 +41,7 @@ async def test_a_retry_and_a_replay_75_ms_apart_send_one_sms(
         replay = await api.post(REPLAY, json={"ids": [message_id]})
         retried = await retry
         # Then the provider got one SMS, whatever order the two took
-        await eventually(lambda: _resolved(api, phone), what="the record resolved")
+        await wait_until(lambda: _resolved(api, phone), what="the record resolved")
         await asyncio.sleep(0.5)  # a second send, if any, would have reached the fake by now
     assert len(fake_twilio.messages_to(phone)) == 1, (retried.json(), replay.json())
     # and the sent marker and the record hold the same SID, the one Twilio gave
@@ -70,7 +71,7 @@ async def test_a_replay_asked_during_a_failing_retry_is_skipped_then_sends_once(
         # and a replay asked after the failed retry sends it, once
         after = await api.post(REPLAY, json={"ids": [message_id]})
         assert after.json()["queued"] == 1
-        await eventually(lambda: _resolved(api, phone), timeout=15, what="replay resolved")
+        await wait_until(lambda: _resolved(api, phone), timeout=15, what="replay resolved")
     assert len(fake_twilio.messages_to(phone)) == 1
     assert len([r for r in fake_twilio.requests if r.to == phone]) == 2
 
@@ -104,10 +105,10 @@ async def test_a_delete_while_a_worker_sends_a_replay_is_a_conflict(
     fake_twilio.script(phone, [{"delay": 0.5}])
     async with _worker(admin_settings):
         await api.post(REPLAY, json={"ids": [message_id]})
-        await eventually(lambda: _requested(fake_twilio, phone), what="the replay's send")
+        await wait_until(lambda: _requested(fake_twilio, phone), what="the replay's send")
         response = await api.delete(LIST, params={"id": message_id})
         assert response.status_code == 409, response.json()
-        await eventually(lambda: _resolved(api, phone), what="the replay resolved")
+        await wait_until(lambda: _resolved(api, phone), what="the replay resolved")
     assert len(fake_twilio.messages_to(phone)) == 1
 
 

@@ -143,6 +143,7 @@ def _mutated_rules_fail(tmp_path: Path, alert: str, expr: str) -> str:
 
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: str(rule.get("alert")))
+@pytest.mark.slow
 def test_unit_tests_catch_a_broken_alert(rule: dict[str, Any], tmp_path: Path) -> None:
     # Given an alert that always fires, then one that never does
     name = str(rule["alert"])

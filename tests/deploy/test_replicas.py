@@ -173,6 +173,7 @@ TWO_REPLICA_ALERTS = [
 
 
 @pytest.mark.parametrize("alert", TWO_REPLICA_ALERTS)
+@pytest.mark.slow
 def test_unit_tests_catch_a_sum_over_admin_replicas(alert: str, tmp_path: Path) -> None:
     # Given the alert with its deduplication (`max by`/`min by`/`max(`) turned into a sum
     rules = load_yaml(PROMETHEUS / "alerts.yml")

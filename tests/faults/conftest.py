@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.faults.support import (
-    FIGURES,
-    PG_BIN,
-    PrivateRedis,
-    Processes,
-    ThrowawayPostgres,
-)
+from tests.faults.support import FIGURES, Processes
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -48,34 +41,6 @@ def procs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Processes]
         group.kill_all()
         if request.node.stash.get(_FAILED, False) and group.children:
             print("\n" + group.describe())
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)", pytrace=False)
-    server = PrivateRedis(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
-    if not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None:
-        pytest.fail(
-            f"Postgres 15 server binaries are needed in {PG_BIN} (apt-get install postgresql-15)",
-            pytrace=False,
-        )
-    server = ThrowawayPostgres()
-    try:
-        server.init()
-        server.start()
-        yield server
-    finally:
-        server.close()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -24,15 +24,14 @@ from tests.faults.support import (
     ADMIN_TOKEN,
     Pipeline,
     Processes,
-    ThrowawayPostgres,
-    free_port,
     phone,
     publish_all,
     record_figure,
     start_admin,
     start_worker,
-    wait_for,
 )
+from tests.support.servers import ThrowawayPostgres, free_port
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -18,13 +18,13 @@ from tests.conftest import make_settings
 from tests.faults.support import (
     Pipeline,
     Processes,
-    free_port,
     phone,
     publish_all,
     record_figure,
     start_worker,
-    wait_for,
 )
+from tests.support.servers import free_port
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

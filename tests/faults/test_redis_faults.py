@@ -26,16 +26,15 @@ from tests.conftest import make_settings
 from tests.faults.support import (
     ADMIN_TOKEN,
     Pipeline,
-    PrivateRedis,
     Processes,
     child_env,
-    free_port,
     phone,
     record_figure,
     start_admin,
     start_worker,
-    wait_for,
 )
+from tests.support.servers import PrivateRedis, free_port
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

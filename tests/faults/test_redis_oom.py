@@ -19,15 +19,12 @@ from smsrelay.settings import Settings
 from smsrelay.streams.keys import ShardKeys
 from tests.admin.conftest import TOKEN, admin_client
 from tests.conftest import make_settings
-from tests.faults.support import (
-    PrivateRedis,
-    Processes,
-    phone,
-    record_figure,
-    start_worker,
-    wait_for,
-)
-from tests.helpers import running_worker, stream_state, wait_until
+from tests.faults.support import Processes, phone, record_figure, start_worker
+from tests.support.servers import PrivateRedis
+from tests.support.wait import wait_for, wait_until
+from tests.support.worker import running_worker, stream_state
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
 def _settings(
@@ -52,11 +49,8 @@ def _refuse_writes(server: PrivateRedis, refuse: bool) -> None:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Any:
-    redis_server = PrivateRedis(tmp_path / "redis", appendonly=False)
-    redis_server.start()
-    yield redis_server
-    redis_server.close()
+def server(private_redis: PrivateRedis) -> PrivateRedis:
+    return private_redis
 
 
 def test_sends_accepted_while_redis_refuses_writes_are_recorded_once(

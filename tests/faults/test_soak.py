@@ -20,13 +20,13 @@ from tests.conftest import make_settings
 from tests.faults.support import (
     FakeTwilioProcess,
     Pipeline,
-    PrivateRedis,
     Processes,
     phone,
     record_figure,
     start_worker,
-    wait_for,
 )
+from tests.support.servers import PrivateRedis
+from tests.support.wait import wait_for
 
 COUNT = int(os.environ.get("SMSRELAY_SOAK_COUNT", "5000"))
 PHONES = 1000

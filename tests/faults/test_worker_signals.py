@@ -19,8 +19,8 @@ from tests.faults.support import (
     publish_all,
     record_figure,
     start_worker,
-    wait_for,
 )
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -26,18 +26,17 @@ from schemathesis.core.result import Ok
 from tests.conftest import make_settings
 from tests.faults.support import (
     ADMIN_TOKEN,
-    LOOPBACK,
     Managed,
     Processes,
-    free_port,
     phone,
     publish_all,
     record_figure,
     start_admin,
     start_worker,
-    wait_for,
 )
 from tests.fuzz.strategies import fuzz_settings
+from tests.support.servers import LOOPBACK, free_port
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -123,34 +122,42 @@ def from_address(url: str, address: str) -> httpx.Client:
     )
 
 
+def _name(operation: Any) -> str:
+    return f"{operation.method.upper()} {operation.path}"
+
+
 def _run_schema(url: str, mode: GenerationMode, examples: int, *, store_down: bool = False) -> int:
     """Every operation of the document, `examples` generated requests each; returns calls.
 
     With `store_down`, a 5xx is allowed when the document lists it (the 503s), never a 500.
+    Fails when an operation got no request at all (a generator that produced nothing would
+    otherwise pass for a clean run).
     """
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     excluded: list[Any] = [schemathesis.checks.not_a_server_error] if store_down else []
-    calls = 0
+    calls: dict[str, int] = {}
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result
         operation = result.ok()
         if mode is GenerationMode.NEGATIVE and operation.path in NO_INPUTS:
             continue
+        calls[_name(operation)] = 0
 
         @fuzz_settings(examples)
         @given(case=operation.as_strategy(generation_mode=mode))
         def check(case: schemathesis.Case[Any]) -> None:
-            nonlocal calls
             # A negative header case drops the bearer token on purpose: 401 is its answer.
             dropped = case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER)
             response = case.call_and_validate(
                 headers=None if dropped else AUTH, excluded_checks=excluded
             )
             assert response.status_code != 500, response.text
-            calls += 1
+            calls[_name(case.operation)] += 1
 
         check()
-    return calls
+    assert calls, "the document lists no operation"
+    assert all(calls.values()), f"operations that got no request: {calls}"
+    return sum(calls.values())
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])

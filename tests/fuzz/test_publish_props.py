@@ -38,7 +38,7 @@ from tests.fuzz.strategies import (
     strict_json,
 )
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 WIRE_E164 = re.compile(r"\+[1-9][0-9]{6,14}")

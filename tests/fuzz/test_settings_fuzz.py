@@ -24,7 +24,7 @@ from smsrelay.errors import ConfigError
 from smsrelay.settings import Settings
 from tests.fuzz.strategies import fuzz_settings
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 # Every variable of the contract's configuration table.
 CONTRACT = [

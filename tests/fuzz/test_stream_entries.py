@@ -20,16 +20,10 @@ from smsrelay.schemas.entry import InvalidEntry, parse_entry
 from smsrelay.settings import Settings
 from smsrelay.streams.keys import ShardKeys
 from tests.conftest import make_settings
-from tests.faults.support import (
-    Pipeline,
-    Processes,
-    publish_all,
-    record_figure,
-    start_worker,
-    wait_for,
-)
+from tests.faults.support import Pipeline, Processes, publish_all, record_figure, start_worker
 from tests.fuzz.strategies import any_text, fuzz_settings
-from tests.helpers import dead_letters, running_worker, wait_until
+from tests.support.wait import wait_for, wait_until
+from tests.support.worker import dead_letters, running_worker
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,19 +17,17 @@ from smsrelay.settings import Settings
 from smsrelay.store.mirror import run_mirror
 from smsrelay.streams.keys import MIRROR_GROUP, ShardKeys
 from tests.conftest import make_settings
-from tests.helpers import dead_letters, running_worker, wait_until
 from tests.store.dlq import unique_phone
-from tests.store.throwaway_pg import ThrowawayPostgres
+from tests.support.servers import ThrowawayPostgres
+from tests.support.wait import wait_until
+from tests.support.worker import dead_letters, running_worker
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def postgres() -> Iterator[ThrowawayPostgres]:
-    server = ThrowawayPostgres()
-    server.start()
-    yield server
-    server.remove()
+def postgres(throwaway_postgres: ThrowawayPostgres) -> ThrowawayPostgres:
+    return throwaway_postgres
 
 
 def statuses(url: str, ids: list[str]) -> dict[str, str]:

@@ -13,10 +13,11 @@ import redis.asyncio as aioredis
 from smsrelay.settings import Settings
 from smsrelay.store.mirror import Mirror
 from smsrelay.streams.keys import MIRROR_GROUP, ShardKeys
-from tests.admin.conftest import LIST, REPLAY, TOKEN, admin_client, eventually, get_record
+from tests.admin.conftest import LIST, REPLAY, TOKEN, admin_client, get_record
 from tests.conftest import make_settings
-from tests.helpers import running_worker
 from tests.store.dlq import add_dead_letter, mirror_now
+from tests.support.wait import wait_until
+from tests.support.worker import running_worker
 
 
 @pytest.fixture
@@ -105,4 +106,4 @@ async def mirror_until(settings: Settings, api: Any, check: Any) -> None:
         await mirror_now(settings)
         return bool(await check())
 
-    await eventually(mirrored, timeout=15, what="the replay's outcome mirrored")
+    await wait_until(mirrored, timeout=15, what="the replay's outcome mirrored")

@@ -1,10 +1,9 @@
-"""Test helpers: run a worker in the test's loop, wait for conditions, read streams."""
+"""A worker in the test's own loop, and what a test reads of the streams it works on."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -24,19 +23,6 @@ async def running_worker(settings: Settings, **kwargs: Any) -> AsyncIterator[Wor
     finally:
         worker.stop()
         await asyncio.wait_for(task, timeout=30)
-
-
-async def wait_until(
-    predicate: Callable[[], bool],
-    timeout: float = 10.0,
-    interval: float = 0.02,
-    what: str = "condition",
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 def dead_letters(settings: Settings, shard: int = 0) -> list[dict[str, str]]:
