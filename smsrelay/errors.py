@@ -24,15 +24,26 @@ class StorageError(SmsRelayError):
 
 
 class ProviderError(SmsRelayError):
-    """The SMS provider refused or failed a send."""
+    """The SMS provider refused or failed a send (classified by consumers/providers/classify)."""
 
     def __init__(
-        self, message: str, *, code: int | None = None, status: int | None = None, retryable: bool
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        status: int | None = None,
+        retryable: bool,
+        systemic: bool = False,
+        ambiguous: bool = False,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.status = status
         self.retryable = retryable
+        self.systemic = systemic  # the provider or the account is unwell, not this message
+        self.ambiguous = ambiguous  # the provider may have processed the request
+        self.retry_after_s = retry_after_s  # the provider's Retry-After, when it said one
 
 
 class NotFoundError(SmsRelayError):

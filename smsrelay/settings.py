@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     backoff_max_seconds: float = Field(60, ge=0, le=_DAY_S)
     backoff_jitter: float = Field(0.1, ge=0, le=1)
 
+    breaker_threshold: int = Field(5, ge=0, le=10_000)
+    breaker_cooldown_seconds: float = Field(10, gt=0, le=300)
+    send_rate: float = Field(0, ge=0, le=100_000)
+    send_burst: int | None = Field(None, ge=1, le=1_000_000)
+    message_ttl_seconds: float = Field(0, ge=0, le=30 * _DAY_S)
+
     claim_idle_seconds: float = Field(30, gt=0, le=_DAY_S)
     max_deliveries: int = Field(5, ge=1)
     worker_concurrency: int = Field(64, ge=1, le=10_000)
@@ -237,6 +243,11 @@ class Settings(BaseSettings):
         if value.exists() and not value.is_dir():
             raise ValueError("exists and is not a directory")
         return value
+
+    @property
+    def send_burst_tokens(self) -> int:
+        """SMSRELAY_SEND_BURST, or the rate (at least 1) when unset."""
+        return self.send_burst or max(1, round(self.send_rate))
 
     @classmethod
     def load(cls, **overrides: object) -> Settings:

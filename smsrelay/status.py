@@ -62,6 +62,12 @@ def status_json(report: stats.PipelineStats) -> dict[str, Any]:
         },
         "shards": shards,
         "unreadStreams": [asdict(u) for u in report.unread or []],
+        "providerBreaker": {
+            "state": report.breaker.state,
+            "consecutiveFailures": report.breaker.failures,
+            "openedTotal": report.breaker.opened_total,
+            "lastError": report.breaker.last_error,
+        },
     }
 
 

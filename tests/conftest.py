@@ -99,7 +99,11 @@ def namespace(redis_url: str) -> Iterator[str]:
     ns = f"t{uuid.uuid4().hex[:10]}"
     yield ns
     client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{{{ns}:*", count=1000))
+    # the shards' keys ({ns:0}:...) and the fleet's ({ns}:...)
+    keys = [
+        *client.scan_iter(match=f"{{{ns}:*", count=1000),
+        *client.scan_iter(match=f"{{{ns}}}:*", count=1000),
+    ]
     if keys:
         client.delete(*keys)
 

@@ -136,6 +136,7 @@ def test_the_fast_phone_path_agrees_with_libphonenumbers_parse_on_every_example_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # 3,000 examples: about 15 s alone, much more on a busy machine
 @settings(max_examples=3000, deadline=None)
 @given(st.from_regex(r"\+[1-9][0-9]{1,16}", fullmatch=True))
 def test_the_fast_phone_path_never_accepts_what_the_full_path_would_not(text: str) -> None:

@@ -325,7 +325,7 @@ async def test_a_read_batchs_decisions_equal_one_call_each(settings: Settings) -
         batched, single = Queue(settings, client), Queue(settings, client)
         batch = [(f"1-{i}", f"msg-{i}", "+14155550199") for i in range(7)]
         batch += [("2-0", "msg-0", "+14155550199"), ("1-0", "msg-0", "+14155550199")]
-        decided = await batched.begin_many([BeginCall(0, Sender(e), m, p) for e, m, p in batch])
+        _, decided = await batched.begin_many([BeginCall(0, Sender(e), m, p) for e, m, p in batch])
         # the same deliveries again one at a time, under other message ids and phone
         again = [
             await single.begin(

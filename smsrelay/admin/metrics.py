@@ -39,6 +39,7 @@ class Snapshot:
     dead_letter_length: dict[int, int] = field(default_factory=dict)
     unmirrored: dict[int, int] = field(default_factory=dict)
     unread_streams: int = 0
+    breaker_open: bool = False
     dead_letters: dict[str, int] = field(default_factory=dict)
     admin_retries: dict[str, int] = field(default_factory=dict)
     records: dict[str, int] = field(default_factory=dict)
@@ -82,6 +83,13 @@ class SnapshotCollector(Collector):
             for shard, value in sorted(values.items()):
                 gauge.add_metric([str(shard)], value)
             yield gauge
+        breaker = GaugeMetricFamily(
+            "smsrelay_provider_breaker_open",
+            "1 while the fleet's provider breaker is open (read from Redis).",
+        )
+        if not s.errors["redis"]:
+            breaker.add_metric([], 1 if s.breaker_open else 0)
+        yield breaker
         unread = GaugeMetricFamily(
             "smsrelay_unread_streams",
             "Request streams of the "
@@ -174,6 +182,7 @@ async def _read_redis(service: AdminService, unread: UnreadCache, s: Snapshot) -
         log.warning("metrics.redis_unavailable", error=f"{type(exc).__name__}: {exc}")
         s.errors["redis"] = True
         return
+    s.breaker_open = current.breaker.open
     s.dead_letters = {reason.value: 0 for reason in DeadLetterReason}
     s.admin_retries = dict.fromkeys(RETRY_OUTCOMES, 0)
     for shard in current.shards:

@@ -71,6 +71,28 @@ class WorkerMetrics:
             registry=r,
         )
 
+        self.breaker_open = Gauge(
+            "smsrelay_provider_breaker_open",
+            "1 while the fleet's provider breaker is open (as this worker last saw it).",
+            registry=r,
+        )
+        self.breaker_opened = Counter(
+            "smsrelay_provider_breaker_opened",
+            "Times a systemic failure of this worker opened the fleet's provider breaker.",
+            registry=r,
+        )
+        self.send_rate_waits = Counter(
+            "smsrelay_send_rate_waits",
+            "Times this worker waited for the fleet's send budget (SMSRELAY_SEND_RATE).",
+            registry=r,
+        )
+        self.found_at_provider = Counter(
+            "smsrelay_messages_found_at_provider",
+            "Messages whose attempt had no known outcome and that the provider turned out to "
+            "have (recorded as sent, not sent again).",
+            registry=r,
+        )
+
     def watch(self, outages: Outages) -> None:
         """Report the outages this process notes, at scrape time."""
         self.redis_writes_refused.set_function(lambda: 1.0 if outages.redis_writes.down else 0.0)

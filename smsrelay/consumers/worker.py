@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 from smsrelay import clock
+from smsrelay.consumers.breaker import ProviderBreaker
 from smsrelay.consumers.handler import MessageHandler, PendingDecision
 from smsrelay.consumers.metrics import WorkerMetrics
 from smsrelay.consumers.providers.base import Provider
@@ -25,6 +26,7 @@ from smsrelay.logging import get_logger
 from smsrelay.outage import RETRY_MAX_DELAY_S, Outages, is_outage
 from smsrelay.settings import Settings
 from smsrelay.streams.clients import READ_BLOCK_MS, WorkerClients, worker_clients
+from smsrelay.streams.fleet import Fleet
 from smsrelay.streams.group import Delivery, consumer_name
 from smsrelay.streams.policy import check_eviction_policy
 from smsrelay.streams.queue import Queue
@@ -35,6 +37,8 @@ ProviderFactory = Callable[[Settings], Provider]
 Upkeep = Callable[[asyncio.Event], Awaitable[None]]
 UPKEEP_STOP_S = 2.0
 BURST_BLOCK_MS = 100  # a burst run looks for new entries this long before it checks if done
+RATED_BLOCK_MS = 50  # with SMSRELAY_SEND_RATE: tokens are taken before a read, kept fresh
+BREAKER_POLL_S = 0.2  # how stale a worker's view of the fleet's breaker may be
 
 
 def _default_provider(settings: Settings) -> Provider:
@@ -69,6 +73,8 @@ class Worker:
         # answered, while its settling (sent marker + XACK) finishes outside the slot.
         self._holding: set[Delivery] = set()
         self._slot_freed = asyncio.Event()
+        self._probing = False  # this worker holds the open breaker's one probe
+        self._probe_lease_ms = int((settings.twilio_timeout_seconds + 5) * 1000)
 
     # -- lifecycle -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -89,7 +95,9 @@ class Worker:
         clients = worker_clients(s)
         queue = Queue(s, clients.commands, clients.reader, consumer=self.name)
         provider = self._provider_factory(s)
-        handler = MessageHandler(queue, provider, s, self.metrics, self.outages)
+        self.fleet = Fleet(s, clients.commands)
+        self.breaker = ProviderBreaker(self.fleet, queue, self.name, self.metrics, self.outages)
+        handler = MessageHandler(queue, provider, s, self.metrics, self.outages, self.breaker)
         log.info(
             "worker.started",
             consumer=self.name,
@@ -103,6 +111,8 @@ class Worker:
             ("heartbeat", lambda: self._heartbeat_loop(queue)),
             ("mover", lambda: self._mover_loop(queue)),
         ]
+        if self.breaker.enabled:
+            loops.append(("breaker", self._breaker_loop))
         upkeep = [asyncio.create_task(self._guard(name, loop), name=name) for name, loop in loops]
         upkeep += [
             asyncio.create_task(self._guard(f"upkeep-{i}", partial(u, self.stop_event)))
@@ -154,6 +164,9 @@ class Worker:
         ready = False
         backoff = 0.1
         block_ms = BURST_BLOCK_MS if burst else READ_BLOCK_MS
+        if self.settings.send_rate > 0:
+            # Tokens are taken before the read: a short block keeps them fresh.
+            block_ms = min(block_ms, RATED_BLOCK_MS)
         while not self.stop_event.is_set():
             free = self._free_slots()
             if free <= 0:
@@ -165,7 +178,13 @@ class Worker:
                     await check_eviction_policy(clients.commands)
                     await queue.group.ensure()
                     ready = True
-                batch = await queue.read(min(free, self.settings.worker_batch_size), block_ms)
+                count, probe = await self._allowance(free)
+                if count == 0:
+                    continue
+                batch = await queue.read(count, block_ms)
+                if probe and not batch:
+                    self._probing = False
+                    await self.fleet.give_back_probe(self.name)
                 if burst and not batch and not self._inflight and await self._all_done(queue):
                     log.info("worker.burst_done", consumer=self.name)
                     return
@@ -187,7 +206,33 @@ class Worker:
                 # it while the reader reads on.
                 shares = handler.decide_in_background(batch)
                 for delivery, share in zip(batch, shares, strict=True):
-                    self._dispatch(handler, delivery, pending=share)
+                    self._dispatch(handler, delivery, pending=share, probe=probe)
+
+    async def _allowance(self, free: int) -> tuple[int, bool]:
+        """How many entries this worker may read now (0: it waited instead), and whether the
+        one it may read is the open breaker's probe. Waiting here is not an attempt."""
+        view = self.breaker.view
+        if self.breaker.enabled and view.open:
+            if view.until_probe_ms > 0 or self._probing:
+                await self._sleep(min(max(view.until_probe_ms, 20) / 1000, BREAKER_POLL_S))
+                return 0, False
+            if await self.fleet.try_probe(self.name, self._probe_lease_ms):
+                self._probing = True
+                return 1, True
+            await self._sleep(BREAKER_POLL_S)
+            return 0, False
+        if view.pause_ms > 0:  # the provider asked for a pause (429 Retry-After)
+            await self._sleep(min(view.pause_ms / 1000, BREAKER_POLL_S))
+            return 0, False
+        count = min(free, self.settings.worker_batch_size)
+        if self.settings.send_rate > 0:
+            granted, wait_ms = await self.fleet.take_sends(count)
+            if granted == 0:
+                self.metrics.send_rate_waits.inc()
+                await self._sleep(max(wait_ms, 1) / 1000)
+                return 0, False
+            count = granted
+        return count, False
 
     async def _all_done(self, queue: Queue) -> bool:
         """Every request stream and delay set of the namespace is empty."""
@@ -210,7 +255,11 @@ class Worker:
             self._slot_freed.set()
 
     def _dispatch(
-        self, handler: MessageHandler, delivery: Delivery, pending: PendingDecision | None = None
+        self,
+        handler: MessageHandler,
+        delivery: Delivery,
+        pending: PendingDecision | None = None,
+        probe: bool = False,
     ) -> None:
         if delivery in self._inflight:
             return  # already being handled here (claimed back while still running)
@@ -218,12 +267,12 @@ class Worker:
             coro = handler.poison(delivery)
         else:
             coro = handler.handle(
-                delivery, release=partial(self._release, delivery), pending=pending
+                delivery, release=partial(self._release, delivery), pending=pending, probe=probe
             )
         self._holding.add(delivery)
-        self._inflight[delivery] = asyncio.create_task(self._run_one(coro, delivery))
+        self._inflight[delivery] = asyncio.create_task(self._run_one(coro, delivery, probe))
 
-    async def _run_one(self, coro: Awaitable[None], delivery: Delivery) -> None:
+    async def _run_one(self, coro: Awaitable[None], delivery: Delivery, probe: bool) -> None:
         try:
             await coro
         except asyncio.CancelledError:
@@ -242,15 +291,23 @@ class Worker:
             self._inflight.pop(delivery, None)
             self._holding.discard(delivery)
             self._slot_freed.set()
+            if probe:
+                self._probing = False
 
     # -- upkeep ----------------------------------------------------------------------------
+    async def _breaker_loop(self) -> None:
+        """Keep this worker's view of the fleet's breaker a fraction of a second fresh."""
+        while not self.stop_event.is_set():
+            await self.breaker.refresh()
+            await self._sleep(BREAKER_POLL_S)
+
     async def _claim_loop(self, queue: Queue, handler: MessageHandler) -> None:
         # A dead worker's entries are recovered at most `interval` after they turn idle; one
         # XAUTOCLAIM per shard per second is cheap, and keeps recovery within idle + 1 s.
         interval = min(max(self.settings.claim_idle_seconds / 10, 0.05), 1.0)
         min_idle_ms = int(self.settings.claim_idle_seconds * 1000)
         while not await self._sleep(interval):
-            if self._claims_held_back():
+            if self._claims_held_back() or self._provider_blocked():
                 continue
             asked_redis = False
             for keys in queue.shards:
@@ -260,6 +317,11 @@ class Worker:
                 asked_redis = True
             if asked_redis:  # (with every slot busy nothing was asked: no news of Redis)
                 self.outages.redis.recovered()
+
+    def _provider_blocked(self) -> bool:
+        """The breaker is open or the provider asked for a pause: nothing is taken on."""
+        view = self.breaker.view
+        return (self.breaker.enabled and view.open) or view.pause_ms > 0
 
     def _claims_held_back(self) -> bool:
         """True while Redis is away or refuses writes, and for one idle period (plus a

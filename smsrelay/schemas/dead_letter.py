@@ -17,6 +17,7 @@ class DeadLetterReason(StrEnum):
     PERMANENT_ERROR = "permanent_error"
     INVALID_PAYLOAD = "invalid_payload"
     POISON = "poison"
+    EXPIRED = "expired"
 
 
 # Fields the worker adds to the original entry's fields. An original field of the same name

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -148,10 +148,22 @@ class RequestEntry(BaseModel):
         description=f"A JSON object, encoded as a string: at most {MAX_META_BYTES} "
         f"bytes as compact JSON, nested at most {MAX_META_DEPTH} levels",
     )
+    expires_at: datetime | None = Field(
+        None,
+        description="ISO 8601 UTC time after which the message is never sent (dead letter "
+        "`expired`); wins over SMSRELAY_MESSAGE_TTL_SECONDS",
+    )
 
     @property
     def message_id(self) -> str:
         return str(self.id)
+
+    def expiry(self, ttl_seconds: float) -> datetime | None:
+        """When the message stops being worth sending: its own `expires_at`, else `ttl_seconds`
+        after it was published (0: never)."""
+        if self.expires_at is not None:
+            return self.expires_at
+        return self.created_at + timedelta(seconds=ttl_seconds) if ttl_seconds > 0 else None
 
     def to_fields(self) -> dict[str, str]:
         return wire_fields(
@@ -162,6 +174,7 @@ class RequestEntry(BaseModel):
             self.kind,
             self.idempotency_key,
             self.meta,
+            expires_at=clock.iso(self.expires_at) if self.expires_at else None,
         )
 
 
@@ -190,6 +203,8 @@ def wire_fields(
     kind: str | None,
     idempotency_key: str | None,
     meta: dict[str, Any] | None,
+    *,
+    expires_at: str | None = None,
 ) -> dict[str, str]:
     fields = {
         "v": SCHEMA_VERSION,
@@ -204,6 +219,8 @@ def wire_fields(
         fields["idempotency_key"] = idempotency_key
     if meta is not None:
         fields["meta"] = encode_meta(meta)
+    if expires_at is not None:
+        fields["expires_at"] = expires_at
     return fields
 
 

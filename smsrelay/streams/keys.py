@@ -103,6 +103,21 @@ class FleetKeys:
         return f"{self.tag}:budget:replay"
 
     @cached_property
+    def breaker(self) -> str:
+        """The provider breaker (a hash): state, consecutive failures, cooldown, probe."""
+        return f"{self.tag}:breaker"
+
+    @cached_property
+    def breaker_run(self) -> str:
+        """The messages of the current run of systemic failures (a list, capped)."""
+        return f"{self.tag}:breaker:run"
+
+    @cached_property
+    def send_budget(self) -> str:
+        """SMSRELAY_SEND_RATE (GCRA): one budget of provider requests for the fleet."""
+        return f"{self.tag}:budget:send"
+
+    @cached_property
     def readiness_probe(self) -> str:
         """A short-lived key the admin writes to tell whether Redis accepts writes."""
         return f"{self.tag}:probe"

@@ -27,7 +27,9 @@ from smsrelay.streams.group import ClaimPage, ConsumerGroup, Delivery, consumer_
 from smsrelay.streams.keys import WORKER_GROUP, FleetKeys, ShardKeys, all_shards, shard_keys
 from smsrelay.streams.scripts import Scripts
 
-Verdict = Literal["sent", "busy", "limited", "exhausted", "go"]
+# A script call to pipeline: (registered script, keys, arguments).
+ScriptCall = tuple[Any, list[str], list[Any]]
+Verdict = Literal["sent", "expired", "busy", "limited", "exhausted", "go"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,9 @@ class Begin:
     last_error: str = ""
     first_attempt_at: str = ""
     last_attempt_at: str = ""
+    # An earlier attempt's outcome is unknown (a timeout, a sender that died mid-send) since
+    # this time: ask the provider before sending again.
+    ambiguous_since: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,7 @@ class BeginCall:
     phone: str
     check_rate: bool = True
     max_attempts: int | None = None  # None: SMSRELAY_MAX_ATTEMPTS; 0: no cap
+    expires_at_ms: int = 0  # epoch ms after which it is never sent (0: never expires)
 
 
 class Queue:
@@ -129,13 +135,18 @@ class Queue:
         keys, args = self._begin_call(call)
         return _decode_begin(await self.batcher.call(self.scripts.begin, keys, args))
 
-    async def begin_many(self, calls: Sequence[BeginCall]) -> list[Begin | None]:
+    async def begin_many(
+        self, calls: Sequence[BeginCall], first: ScriptCall | None = None
+    ) -> tuple[Any, list[Begin | None]]:
         """begin.lua for each call in one round trip, in order. None where Redis gave no
-        decision (the caller then asks on its own)."""
-        replies = await self.batcher.run_together(
-            [(self.scripts.begin, *self._begin_call(call)) for call in calls]
-        )
-        return [None if isinstance(reply, Exception) else _decode_begin(reply) for reply in replies]
+        decision (the caller then asks on its own). `first` rides in the same round trip,
+        before them (the fleet's breaker view); its reply (or error) comes back first."""
+        batch = [(self.scripts.begin, *self._begin_call(call)) for call in calls]
+        replies = await self.batcher.run_together(([first] if first else []) + batch)
+        head = replies.pop(0) if first else None
+        return head, [
+            None if isinstance(reply, Exception) else _decode_begin(reply) for reply in replies
+        ]
 
     def _begin_call(self, call: BeginCall) -> tuple[list[str], list[Any]]:
         keys = self.keys(call.shard)
@@ -152,6 +163,7 @@ class Queue:
                 clock.now_iso(),
                 self._state_ttl_s,
                 call.sender.lease_ms,
+                call.expires_at_ms,
             ],
         )
 
@@ -221,7 +233,12 @@ class Queue:
         fields: Mapping[str, str],
         delay_s: float,
         last_error: str = "",
+        *,
+        refund: bool = False,
+        ambiguous: bool = False,
     ) -> bool:
+        """Hold the entry for `delay_s`. `refund` gives its attempt back (the provider's
+        outage cost it); `ambiguous` marks the attempt's outcome unknown."""
         keys = self.keys(delivery.shard)
         done = await self.scripts.delay(
             keys=[delivery.stream, keys.delayed, keys.delayed_payload, keys.state(message_id)],
@@ -232,10 +249,16 @@ class Queue:
                 max(0, round(delay_s * 1000)),
                 wire.delay_payload(fields),
                 last_error,
+                "1" if refund else "0",
+                "1" if ambiguous else "0",
             ],
         )
         self.delay_scheduled.set()
         return bool(done)
+
+    async def refund(self, shard: int, message_id: str) -> int:
+        """Give a message back one attempt (a provider outage cost it); -1 if it has no state."""
+        return int(await self.scripts.refund(keys=[self.keys(shard).state(message_id)], args=[]))
 
     async def drop(self, delivery: Delivery) -> None:
         """Acknowledge and delete an entry whose message is settled elsewhere."""
@@ -302,9 +325,16 @@ class Queue:
 def _decode_begin(reply: Any) -> Begin:
     verdict = text(reply[0])
     if verdict == "go":
-        return Begin("go", attempt=int(reply[1]), first_attempt_at=text(reply[2]))
+        return Begin(
+            "go",
+            attempt=int(reply[1]),
+            first_attempt_at=text(reply[2]),
+            ambiguous_since=text(reply[3]),
+        )
     if verdict == "sent":
         return Begin("sent", sid=text(reply[1]))
+    if verdict == "expired":
+        return Begin("expired")
     if verdict == "busy":
         return Begin("busy", owner=text(reply[1]))
     if verdict == "limited":
@@ -316,5 +346,7 @@ def _decode_begin(reply: Any) -> Begin:
             last_error=text(reply[2]),
             first_attempt_at=text(reply[3]),
             last_attempt_at=text(reply[4]),
+            # the last attempt never settled: its outcome is unknown
+            ambiguous_since=text(reply[3]) if text(reply[5]) == "1" else "",
         )
     raise ValueError(f"begin.lua answered {verdict!r}")

@@ -32,7 +32,18 @@ def source(name: str) -> str:
 class Scripts:
     """Every script registered on one Redis client."""
 
-    NAMES = ("publish", "begin", "sent", "deadletter", "delay", "move_due", "release", "budget")
+    NAMES = (
+        "publish",
+        "begin",
+        "sent",
+        "deadletter",
+        "delay",
+        "move_due",
+        "release",
+        "refund",
+        "budget",
+        "breaker",
+    )
 
     def __init__(self, client: Any) -> None:
         for name in self.NAMES:
@@ -45,4 +56,6 @@ class Scripts:
     delay: Any
     move_due: Any
     release: Any
+    refund: Any
     budget: Any
+    breaker: Any

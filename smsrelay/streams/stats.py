@@ -17,6 +17,7 @@ from smsrelay.streams.clients import text
 from smsrelay.streams.keys import (
     MIRROR_GROUP,
     WORKER_GROUP,
+    FleetKeys,
     all_shards,
     request_stream_pattern,
     shard_label,
@@ -57,11 +58,26 @@ class UnreadStream:
     length: int
 
 
+@dataclass(frozen=True)
+class BreakerStats:
+    """The fleet's provider breaker as Redis holds it."""
+
+    state: str = "closed"
+    failures: int = 0
+    opened_total: int = 0
+    last_error: str = ""
+
+    @property
+    def open(self) -> bool:
+        return self.state == "open"
+
+
 @dataclass
 class PipelineStats:
     namespace: str
     shards: list[ShardStats]
     unread: list[UnreadStream] | None = None  # None: not looked for
+    breaker: BreakerStats = field(default_factory=BreakerStats)
 
     def total(self, name: str) -> int:
         return sum(int(getattr(s, name)) for s in self.shards)
@@ -104,7 +120,7 @@ async def collect(
             stats.consumers = [
                 Consumer(text(c["name"]), int(c["pending"]), int(c["idle"])) for c in infos
             ]
-    result = PipelineStats(settings.namespace, shards)
+    result = PipelineStats(settings.namespace, shards, breaker=await _breaker(client, settings))
     if unread:
         result.unread = await unread_streams(client, settings)
     return result
@@ -127,6 +143,17 @@ async def unread_streams(client: aioredis.Redis, settings: Settings) -> list[Unr
     for name in sorted(found):
         unread.append(UnreadStream(name, int(await client.xlen(name))))
     return unread
+
+
+async def _breaker(client: aioredis.Redis, settings: Settings) -> BreakerStats:
+    raw: dict[Any, Any] = await client.hgetall(FleetKeys(settings.namespace).breaker)  # type: ignore[misc]
+    fields = {text(k): text(v) for k, v in raw.items()}
+    return BreakerStats(
+        state=fields.get("state", "closed"),
+        failures=_int(fields.get("failures")),
+        opened_total=_int(fields.get("opened_total")),
+        last_error=fields.get("last_error", ""),
+    )
 
 
 def _group(groups: Any, name: str) -> dict[Any, Any] | None:

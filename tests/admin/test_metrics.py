@@ -56,6 +56,7 @@ async def test_metrics_read_redis_and_postgres(
     kind, dead = metrics["smsrelay_dead_letters_total"]
     assert kind == "counter"
     assert dead == {
+        (("reason", "expired"),): 0.0,
         (("reason", "invalid_payload"),): 0.0,
         (("reason", "permanent_error"),): 1.0,
         (("reason", "poison"),): 0.0,

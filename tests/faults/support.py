@@ -177,7 +177,14 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         SMSRELAY_MAX_ATTEMPTS=str(settings.max_attempts),
         SMSRELAY_MAX_DELIVERIES=str(settings.max_deliveries),
         SMSRELAY_WORKER_CONCURRENCY=str(settings.worker_concurrency),
+        SMSRELAY_BREAKER_THRESHOLD=str(settings.breaker_threshold),
+        SMSRELAY_BREAKER_COOLDOWN_SECONDS=f"{settings.breaker_cooldown_seconds:g}",
+        SMSRELAY_SEND_RATE=f"{settings.send_rate:g}",
+        SMSRELAY_MESSAGE_TTL_SECONDS=f"{settings.message_ttl_seconds:g}",
+        SMSRELAY_SHARDS=str(settings.shards),
     )
+    if settings.send_burst is not None:
+        env["SMSRELAY_SEND_BURST"] = str(settings.send_burst)
     env.update(extra)
     return env
 
@@ -373,7 +380,10 @@ class Pipeline:
 
 
 def delete_namespace(client: redis.Redis, namespace: str) -> None:
-    keys = list(client.scan_iter(match=f"{{{namespace}:*", count=1000))
+    keys = [
+        *client.scan_iter(match=f"{{{namespace}:*", count=1000),
+        *client.scan_iter(match=f"{{{namespace}}}:*", count=1000),
+    ]
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start : start + 1000])
 

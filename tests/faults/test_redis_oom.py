@@ -53,26 +53,27 @@ def server(private_redis: PrivateRedis) -> PrivateRedis:
     return private_redis
 
 
+@pytest.mark.timeout(120)
 def test_sends_accepted_while_redis_refuses_writes_are_recorded_once(
     server: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
 ) -> None:
     settings = _settings(server, namespace, tmp_path, fake_twilio, worker_concurrency=80)
     _publish(settings, 80)
-    fake_twilio.set_latency(3)  # long enough for both workers to start and Redis to fill
+    fake_twilio.set_latency(10)  # long enough for both workers to start and Redis to fill
     workers = [start_worker(procs, settings, f"worker-{n}", mirror=True) for n in range(2)]
     # Given 80 sends in flight at the provider (taken by either worker)
-    wait_for(lambda: len(fake_twilio.requests) == 80, 20, "80 sends in flight")
+    wait_for(lambda: len(fake_twilio.requests) == 80, 60, "80 sends in flight")
     assert fake_twilio.fake.stats()["accepted"] == 0, "answered before Redis filled up"
     # When Redis fills up before their sent markers are written
     _refuse_writes(server, True)
     wait_for(
-        lambda: any("redis.writes_refused" in w.log_text() for w in workers), 10, "the refusal said"
+        lambda: any("redis.writes_refused" in w.log_text() for w in workers), 30, "the refusal said"
     )
     time.sleep(3)  # three claim idle times: nothing may be taken over and resent
     assert len(fake_twilio.requests) == 80
     # Then once memory is there again, each is recorded as sent: 80 SMS, not 160
     _refuse_writes(server, False)
-    wait_for(lambda: stream_state(settings) == (0, 0), 20, "drained")
+    wait_for(lambda: stream_state(settings) == (0, 0), 40, "drained")
     assert len(fake_twilio.messages) == 80
     assert sum(fake_twilio.fake.duplicates().values()) == 0
     # and each worker said it once, with the cause, however many writes it retried

@@ -1,7 +1,7 @@
 """Twilio through the official SDK's asyncio client, with the SDK's traps disarmed.
 
-- The async client ignores its timeout (twilio-python #925): every call is wrapped in
-  `asyncio.wait_for`.
+- The async client ignores its timeout (twilio-python #925): every call is bounded by
+  `asyncio.timeout`.
 - The SDK's own retries re-POST on 5xx and send duplicates: `max_retries` stays unset.
 - aiohttp's default connector allows 100 connections: the session gets one sized to the
   worker's concurrency, or sends beyond 100 queue for a socket.
@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -20,7 +22,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from smsrelay.consumers.providers.base import SendReceipt
-from smsrelay.consumers.providers.classify import describe, is_retryable
+from smsrelay.consumers.providers.classify import classify, describe
 from smsrelay.errors import ProviderError
 from smsrelay.settings import Settings
 
@@ -33,7 +35,24 @@ class _QuietHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # untyped 
         pass
 
     def log_response(self, status_code: int, response: Any) -> None:
-        pass
+        # The SDK's exceptions carry no headers: keep a 429's Retry-After for this task.
+        if status_code == 429:
+            _retry_after.set(_seconds(response.headers.get("Retry-After")))
+
+
+_retry_after: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "twilio_retry_after", default=None
+)
+# How far before the first attempt a lookup looks (clocks of the worker and Twilio differ).
+LOOKUP_SKEW = timedelta(minutes=2)
+LOOKUP_PAGE = 50
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date: rare from Twilio; the breaker's own cooldown applies
 
 
 class TwilioProvider:
@@ -71,39 +90,91 @@ class TwilioProvider:
             # wrap it in a new Task per send.
             async with asyncio.timeout(self._timeout_s):
                 message = await self._messages.create_async(to=to, body=body, **self._sender)
-        except TwilioRestException as exc:
-            # Without a Twilio code in the answer the SDK puts the HTTP status in `code`.
-            code = None if exc.code == exc.status else exc.code
-            raise ProviderError(
-                describe(exc.status, code, _first_line(exc.msg)),
-                code=code,
-                status=exc.status,
-                retryable=is_retryable(exc.status, code),
-            ) from None
-        except TwilioServiceException as exc:
-            raise ProviderError(
-                describe(exc.status, exc.code, exc.detail or exc.title),
-                code=exc.code,
-                status=exc.status,
-                retryable=is_retryable(exc.status, exc.code),
-            ) from None
-        except TimeoutError:
-            raise ProviderError(
-                f"Twilio did not answer within {self._timeout_s:g} s", retryable=True
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ProviderError(
-                f"network error talking to Twilio: {type(exc).__name__}: {exc}", retryable=True
-            ) from None
-        except TwilioException as exc:
-            raise ProviderError(
-                f"Twilio client error: {_first_line(str(exc))}", retryable=True
-            ) from None
+        except Exception as exc:
+            raise self._error(exc) from None
         segments = int(message.num_segments) if message.num_segments else None
         return SendReceipt(sid=str(message.sid), segments=segments)
 
+    async def find_sent(self, to: str, body: str, since: datetime) -> SendReceipt | None:
+        """Twilio's Messages list by To (and From), sent since `since`, matched on the body.
+
+        One call, on this path only. A message Twilio still holds queued has no DateSent
+        yet and is not found (FAULTS.md says what remains possible).
+        """
+        sender = self._sender.get("from_")
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                found = await self._messages.list_async(
+                    to=to, from_=sender, date_sent_after=since - LOOKUP_SKEW, limit=LOOKUP_PAGE
+                )
+        except Exception as exc:
+            raise self._error(exc, lookup=True) from None
+        for message in found:
+            if message.body == body and message.status not in ("failed", "canceled"):
+                segments = int(message.num_segments) if message.num_segments else None
+                return SendReceipt(sid=str(message.sid), segments=segments)
+        return None
+
+    def _error(self, exc: Exception, *, lookup: bool = False) -> ProviderError:
+        """One ProviderError for whatever the SDK, aiohttp or the timeout raised."""
+        what = "look the message up at" if lookup else "talk to"
+        if isinstance(exc, TwilioRestException):
+            # Without a Twilio code in the answer the SDK puts the HTTP status in `code`.
+            code = None if exc.code == exc.status else exc.code
+            return _failure(
+                describe(exc.status, code, _first_line(exc.msg)),
+                exc.status,
+                code,
+                retry_after_s=_retry_after.get() if exc.status == 429 else None,
+            )
+        if isinstance(exc, TwilioServiceException):
+            return _failure(
+                describe(exc.status, exc.code, exc.detail or exc.title), exc.status, exc.code
+            )
+        if isinstance(exc, TimeoutError):
+            # The request may have reached Twilio: the outcome is unknown.
+            return ProviderError(
+                f"Twilio did not answer within {self._timeout_s:g} s",
+                retryable=True,
+                systemic=True,
+                ambiguous=not lookup,
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return ProviderError(
+                f"cannot {what} Twilio: {type(exc).__name__}: {exc}", retryable=True, systemic=True
+            )
+        if isinstance(exc, aiohttp.ClientError | OSError):
+            # The connection failed after it was made: the request may have been written.
+            return ProviderError(
+                f"network error talking to Twilio: {type(exc).__name__}: {exc}",
+                retryable=True,
+                systemic=True,
+                ambiguous=not lookup,
+            )
+        if isinstance(exc, TwilioException):
+            # (a failed list page raises a bare TwilioException)
+            return ProviderError(
+                f"Twilio client error: {_first_line(str(exc))}", retryable=True, systemic=True
+            )
+        raise exc
+
     async def aclose(self) -> None:
         await self._http.close()
+
+
+def _failure(
+    message: str, status: int | None, code: int | None, *, retry_after_s: float | None = None
+) -> ProviderError:
+    verdict = classify(status, code)
+    return ProviderError(
+        message,
+        code=code,
+        status=status,
+        retryable=verdict.retryable,
+        systemic=verdict.systemic,
+        ambiguous=verdict.ambiguous,
+        retry_after_s=retry_after_s,
+    )
 
 
 def _first_line(text: str | None) -> str:

@@ -4,10 +4,12 @@
 -- The wait lives in Redis, so a crash loses neither the message nor its wait (rule 6).
 -- KEYS[1] request stream; KEYS[2] delayed set; KEYS[3] delayed payloads; KEYS[4] state hash
 -- ARGV[1] group; ARGV[2] entry id; ARGV[3] message id; ARGV[4] delay (ms);
--- ARGV[5] JSON array of the entry's fields; ARGV[6] last error ('' keeps the stored one)
+-- ARGV[5] JSON array of the entry's fields; ARGV[6] last error ('' keeps the stored one);
+-- ARGV[7] '1' gives the attempt back (the provider's outage, not the message's failure);
+-- ARGV[8] '1' when the attempt's outcome is unknown (looked up before the next one)
 -- Returns 1, or 0 when the entry was already settled elsewhere.
-if #ARGV ~= 6 or not tonumber(ARGV[4]) then
-  return redis.error_reply('delay.lua: expected 6 arguments with a numeric delay')
+if #ARGV ~= 8 or not tonumber(ARGV[4]) then
+  return redis.error_reply('delay.lua: expected 8 arguments with a numeric delay')
 end
 local ok, fields = pcall(cjson.decode, ARGV[5])
 if not ok or type(fields) ~= 'table' or #fields == 0 or #fields % 2 ~= 0 then
@@ -28,6 +30,13 @@ if redis.call('HGET', KEYS[4], 'owner') == ARGV[2] then
   if ARGV[6] ~= '' then
     redis.call('HSET', KEYS[4], 'last_error', ARGV[6])
   end
-  redis.call('HDEL', KEYS[4], 'owner')
+  if ARGV[7] == '1' and tonumber(redis.call('HGET', KEYS[4], 'attempts') or '0') > 0 then
+    redis.call('HINCRBY', KEYS[4], 'attempts', -1)
+  end
+  if ARGV[8] == '1' then
+    redis.call('HSETNX', KEYS[4], 'ambiguous_since',
+               redis.call('HGET', KEYS[4], 'first_attempt_at') or '')
+  end
+  redis.call('HDEL', KEYS[4], 'owner', 'in_flight')
 end
 return 1
