@@ -28,7 +28,7 @@ from smsrelay.errors import (
 )
 from smsrelay.logging import get_logger
 from smsrelay.store import audit
-from smsrelay.store.db import Connection, Database
+from smsrelay.store.db import Connection, Database, DatabaseUnavailable
 
 log = get_logger("smsrelay.admin.audit")
 
@@ -111,7 +111,22 @@ class Change:
             if self._written:
                 # The row written in the transaction went with its rollback: say what it said.
                 text = f"{text} (rolled back after: {self._written_as})"
-        await self.trail.write(self.actor, self.action, self.target, outcome, text)
+            elif isinstance(exc, DatabaseUnavailable):
+                # Postgres is away and nothing was changed: no point trying, and the caller
+                # already reports the outage (the CLI in one line).
+                log.info(
+                    "admin.audit_unrecorded",
+                    actor=self.actor,
+                    action=self.action,
+                    target=self.target[:400],
+                    outcome=outcome,
+                    error="Postgres unavailable",
+                )
+                return
+        # A change that was (or may have been) made and is not recorded is an error; a
+        # refused one, a warning.
+        severe = exc is None or self._written
+        await self.trail.write(self.actor, self.action, self.target, outcome, text, severe=severe)
 
 
 class AuditTrail:
@@ -133,7 +148,14 @@ class AuditTrail:
         await entry.settle(None)
 
     async def write(
-        self, actor: str, action: str, target: str, outcome: str, detail: str | None
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        outcome: str,
+        detail: str | None,
+        *,
+        severe: bool = True,
     ) -> bool:
         """One row on a connection of its own; False (and a log line with it all) if not."""
         try:
@@ -148,7 +170,7 @@ class AuditTrail:
                     detail=detail,
                 )
         except (StorageError, psycopg.Error, TimeoutError) as exc:
-            log.error(
+            (log.error if severe else log.warning)(
                 "admin.audit_unrecorded",
                 actor=actor,
                 action=action,
