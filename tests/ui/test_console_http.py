@@ -292,3 +292,29 @@ async def test_record_state_is_unchanged_by_a_refused_post(
 
     async with admin_client(console_settings) as api:
         assert (await get_record(api, phone))["status"] == "failed"
+
+
+async def test_stores_away_are_said_on_the_page_not_a_500(console_settings: Settings) -> None:
+    away = console_settings.model_copy(
+        update={
+            "database_url": "postgresql://postgres@127.0.0.1:1/postgres",
+            "redis_url": "redis://127.0.0.1:1/0",
+        }
+    )
+    async with browser_like(away) as http:
+        csrf = await sign_in_anyway(http)
+        overview = await http.get("/ui/")
+        assert overview.status_code == 200
+        assert "Redis unavailable" in overview.text and "Postgres unreachable" in overview.text
+        listing = await http.get("/ui/failed")
+        assert listing.status_code == 503 and "Unavailable: Postgres unreachable" in listing.text
+        assert (await http.get("/ui/audit")).status_code == 503
+        retried = await http.post("/ui/failed/retry", data={"csrf": csrf, "id": str(uuid.uuid4())})
+        page = await http.get(retried.headers["location"])
+        assert "Unavailable (503)" in page.text
+
+
+async def sign_in_anyway(http: Any) -> str:
+    """Sign in when the failed-SMS list cannot load: the CSRF token from the overview."""
+    assert (await http.post("/ui/sign-in", data={"token": TOKEN})).status_code == 303
+    return csrf_of((await http.get("/ui/")).text)

@@ -136,7 +136,7 @@ async def failed_page(request: Request) -> Response:
         request,
         "failed.html",
         session=session,
-        status=400 if errors and page is None and not _unavailable(errors) else 200,
+        status=503 if _unavailable(errors) else 400 if errors else 200,
         title="Failed SMS",
         page="failed",
         filters=filters,
