@@ -105,6 +105,7 @@ def test_an_operator_retries_deletes_replays_and_signs_out(
         expect(row(page, retry_phone)).to_contain_text(to_retry)
         # Retry: a new SID, from the fake Twilio
         row(page, retry_phone).get_by_role("button", name="Retry", exact=True).click()
+        expect(page.get_by_role("status")).to_contain_text("message SID SM")
         [sent] = fake_twilio.messages_to(retry_phone)
         expect(page.get_by_role("status")).to_contain_text(f"message SID {sent.sid}")
         expect(row(page, retry_phone)).to_contain_text("resolved")
@@ -177,6 +178,7 @@ def test_retry_errors_say_429_with_the_wait_and_502_with_the_answer(
         assert fake_twilio.messages_to(limited_phone) == []
         # The message offers the way past the limit, and it works
         alert.get_by_role("button", name="Retry now, bypassing the rate limit").click()
+        expect(page.get_by_role("status")).to_contain_text("message SID SM")
         [sent] = fake_twilio.messages_to(limited_phone)
         expect(page.get_by_role("status")).to_contain_text(sent.sid)
         row(page, refused_phone).get_by_role("button", name="Retry", exact=True).click()
