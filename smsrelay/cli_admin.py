@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -105,6 +107,24 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def cli_actor() -> str:
+    """The audit trail's actor of a CLI change: `cli:` and the OS user running it.
+
+    The user of the process (its effective uid), not $USER, which anyone can set; whoever runs
+    the CLI holds the database credentials anyway, so this names rather than proves.
+    """
+    try:
+        import pwd
+
+        name = pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):  # no passwd entry (a container's uid), or not POSIX
+        try:
+            name = getpass.getuser()
+        except (KeyError, OSError):
+            name = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return f"cli:{name}"
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -236,7 +256,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
     async def run() -> RetryResponse:
         async with open_service(settings, with_sender=True, log_outages=False) as service:
-            result = await service.retry(request.id, force=request.force)
+            result = await service.retry(request.id, force=request.force, actor=cli_actor())
         return RetryResponse(message_sid=result.message_sid)
 
     result = _run(args, run())
@@ -258,7 +278,7 @@ def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
 
     async def run() -> FailedSmsRecord:
         async with open_service(settings, log_outages=False) as service:
-            return await service.delete(request.id)
+            return await service.delete(request.id, actor=cli_actor())
 
     result = _run(args, run())
     if isinstance(result, int):
@@ -284,7 +304,10 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     async def run() -> ReplayResponse:
         async with open_service(settings, log_outages=False) as service:
             plan = await service.plan_replay(
-                ids=request.ids, reason=request.reason, limit=request.limit or 100
+                ids=request.ids,
+                reason=request.reason,
+                limit=request.limit or 100,
+                actor=cli_actor(),
             )
             queued = await service.run_replay(plan, progress=bar.update)
         return ReplayResponse(queued=queued, skipped=plan.skipped)

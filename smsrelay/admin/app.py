@@ -18,6 +18,7 @@ from smsrelay.admin.metrics import UnreadCache
 from smsrelay.admin.routes import api, ops
 from smsrelay.admin.security import SecurityHeaders
 from smsrelay.admin.service import open_service
+from smsrelay.admin.ui import install_console
 from smsrelay.logging import get_logger
 from smsrelay.settings import Settings
 from smsrelay.store.db import DatabaseUnavailable, where
@@ -57,7 +58,7 @@ def create_app(settings: Settings, *, failed_auth: FailedAuth | None = None) -> 
 
     app = AdminApp(
         title="smsrelay admin",
-        summary="Failed SMS records: list, retry, delete, replay; pipeline metrics.",
+        summary="Failed SMS records: list, retry, delete, replay; audit; pipeline metrics.",
         version="1",
         lifespan=lifespan,
         docs_url=None,
@@ -68,6 +69,7 @@ def create_app(settings: Settings, *, failed_auth: FailedAuth | None = None) -> 
     install_docs(app)
     app.include_router(api)
     app.include_router(ops)
+    install_console(app, credentials, failed_auth)
     return app
 
 

@@ -213,6 +213,8 @@ class GuardMiddleware:
                 401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
             ), scope
         if identity.role != "operator" and scope["method"] not in READ_METHODS:
+            # Not in the audit trail (nothing changed); said here so the attempt is seen.
+            log.warning("admin.refused", actor=identity.name, method=scope["method"])
             return error_response(
                 403,
                 f"the token '{identity.name}' is a viewer's: it reads, "

@@ -18,6 +18,8 @@ from smsrelay.schemas.api import (
     DEFAULT_REPLAY_LIMIT,
     MAX_LIST_LIMIT,
     MAX_OFFSET,
+    AuditListResponse,
+    AuditRecord,
     DeleteResponse,
     ErrorResponse,
     FailedSms,
@@ -35,6 +37,7 @@ from smsrelay.schemas.api import (
 )
 from smsrelay.schemas.dead_letter import DeadLetterReason
 from smsrelay.schemas.records import RecordStatus
+from smsrelay.store import audit
 
 # Documented only; the validator says what is wrong in its own words. The `+` may arrive as
 # a space (unencoded in a query string).
@@ -47,6 +50,14 @@ def get_service(request: Request) -> AdminService:
 
 
 Service = Annotated[AdminService, Depends(get_service)]
+
+
+def get_actor(request: Request) -> str:
+    """Who calls: the token's name, put there by the guard (the audit trail's `actor`)."""
+    return str(getattr(request.state, "actor", "unknown"))
+
+
+Actor = Annotated[str, Depends(get_actor)]
 
 # The guard middleware checks the token and the role before any route runs; this scheme only
 # documents it in the OpenAPI description (so /docs has an "Authorize" button).
@@ -120,9 +131,9 @@ async def list_failed_sms(
     response_model=RetryResponse,
     responses=_errors(404, 409, 502, changes=True),
 )
-async def retry_failed_sms(body: RetryRequest, service: Service) -> RetryResponse:
+async def retry_failed_sms(body: RetryRequest, service: Service, actor: Actor) -> RetryResponse:
     """Send one now, through the rate limiter unless `force`."""
-    result = await service.retry(body.id, force=body.force)
+    result = await service.retry(body.id, force=body.force, actor=actor)
     return RetryResponse(message_sid=result.message_sid)
 
 
@@ -132,9 +143,10 @@ async def retry_failed_sms(body: RetryRequest, service: Service) -> RetryRespons
 async def delete_failed_sms(
     id: Annotated[MessageId, Query()],  # the contract names it `id`
     service: Service,
+    actor: Actor,
 ) -> DeleteResponse:
     """Delete the record and its dead-letter stream entry."""
-    await service.delete(id)
+    await service.delete(id, actor=actor)
     return DeleteResponse()
 
 
@@ -144,13 +156,30 @@ async def delete_failed_sms(
     response_model=ReplayResponse,
     responses=_errors(changes=True),
 )
-async def replay_dead_letters(body: ReplayRequest, service: Service) -> ReplayResponse:
+async def replay_dead_letters(
+    body: ReplayRequest, service: Service, actor: Actor
+) -> ReplayResponse:
     """Put dead letters back on the request stream, at SMSRELAY_REPLAY_RATE per second."""
     plan = await service.plan_replay(
-        ids=body.ids, reason=body.reason, limit=body.limit or DEFAULT_REPLAY_LIMIT
+        ids=body.ids, reason=body.reason, limit=body.limit or DEFAULT_REPLAY_LIMIT, actor=actor
     )
     service.start_replay(plan)
     return ReplayResponse(queued=len(plan.records), skipped=plan.skipped)
+
+
+@api.get("/audit", response_model=AuditListResponse, responses=_errors())
+async def list_audit(
+    service: Service,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> AuditListResponse:
+    """The audit trail of changes (API, CLI, console), newest first."""
+    async with service.db.connection() as conn:
+        page = await audit.list_entries(conn, service.namespace, limit=limit, offset=offset)
+    return AuditListResponse(
+        data=[AuditRecord.of(e) for e in page.entries],
+        pagination=Pagination(total=page.total, limit=limit, offset=offset, has_more=page.has_more),
+    )
 
 
 @ops.get("/healthz", response_model=HealthResponse)

@@ -5,8 +5,11 @@
 - a Content-Security-Policy everywhere: for HTML pages (/docs) only the service's own
   scripts (no inline script, no eval), styles, images and fetches; for everything else
   nothing at all. Both forbid framing (`frame-ancestors 'none'`);
-- `Cache-Control: no-store` on `/api/`: records hold phone numbers and message bodies, and
-  no proxy or browser cache should keep them.
+- the console's pages (/ui/) get a policy of their own: the same, less `data:` images and
+  fonts (it has none);
+- `Cache-Control: no-store` on `/api/` and on the console's pages: records hold phone numbers
+  and message bodies, and no proxy or browser cache should keep them (its static assets,
+  which hold none, may be cached).
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ HTML_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; "
     "img-src 'self' data:; connect-src 'self'; font-src 'self'; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+UI_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 OTHER_POLICY = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
@@ -42,6 +49,15 @@ def is_api(scope: Scope) -> bool:
     return path == "/api" or path.startswith("/api/")
 
 
+def is_ui(scope: Scope) -> bool:
+    path = route_path(scope)
+    return path == "/ui" or path.startswith("/ui/")
+
+
+def is_ui_asset(scope: Scope) -> bool:
+    return route_path(scope).startswith("/ui/static/")
+
+
 class SecurityHeaders:
     """Adds the headers to each response start; plain ASGI, outside every other layer."""
 
@@ -53,6 +69,8 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         api = is_api(scope)
+        ui = is_ui(scope)
+        private = api or (ui and not is_ui_asset(scope))
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -61,8 +79,11 @@ class SecurityHeaders:
                 headers["X-Content-Type-Options"] = "nosniff"
                 headers["Referrer-Policy"] = "no-referrer"
                 headers["X-Frame-Options"] = "DENY"
-                headers["Content-Security-Policy"] = HTML_POLICY if html else OTHER_POLICY
-                if api:
+                if html:
+                    headers["Content-Security-Policy"] = UI_POLICY if ui else HTML_POLICY
+                else:
+                    headers["Content-Security-Policy"] = OTHER_POLICY
+                if private:
                     headers["Cache-Control"] = "no-store"
             await send(message)
 

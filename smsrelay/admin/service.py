@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from smsrelay.admin.audit import UNNAMED_ACTOR, AuditTrail, Change
 from smsrelay.admin.replay import ReplayPlan, publish_replay
 from smsrelay.consumers.direct import DirectResult, DirectSender
 from smsrelay.consumers.providers.base import Provider
@@ -56,9 +57,13 @@ class RedisUnavailable(StorageError):
 class SenderNotConfigured(SmsRelayError):
     """Retry-now needs Twilio settings that this process does not have."""
 
+    audit_outcome = "unavailable"
+
 
 class InvalidRequestError(SmsRelayError):
     """A request that is well-formed but asks for something impossible."""
+
+    audit_outcome = "invalid"
 
 
 @contextlib.contextmanager
@@ -97,6 +102,7 @@ class AdminService:
         self.db = db
         self.outages = outages or Outages()
         self.queue = Queue(settings, redis)
+        self.audit = AuditTrail(db, settings.namespace)
         self._sender = (
             DirectSender(self.queue, settings, provider, self.outages) if provider else None
         )
@@ -154,13 +160,20 @@ class AdminService:
         return record
 
     # -- retry now -------------------------------------------------------------------------
-    async def retry(self, message_id: uuid.UUID, *, force: bool = False) -> RetryResult:
+    async def retry(
+        self, message_id: uuid.UUID, *, force: bool = False, actor: str = UNNAMED_ACTOR
+    ) -> RetryResult:
         """One provider attempt through the worker's scripts (rate limit unless forced).
 
         The record stays locked until the outcome is written. If Postgres fails after the
         send, the sent marker and the outcome stream still resolve the record (the mirror),
-        and another retry finds the marker: no second SMS.
+        and another retry finds the marker: no second SMS. `actor` goes to the audit trail.
         """
+        action = "retry_forced" if force else "retry"
+        async with self.audit.change(actor, action, str(message_id)) as change:
+            return await self._retry(message_id, force, change)
+
+    async def _retry(self, message_id: uuid.UUID, force: bool, change: Change) -> RetryResult:
         outcome = "conflict"
         phone: str | None = None
         failure: ProviderError | None = None
@@ -187,11 +200,13 @@ class AdminService:
                         error=str(exc),
                     )
                     await failed_sms.record_retry_failure(conn, record.id, str(exc))
+                    await change.write_in(conn, exc)
                     failure = exc
                 else:
                     updated = await failed_sms.mark_resolved(
                         conn, message_id, result.receipt.sid, sent_now=result.sent_now
                     )
+                    await change.write_in(conn, detail=_sent_detail(result))
                     outcome = "success"
                     self._log_sent(message_id, record, result, force)
                     return RetryResult(result.receipt.sid, result.sent_now, updated)
@@ -252,12 +267,16 @@ class AdminService:
             )
 
     # -- delete ----------------------------------------------------------------------------
-    async def delete(self, message_id: uuid.UUID) -> FailedSmsRecord:
+    async def delete(self, message_id: uuid.UUID, *, actor: str = UNNAMED_ACTOR) -> FailedSmsRecord:
         """Remove the row and its dead-letter entry; both or (on an outage) neither.
 
         Refused (409) while the message is being sent (a retry holds the row, or a replay
         entry is in a worker's hands): its outcome would otherwise find no record.
         """
+        async with self.audit.change(actor, "delete", str(message_id)) as change:
+            return await self._delete(message_id, change)
+
+    async def _delete(self, message_id: uuid.UUID, change: Change) -> FailedSmsRecord:
         async with self.db.connection() as conn, conn.transaction():
             record = await self._locked(conn, message_id, "delete")
             if record.status is RecordStatus.REPLAYED:
@@ -270,6 +289,7 @@ class AdminService:
                 if await self.queue.sender_of(state_shard, str(message_id)):
                     raise ConflictError("cannot delete: this message is being sent right now")
                 await failed_sms.delete_record(conn, self.namespace, message_id)
+                await change.write_in(conn, detail=f"{record.reason}, {record.status.value}")
                 if record.dead_letter_id:
                     await self.redis.xdel(self.queue.keys(record.shard).dead, record.dead_letter_id)
         log.info("admin.deleted", message_id=str(message_id), to=record.phone)
@@ -282,15 +302,30 @@ class AdminService:
         ids: list[uuid.UUID] | None = None,
         reason: DeadLetterReason | None = None,
         limit: int = 100,
+        actor: str = UNNAMED_ACTOR,
     ) -> ReplayPlan:
         """Mark the chosen records `replayed`; `run_replay` then queues them."""
+        if ids is not None:
+            target = ",".join(str(i) for i in dict.fromkeys(ids))
+        else:
+            target = f"reason:{reason.value if reason else ''}"
+        async with self.audit.change(actor, "replay", target) as change:
+            return await self._plan_replay(ids, reason, limit, change)
+
+    async def _plan_replay(
+        self,
+        ids: list[uuid.UUID] | None,
+        reason: DeadLetterReason | None,
+        limit: int,
+        change: Change,
+    ) -> ReplayPlan:
         if reason is DeadLetterReason.INVALID_PAYLOAD:
             raise InvalidRequestError(
                 "invalid_payload dead letters cannot be replayed: their "
                 "entries do not parse; fix the publisher, then delete them"
             )
         unique = list(dict.fromkeys(ids)) if ids is not None else None
-        async with self.db.connection() as conn:
+        async with self.db.connection() as conn, conn.transaction():
             records = await failed_sms.mark_replayed(
                 conn,
                 self.namespace,
@@ -298,7 +333,10 @@ class AdminService:
                 reason=reason.value if reason else None,
                 limit=len(unique) if unique is not None else limit,
             )
-        skipped = len(unique) - len(records) if unique is not None else 0
+            skipped = len(unique) - len(records) if unique is not None else 0
+            await change.write_in(
+                conn, detail=f"{len(records)} queued for replay, {skipped} skipped"
+            )
         log.info(
             "admin.replay_planned",
             records=len(records),
@@ -346,6 +384,11 @@ class AdminService:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _sent_detail(result: DirectResult) -> str:
+    sent = "" if result.sent_now else " (sent earlier: no new SMS)"
+    return f"message SID {result.receipt.sid}{sent}"
 
 
 @asynccontextmanager

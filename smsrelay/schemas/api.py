@@ -209,6 +209,37 @@ class ReplayResponse(ApiModel):
     skipped: int = Field(0, description="Ids that are unknown, resolved, or invalid payloads")
 
 
+class AuditRecord(ApiModel):
+    """One change an admin made or tried: `GET /api/admin/audit`."""
+
+    at: IsoTime
+    actor: str = Field(description="The token's name; `admin`; or `cli:<os user>`")
+    action: str = Field(description="retry, retry_forced, delete or replay")
+    target: str = Field(description="A message id, ids joined by commas, or `reason:<reason>`")
+    outcome: str = Field(
+        description="ok, not_found, conflict, rate_limited, provider_error, invalid, "
+        "unavailable, interrupted or error"
+    )
+    detail: str | None = Field(description="The message SID, the error, or what a replay queued")
+
+    @classmethod
+    def of(cls, entry: Any) -> AuditRecord:
+        return cls(
+            at=entry.at,
+            actor=entry.actor,
+            action=entry.action,
+            target=entry.target,
+            outcome=entry.outcome,
+            detail=entry.detail,
+        )
+
+
+class AuditListResponse(ApiModel):
+    success: Literal[True] = True
+    data: list[AuditRecord]
+    pagination: Pagination
+
+
 class ErrorResponse(ApiModel):
     success: Literal[False] = False
     error: str

@@ -84,6 +84,32 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         ),
     ),
+    Migration(
+        3,
+        "admin_audit: who changed what through the API, the CLI or the console",
+        (
+            # `at` is the moment of the write (clock_timestamp, not the transaction's start: a
+            # retry holds its transaction through the provider call). `id` orders entries
+            # written within one clock tick; `namespace` keeps pipelines that share one
+            # database apart, as in failed_sms.
+            """
+        CREATE TABLE IF NOT EXISTS public.admin_audit (
+            id        bigserial PRIMARY KEY,
+            at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+            namespace text NOT NULL,
+            actor     text NOT NULL,
+            action    text NOT NULL,
+            target    text NOT NULL,
+            outcome   text NOT NULL,
+            detail    text NULL
+        )
+        """,
+            """
+        CREATE INDEX IF NOT EXISTS admin_audit_at_idx
+            ON public.admin_audit (namespace, at DESC, id DESC)
+        """,
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

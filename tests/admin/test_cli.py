@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from smsrelay.settings import Settings
+from smsrelay.store.migrations import LATEST_VERSION
 from tests.admin.conftest import TOKEN, seed
 from tests.conftest import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, TEST_FROM
 from tests.store.dlq import add_dead_letter, unique_phone
@@ -143,7 +144,7 @@ def test_admin_refuses_to_start_without_a_token(admin_settings: Settings) -> Non
 async def test_migrate_and_mirror_once(admin_settings: Settings, rclient: aioredis.Redis) -> None:
     migrated = smsrelay(admin_settings, "migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert migrated.stdout.startswith("Postgres schema at version 2")
+    assert migrated.stdout.startswith(f"Postgres schema at version {LATEST_VERSION}")
     await add_dead_letter(rclient, admin_settings)
     await add_dead_letter(rclient, admin_settings)
     mirrored = smsrelay(admin_settings, "mirror", "--once")
