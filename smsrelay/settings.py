@@ -10,7 +10,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -50,8 +50,20 @@ class AdminCredential:
     token: SecretStr
 
 
-def _default_spool_dir() -> Path:
+def spool_root() -> Path:
+    """The user's cache folder that holds each namespace's default spool. Before spooled
+    requests recorded their namespace it was itself the one default spool of every app."""
     return Path(platformdirs.user_cache_dir("smsrelay")) / "spool"
+
+
+def _default_spool_dir(data: dict[str, Any]) -> Path:
+    # One folder per namespace: two apps of one user never share a default spool.
+    namespace = data.get("namespace")
+    if not isinstance(namespace, str):
+        namespace = "smsrelay"
+    if not namespace.strip("."):  # "." and ".." are valid namespaces, not folder names
+        namespace = namespace.replace(".", "%2E")
+    return spool_root() / namespace
 
 
 class Settings(BaseSettings):
@@ -143,8 +155,10 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql://")
         _check_host(parts.hostname)
         _ = parts.port
-        import psycopg.conninfo  # here: a producer that never sets the URL never loads it
-
+        try:
+            import psycopg.conninfo  # here: a producer that never sets the URL never loads it
+        except ImportError:  # the producer-only install: libpq's check is the worker's
+            return value
         try:
             psycopg.conninfo.conninfo_to_dict(value)
         except psycopg.Error:
