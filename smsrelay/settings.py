@@ -374,14 +374,18 @@ def env_name(field: str) -> str:
 
 def describe_validation_error(exc: ValidationError) -> str:
     """The first problem of a settings ValidationError as one readable line."""
-    error = exc.errors()[0]
+    # The spool folder's default depends on the namespace: pydantic does not make it when
+    # another field failed, and says so. That is a consequence, never the problem itself.
+    errors = [e for e in exc.errors() if e["type"] != "default_factory_not_called"]
+    errors = errors or exc.errors()
+    error = errors[0]
     loc = str(error["loc"][0]) if error["loc"] else "?"
     name = loc if loc.isupper() else env_name(loc)
     given = error.get("input")
     message = str(error["msg"]).removeprefix("Value error, ")
     secret = name.endswith(("TOKEN", "TOKENS", "_URL")) or isinstance(given, dict)
     shown = "" if secret else f" (got {given!r})"
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{name}: {message}{shown}{more}"
 
 
