@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -15,7 +17,38 @@ from smsrelay import logging as smslog
 from smsrelay.errors import SmsRelayError
 from smsrelay.settings import Settings
 
+if TYPE_CHECKING:
+    from smsrelay.producers.publish import SpoolFlush
+
 Command = Callable[[argparse.Namespace, Settings], int]
+
+# What each extra brings (import names), and the commands that need one. `pip install
+# smsrelay` alone is the producer: publish, status, schema and spool-flush work with it.
+_EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "worker": ("twilio", "aiohttp", "psycopg", "psycopg_pool", "prometheus_client"),
+    "admin": (
+        "twilio",
+        "aiohttp",
+        "psycopg",
+        "psycopg_pool",
+        "prometheus_client",
+        "fastapi",
+        "fastapi_offline",
+        "uvicorn",
+    ),
+}
+_COMMAND_EXTRA = {
+    "worker": "worker",
+    "mirror": "worker",
+    "migrate": "worker",
+    "dlq": "worker",
+    "demo": "worker",
+    "fake-twilio": "worker",
+    "admin": "admin",
+}
+# Commands whose output is for a person (or a script) to read: their own log lines stay out
+# of it unless something is wrong (warnings and up), or SMSRELAY_LOG_LEVEL asks for them.
+_QUIET_COMMANDS = frozenset({"publish", "status", "schema", "spool-flush", "dlq", "migrate"})
 
 
 # `smsrelay fake-twilio --help`: the whole surface, kept in step with docs/fake-twilio.md.
@@ -108,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_status)
 
     demo = sub.add_parser("demo", help="the whole pipeline on this machine, narrated")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the demo's Redis keys to look at afterwards (default: deleted at the end)",
+    )
     demo.set_defaults(func=_demo)
 
     fake = sub.add_parser(
@@ -138,7 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of the request stream entry")
     schema.set_defaults(func=_schema, settings_free=True)
 
-    spool = sub.add_parser("spool-flush", help="publish requests kept in the local spool")
+    spool = sub.add_parser(
+        "spool-flush",
+        help="publish requests kept in the local spool",
+        description="Publish every request this namespace's producers kept in the spool "
+        "(SMSRELAY_SPOOL_DIR) while Redis was away, into this namespace on this Redis; report "
+        "what is left and whose it is. Exit 1 when anything is left.",
+    )
+    spool.add_argument(
+        "--adopt-legacy",
+        action="store_true",
+        help="also publish, into this namespace and Redis, files spooled before requests "
+        "recorded their namespace (check first that they belong here)",
+    )
     spool.set_defaults(func=_spool_flush)
 
     try:
@@ -150,16 +200,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def missing_extra(command: str) -> str | None:
+    """The extra `command` needs and this installation lacks, if any."""
+    extra = _COMMAND_EXTRA.get(command)
+    if extra is None:
+        return None
+    if all(importlib.util.find_spec(module) is not None for module in _EXTRA_MODULES[extra]):
+        return None
+    return extra
+
+
+def _needs(command: str, extra: str) -> int:
+    print(
+        f"smsrelay {command}: needs the {extra} extra: pip install 'smsrelay[{extra}]'",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Command = args.func
+    extra = missing_extra(args.command)
+    if extra is not None:
+        return _needs(args.command, extra)
     try:
         if getattr(args, "settings_free", False):
             settings = Settings.model_construct()
         else:
             settings = Settings.load()
-            smslog.configure(settings.log_format, settings.log_level)
+            level = settings.log_level
+            if args.command in _QUIET_COMMANDS and "SMSRELAY_LOG_LEVEL" not in os.environ:
+                level = "error" if level == "error" else "warning"
+            smslog.configure(settings.log_format, level)
         return func(args, settings)
+    except ModuleNotFoundError as exc:
+        # The last guard of the light install: a module of an extra that is not installed.
+        top = (exc.name or "").split(".")[0]
+        for name, modules in _EXTRA_MODULES.items():
+            if top in modules:
+                return _needs(args.command, name)
+        print(
+            f"smsrelay: unexpected error: {exc} (set SMSRELAY_LOG_LEVEL=debug and report it)",
+            file=sys.stderr,
+        )
+        return 1
     except SmsRelayError as exc:
         print(f"smsrelay: {exc}", file=sys.stderr)
         return 2
@@ -229,7 +314,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from smsrelay.demo import run_demo
 
-    return run_demo(settings)
+    return run_demo(settings, keep=args.keep)
 
 
 def _fake_twilio(args: argparse.Namespace, settings: Settings) -> int:
@@ -255,14 +340,59 @@ def _schema(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _spool_flush(args: argparse.Namespace, settings: Settings) -> int:
-    from smsrelay.producers.publish import Producer
+    from smsrelay.producers.publish import Producer, SpoolFlush
+    from smsrelay.producers.spool import Spool
+    from smsrelay.settings import spool_root
 
-    with Producer(settings) as producer:
-        total = 0
-        while (published := producer.flush_spool()) > 0:
-            total += published
-    print(f"published {total} spooled request(s); {producer.spooled()} left")
-    return 0
+    # No background flusher: this command publishes every file itself, so its count is
+    # exact and nothing is left half-done behind its back.
+    with Producer(settings, background_flush=False) as producer:
+        owner = producer.spool.owner
+        flushes: list[SpoolFlush] = [producer.drain_spool(adopt_legacy=args.adopt_legacy)]
+        root = spool_root()
+        if root != settings.spool_dir and root.is_dir():
+            # The folder every app shared before spools were per namespace: its old files.
+            old = Spool(root, owner)
+            if old.files():
+                flushes.append(
+                    producer.drain_spool(spool=old, adopt_legacy=args.adopt_legacy)
+                    if flushes[0].error is None
+                    else SpoolFlush(0, old.survey())
+                )
+    published = sum(f.published for f in flushes)
+    print(f"published {published} spooled request(s) into {owner.describe()}")
+    for flush in flushes:
+        print(_spool_report(flush, owner.namespace))
+    errors = [f.error for f in flushes if f.error]
+    if errors:
+        print(f"smsrelay spool-flush: stopped by a Redis error: {errors[0]}", file=sys.stderr)
+    return 1 if errors or any(f.left for f in flushes) else 0
+
+
+def _spool_report(flush: SpoolFlush, namespace: str) -> str:
+    survey = flush.survey
+    if not survey.total:
+        return f"nothing left in {survey.directory}"
+    lines = [f"{survey.total} left in {survey.directory}:"]
+    if survey.own:
+        lines.append(
+            f"  {survey.own} of this namespace: held by another flusher (a running producer), "
+            "or Redis failed first: run spool-flush again"
+        )
+    for other, count in sorted(survey.others.items(), key=lambda item: item[0].describe()):
+        lines.append(
+            f"  {count} of {other.describe()}: not published here; flush them with "
+            f"SMSRELAY_NAMESPACE={other.namespace} and SMSRELAY_REDIS_URL for {other.redis}"
+        )
+    if survey.legacy:
+        lines.append(
+            f"  {survey.legacy} spooled before requests recorded their namespace: not "
+            "published; find out whose they are, then run spool-flush --adopt-legacy with "
+            f"that app's settings (now: namespace '{namespace}')"
+        )
+    if survey.corrupt:
+        lines.append(f"  {survey.corrupt} unreadable, renamed *.corrupt: for a person to look at")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,20 +1,27 @@
 """`smsrelay demo`: the whole pipeline on this machine against the built-in fake Twilio, narrated.
 
 It uses the Redis (and, when reachable, the Postgres) of the usual settings, in a namespace of
-its own, so it never touches real data; Twilio is the fake, spoken to by the real SDK.
+its own, so it never touches real data; Twilio is the fake, spoken to by the real SDK. When
+SMSRELAY_DATABASE_URL names a server's maintenance database (`postgres`, the default), the demo
+mirrors into a database of its own, `smsrelay_demo` (created when missing), never into that
+one. At the end it deletes its namespace's Redis keys (`--keep` keeps them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import sys
 import time
 from dataclasses import dataclass
 from typing import cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
+import psycopg.conninfo
 import redis
+from psycopg import sql
 
 from smsrelay.logging import configure as configure_logging
 from smsrelay.logging import mask_phone, mask_phones
@@ -26,6 +33,9 @@ from smsrelay.streams.keys import ShardKeys
 from smsrelay.testing.fake_twilio import FakeTwilioThread
 
 _SID = "AC" + "d" * 32
+DEMO_DATABASE = "smsrelay_demo"
+# Databases a server keeps for itself: the demo writes into none of them.
+_MAINTENANCE = frozenset({"", "postgres", "template0", "template1"})
 
 
 @dataclass
@@ -48,7 +58,64 @@ def _postgres_reachable(url: str) -> bool:
         return False
 
 
-def run_demo(base: Settings) -> int:
+def with_database(url: str, name: str) -> str:
+    """`url` naming database `name` instead (a `dbname` option in the query goes too)."""
+    parts = urlsplit(url)
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "dbname"])
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, query, parts.fragment))
+
+
+def demo_database(url: str) -> tuple[str | None, str]:
+    """The database URL the demo mirrors into (None: none) and the narration's words for it.
+
+    The URL's own database, unless it is a maintenance database: then `smsrelay_demo`,
+    created on that server when missing.
+    """
+    try:
+        named = psycopg.conninfo.conninfo_to_dict(url).get("dbname") or ""
+    except psycopg.Error:
+        return None, "SMSRELAY_DATABASE_URL cannot be parsed: dead letters stay in the stream only"
+    if named not in _MAINTENANCE:
+        if not _postgres_reachable(url):
+            return None, "not reachable: dead letters stay in the stream only"
+        return url, f"database '{named}' (SMSRELAY_DATABASE_URL)"
+    own = with_database(url, DEMO_DATABASE)
+    why = (
+        f"SMSRELAY_DATABASE_URL names the maintenance database '{named}'"
+        if named
+        else "SMSRELAY_DATABASE_URL names no database"
+    )
+    if _postgres_reachable(own):
+        return own, f"database '{DEMO_DATABASE}' of the demo's own ({why})"
+    try:
+        with psycopg.connect(url, connect_timeout=2, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE)))
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, (
+            f"not used: {why}, and the database '{DEMO_DATABASE}' could not be created "
+            f"({first}); dead letters stay in the stream only"
+        )
+    return own, f"database '{DEMO_DATABASE}', created now for the demo ({why})"
+
+
+def delete_namespace_keys(client: redis.Redis, namespace: str) -> int:
+    """Delete every key of `namespace` (its shards' `{ns:N}` and its fleet's `{ns}`)."""
+    escaped = re.sub(r"([\[\]*?\\])", r"\\\1", namespace)
+    deleted = 0
+    for pattern in ("{" + escaped + ":*", "{" + escaped + "}:*"):
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(cast(bytes, key))
+            if len(batch) >= 500:
+                deleted += cast(int, client.unlink(*batch))
+                batch = []
+        if batch:
+            deleted += cast(int, client.unlink(*batch))
+    return deleted
+
+
+def run_demo(base: Settings, keep: bool = False) -> int:
     try:
         sync_client(base, timeout_s=2).ping()
     except redis.RedisError as exc:
@@ -56,6 +123,7 @@ def run_demo(base: Settings) -> int:
         say("Start one with: redis-server --daemonize yes   (or set SMSRELAY_REDIS_URL)")
         return 1
     namespace = f"demo-{secrets.token_hex(3)}"
+    database_url, database_words = demo_database(base.database_url)
     # The narration is the demo's output; the worker's JSON log lines would drown it.
     configure_logging("console", "error")
     with FakeTwilioThread() as fake:
@@ -63,6 +131,7 @@ def run_demo(base: Settings) -> int:
             **{
                 **base.model_dump(exclude={"admin_token", "twilio_auth_token"}),
                 "namespace": namespace,
+                "database_url": database_url or base.database_url,
                 "twilio_account_sid": _SID,
                 "twilio_auth_token": "demo-token",
                 "twilio_from": "+15005550006",
@@ -76,7 +145,7 @@ def run_demo(base: Settings) -> int:
                 "log_format": "console",
             }
         )
-        mirror = _postgres_reachable(settings.database_url)
+        mirror = database_url is not None
         say("smsrelay demo: the whole pipeline on this machine")
         say(f"  fake Twilio    {fake.url} (Twilio's Messages API, called through the real SDK)")
         say(f"  Redis          {_hide_password(settings.redis_url)}, namespace '{namespace}'")
@@ -85,16 +154,27 @@ def run_demo(base: Settings) -> int:
             f"dead letters {ShardKeys(namespace).dead}"
         )
         postgres = (
-            "mirroring dead letters into failed_sms"
+            f"{_hide_password(settings.database_url)}: mirroring dead letters into failed_sms "
+            f"of the {database_words}"
             if mirror
-            else "not reachable: dead letters stay in the stream only"
+            else database_words
         )
         say(f"  Postgres       {postgres}")
         say()
-        return asyncio.run(_story(settings, fake, mirror))
+        try:
+            return asyncio.run(_story(settings, fake, mirror, keep))
+        finally:
+            if not keep:
+                client = sync_client(settings, timeout_s=5)
+                try:
+                    delete_namespace_keys(client, namespace)
+                except redis.RedisError as exc:
+                    say(f"(could not delete the demo's keys of namespace '{namespace}': {exc})")
+                finally:
+                    client.close()
 
 
-async def _story(settings: Settings, fake: FakeTwilioThread, mirror: bool) -> int:
+async def _story(settings: Settings, fake: FakeTwilioThread, mirror: bool, keep: bool) -> int:
     worker = worker_process(settings, mirror=mirror)
     task = asyncio.create_task(worker.run())
     flaky = "+14155550142"
@@ -157,8 +237,20 @@ async def _story(settings: Settings, fake: FakeTwilioThread, mirror: bool) -> in
         )
     say()
     say("Where to look next:")
-    say(f"   SMSRELAY_NAMESPACE={settings.namespace} smsrelay status")
-    say(f"   redis-cli XRANGE '{ShardKeys(settings.namespace).dead}' - +")
+    if keep:
+        say(f"   SMSRELAY_NAMESPACE={settings.namespace} smsrelay status")
+        say(f"   redis-cli XRANGE '{ShardKeys(settings.namespace).dead}' - +")
+    else:
+        say(
+            f"   the demo's Redis keys (namespace '{settings.namespace}') are deleted now; "
+            "`smsrelay demo --keep` keeps them to look at"
+        )
+    if mirror:
+        say(
+            f"   its failed_sms rows stay: SMSRELAY_DATABASE_URL="
+            f"{_hide_password(settings.database_url)} SMSRELAY_NAMESPACE={settings.namespace} "
+            "smsrelay dlq list"
+        )
     say(
         "   SMSRELAY_ADMIN_TOKEN=... smsrelay admin, then: curl -H 'Authorization: Bearer ...' "
         "localhost:8080/api/admin/retry-failed-sms"

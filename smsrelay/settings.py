@@ -10,7 +10,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -50,8 +50,20 @@ class AdminCredential:
     token: SecretStr
 
 
-def _default_spool_dir() -> Path:
+def spool_root() -> Path:
+    """The user's cache folder that holds each namespace's default spool. Before spooled
+    requests recorded their namespace it was itself the one default spool of every app."""
     return Path(platformdirs.user_cache_dir("smsrelay")) / "spool"
+
+
+def _default_spool_dir(data: dict[str, Any]) -> Path:
+    # One folder per namespace: two apps of one user never share a default spool.
+    namespace = data.get("namespace")
+    if not isinstance(namespace, str):
+        namespace = "smsrelay"
+    if not namespace.strip("."):  # "." and ".." are valid namespaces, not folder names
+        namespace = namespace.replace(".", "%2E")
+    return spool_root() / namespace
 
 
 class Settings(BaseSettings):
@@ -149,8 +161,10 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql://")
         _check_host(parts.hostname)
         _ = parts.port
-        import psycopg.conninfo  # here: a producer that never sets the URL never loads it
-
+        try:
+            import psycopg.conninfo  # here: a producer that never sets the URL never loads it
+        except ImportError:  # the producer-only install: libpq's check is the worker's
+            return value
         try:
             psycopg.conninfo.conninfo_to_dict(value)
         except psycopg.Error:
@@ -371,14 +385,18 @@ def env_name(field: str) -> str:
 
 def describe_validation_error(exc: ValidationError) -> str:
     """The first problem of a settings ValidationError as one readable line."""
-    error = exc.errors()[0]
+    # The spool folder's default depends on the namespace: pydantic does not make it when
+    # another field failed, and says so. That is a consequence, never the problem itself.
+    errors = [e for e in exc.errors() if e["type"] != "default_factory_not_called"]
+    errors = errors or exc.errors()
+    error = errors[0]
     loc = str(error["loc"][0]) if error["loc"] else "?"
     name = loc if loc.isupper() else env_name(loc)
     given = error.get("input")
     message = str(error["msg"]).removeprefix("Value error, ")
     secret = name.endswith(("TOKEN", "TOKENS", "_URL")) or isinstance(given, dict)
     shown = "" if secret else f" (got {given!r})"
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{name}: {message}{shown}{more}"
 
 

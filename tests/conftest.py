@@ -1,5 +1,6 @@
 """Shared fixtures: real Redis and Postgres from the environment (testcontainers where a
-Docker engine runs), a namespace per test, and the fake Twilio spoken to by the real SDK.
+Docker engine runs), a namespace per test, and the fake Twilio spoken to by the real SDK
+(the `fake_twilio` fixture of smsrelay's pytest plugin).
 
 Services: SMSRELAY_TEST_REDIS_URL (default redis://127.0.0.1:6379/0) and
 SMSRELAY_TEST_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres). A service
@@ -99,21 +100,19 @@ def namespace(redis_url: str) -> Iterator[str]:
     ns = f"t{uuid.uuid4().hex[:10]}"
     yield ns
     client = redis.Redis.from_url(redis_url)
-    # the shards' keys ({ns:0}:...) and the fleet's ({ns}:...)
+    # The shards' keys `{ns:N}:...` and the namespace's fleet keys `{ns}:...`; nothing else.
     keys = [
         *client.scan_iter(match=f"{{{ns}:*", count=1000),
         *client.scan_iter(match=f"{{{ns}}}:*", count=1000),
     ]
     if keys:
         client.delete(*keys)
+    client.close()
 
 
-@pytest.fixture
-def fake_twilio() -> Iterator[Any]:
-    from smsrelay.testing.fake_twilio import FakeTwilioThread
-
-    with FakeTwilioThread() as fake:
-        yield fake
+# `fake_twilio` (and `sms_outbox`) come from smsrelay's own pytest plugin
+# (smsrelay/testing/pytest_plugin.py, registered by the package's `pytest11` entry point):
+# these tests use the fixture applications get.
 
 
 def make_settings(

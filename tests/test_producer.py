@@ -18,6 +18,8 @@ from smsrelay import AsyncProducer, InvalidMessageError, Producer
 from smsrelay.settings import Settings
 from smsrelay.streams.keys import ShardKeys
 from tests.conftest import make_settings
+from tests.support.servers import PrivateRedis
+from tests.support.wait import wait_for
 
 DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
@@ -82,11 +84,12 @@ def test_bad_input_is_rejected_with_a_clear_error(
 
 
 def test_redis_down_spools_quickly_then_a_later_producer_flushes(
-    redis_url: str, namespace: str, tmp_path: Path
+    private_redis: PrivateRedis, namespace: str, tmp_path: Path
 ) -> None:
-    down = make_settings(DOWN_URL, namespace, tmp_path, "http://127.0.0.1:9")
+    settings = make_settings(private_redis.url, namespace, tmp_path, "http://127.0.0.1:9")
+    private_redis.kill()
     started = time.monotonic()
-    with Producer(down) as producer:
+    with Producer(settings) as producer:
         result = producer.publish("+14155552671", "kept on disk", idempotency_key="k1")
     assert time.monotonic() - started < 2.0
     assert result.status == "spooled"
@@ -94,21 +97,20 @@ def test_redis_down_spools_quickly_then_a_later_producer_flushes(
     assert len(list((tmp_path / "spool").glob("*.json"))) == 1
 
     # A new producer (as after a restart) with Redis back publishes the spooled request.
-    up = make_settings(redis_url, namespace, tmp_path, "http://127.0.0.1:9")
-    with Producer(up) as producer:
-        deadline = time.monotonic() + 5
-        while producer.spooled() and time.monotonic() < deadline:
-            time.sleep(0.05)
-    [entry] = _entries(up)
+    private_redis.start()
+    with Producer(settings) as producer:
+        wait_for(lambda: producer.spooled() == 0, 5, "the spool flushed")
+    [entry] = _entries(settings)
     assert entry["id"] == result.message_id
     assert entry["idempotency_key"] == "k1"
     assert list((tmp_path / "spool").glob("*.json")) == []
 
 
 def test_spool_survives_the_producing_process(
-    redis_url: str, namespace: str, tmp_path: Path
+    private_redis: PrivateRedis, namespace: str, tmp_path: Path
 ) -> None:
     # Given a process that published while Redis was down, then exited
+    private_redis.kill()
     code = (
         "from smsrelay import Producer\n"
         "p = Producer.from_env()\n"
@@ -116,7 +118,7 @@ def test_spool_survives_the_producing_process(
         "print(r.status, r.message_id)\n"
     )
     env = {
-        "SMSRELAY_REDIS_URL": DOWN_URL,
+        "SMSRELAY_REDIS_URL": private_redis.url,
         "SMSRELAY_SPOOL_DIR": str(tmp_path / "spool"),
         "SMSRELAY_NAMESPACE": namespace,
         "PATH": "/usr/bin:/bin",
@@ -130,14 +132,11 @@ def test_spool_survives_the_producing_process(
         check=True,
     ).stdout.split()
     assert out[0] == "spooled"
-    # When a later process starts (its background flusher, or an explicit flush, publishes)
-    up = make_settings(redis_url, namespace, tmp_path, "http://127.0.0.1:9")
-    with Producer(up) as producer:
-        flushed = producer.flush_spool()
-        deadline = time.monotonic() + 5
-        while producer.spooled() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert flushed in (0, 1)  # 0 when the background flusher was first
+    # When a later process flushes (no background flusher races it: the count is exact)
+    private_redis.start()
+    up = make_settings(private_redis.url, namespace, tmp_path, "http://127.0.0.1:9")
+    with Producer(up, background_flush=False) as producer:
+        assert producer.flush_spool() == 1
         assert producer.spooled() == 0
     # Then the request is on the stream with its original id
     assert [e["id"] for e in _entries(up)] == [out[1]]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from smsrelay import clock
 from smsrelay.consumers.providers.base import Provider, SendReceipt
+from smsrelay.consumers.settle import resolved
 from smsrelay.errors import ConflictError, ProviderError, RateLimitedError
 from smsrelay.outage import Outages, until_done
 from smsrelay.settings import Settings
@@ -84,13 +84,7 @@ class DirectSender:
             raise
         # The provider has the message: the marker must be written whatever Redis does now,
         # or a later retry or replay would send it again (rule 4).
-        outcome = {
-            "id": message_id,
-            "status": "resolved",
-            "message_sid": receipt.sid,
-            "replay_of": resolves or "",
-            "resolved_at": clock.now_iso(),
-        }
+        outcome = resolved(message_id, receipt.sid, resolves, 1)
         await until_done(
             lambda: self.queue.mark_sent(shard, None, message_id, receipt.sid, outcome),
             self.outages,

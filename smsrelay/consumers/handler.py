@@ -185,7 +185,7 @@ class MessageHandler:
                     delivery,
                     entry.message_id,
                     sid,
-                    resolved(entry.message_id, sid, replay_of),
+                    resolved(entry.message_id, sid, replay_of, 0),
                 )
             )
         log.info("sms.already_sent", message_id=entry.message_id, sid=sid)

@@ -61,7 +61,9 @@ class Settler:
         """The provider has the message: the marker must be written whatever Redis does now,
         or a redelivery would send it again (rule 4)."""
         replay_of = wire.field(delivery.fields, "replay_of")
-        outcome = resolved(entry.message_id, sid, replay_of) if replay_of is not None else None
+        outcome = (
+            resolved(entry.message_id, sid, replay_of, attempt) if replay_of is not None else None
+        )
         await self.through_outages(
             partial(self.queue.mark_sent, delivery.shard, delivery, entry.message_id, sid, outcome)
         )
@@ -144,12 +146,14 @@ class Settler:
             )
 
 
-def resolved(message_id: str, sid: str, replay_of: str | None) -> dict[str, str]:
-    """The outcome entry that tells the mirror a replayed dead letter was sent."""
+def resolved(message_id: str, sid: str, replay_of: str | None, attempts: int) -> dict[str, str]:
+    """The outcome entry that tells the mirror a replayed dead letter was sent, and with how
+    many provider attempts (added to the record's, as an admin retry's are)."""
     return {
         "id": message_id,
         "status": "resolved",
         "message_sid": sid,
         "replay_of": replay_of or "",
         "resolved_at": clock.now_iso(),
+        "attempts": str(attempts),
     }

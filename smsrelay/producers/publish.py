@@ -2,6 +2,9 @@
 
 A form handler calls `publish()` inside its request; whatever Redis does, the call returns
 within about `SMSRELAY_PUBLISH_TIMEOUT_SECONDS` (connect + reply), with one of four statuses.
+After a timeout or a refused connection a `RedisGate` sends the next requests straight to the
+spool while the background flusher probes Redis: an outage costs one request the timeout,
+not every request.
 """
 
 from __future__ import annotations
@@ -11,16 +14,15 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import redis
-from pydantic import ValidationError
 
-from smsrelay.errors import InvalidMessageError, PublishError
 from smsrelay.logging import get_logger
-from smsrelay.producers.spool import Spool, SpooledRequest
-from smsrelay.schemas.entry import MessageRequest, describe_errors, new_entry_fields
-from smsrelay.settings import Settings
+from smsrelay.producers.gate import PROBE_FIRST_S, PROBE_MAX_S, RedisGate
+from smsrelay.producers.request import PublishResult, Status, finish, prepare
+from smsrelay.producers.spool import Spool, SpooledRequest, SpoolOwner, SpoolSurvey
+from smsrelay.settings import Settings, spool_root
 from smsrelay.streams.clients import async_producer_client, producer_client, text
 from smsrelay.streams.keys import shard_keys, shard_of
 from smsrelay.streams.scripts import Scripts
@@ -28,46 +30,34 @@ from smsrelay.streams.wire import publish_call
 
 log = get_logger("smsrelay.producer")
 
-Status = Literal["queued", "duplicate", "rejected", "spooled"]
 _FLUSH_BATCH = 500
-_FLUSH_RETRY_MAX_S = 30.0
+# Errors that say Redis is away (not that it refused one command): they close the gate.
+_OUTAGES: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
+_ASYNC_OUTAGES: tuple[type[BaseException], ...] = (*_OUTAGES, TimeoutError, OSError)
 
 
 @dataclass(frozen=True)
-class PublishResult:
-    status: Status
-    message_id: str | None = None
+class SpoolFlush:
+    """What a `Producer.drain_spool()` did: how many it published, what the folder still
+    holds (`survey`), and the Redis error that stopped it, if one did."""
+
+    published: int
+    survey: SpoolSurvey
     error: str | None = None
 
     @property
-    def ok(self) -> bool:
-        """True when the message will be sent (or already was, for a duplicate)."""
-        return self.status != "rejected"
+    def left(self) -> int:
+        return self.survey.total
 
 
 class _ProducerCore:
-    """What the sync and async producers share: validation, keys, spool, results."""
+    """What the sync and async producers share: keys, spool, gate, results."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.spool = Spool(settings.spool_dir)
-
-    def prepare(
-        self,
-        to: str,
-        body: str,
-        kind: str | None,
-        idempotency_key: str | None,
-        meta: dict[str, Any] | None,
-    ) -> dict[str, str] | PublishResult:
-        """The new entry's stream fields, or the rejection."""
-        try:
-            request = MessageRequest(
-                to=to, body=body, kind=kind, idempotency_key=idempotency_key, meta=meta
-            )
-            return new_entry_fields(request)
-        except ValidationError as exc:
-            return PublishResult("rejected", error=describe_errors(exc))
+        self.owner = SpoolOwner.of(settings.namespace, settings.redis_url)
+        self.spool = Spool(settings.spool_dir, self.owner)
+        self.gate = RedisGate()
 
     def script_args(
         self, shard: int, fields: dict[str, str], idempotency_key: str | None
@@ -78,6 +68,11 @@ class _ProducerCore:
             idempotency_key,
             self.settings.idempotency_ttl_seconds,
         )
+
+    def flush_call(self, request: SpooledRequest) -> tuple[list[str], list[Any]]:
+        # The shard from today's SMSRELAY_SHARDS: the workers read those streams.
+        shard = self.shard(request.fields.get("to", ""))
+        return self.script_args(shard, request.fields, _flush_key(request))
 
     def stream(self, shard: int) -> str:
         return shard_keys(self.settings.namespace, shard).requests
@@ -92,7 +87,9 @@ class _ProducerCore:
         log.info("sms.published" if queued else "sms.duplicate", message_id=message_id, kind=kind)
         return result
 
-    def spool_write(self, fields: dict[str, str], shard: int, reason: str) -> PublishResult:
+    def spool_write(
+        self, fields: dict[str, str], shard: int, reason: str, tried: bool = True
+    ) -> PublishResult:
         message_id = fields["id"]
         try:
             self.spool.write(shard, fields, fields.get("idempotency_key"))
@@ -110,21 +107,32 @@ class _ProducerCore:
                 error=f"Redis unreachable ({reason}) and the spool at "
                 f"{self.spool.directory} is not writable ({exc})",
             )
-        log.warning("sms.spooled", message_id=message_id, redis_error=reason)
+        log.warning("sms.spooled", message_id=message_id, redis_error=reason, tried=tried)
+        why = reason if tried else f"{reason} (moments ago; not tried again until it answers)"
         return PublishResult(
             "spooled",
             message_id=message_id,
-            error=f"Redis unreachable, kept in the local spool: {reason}",
+            error=f"Redis unreachable, kept in the local spool: {why}",
         )
 
-    @staticmethod
-    def finish(result: PublishResult, strict: bool) -> PublishResult:
-        if strict and result.status == "rejected":
-            error = result.error or "rejected"
-            if result.message_id is None:
-                raise InvalidMessageError(error)
-            raise PublishError(error)
-        return result
+    def warn_about_strangers(self) -> None:
+        """Say once, at start, that the spool holds requests this producer will not publish."""
+        others = len(self.spool.files()) - len(self.spool.pending())
+        root = spool_root()
+        legacy = (
+            sum(1 for p in root.glob("*.json") if not p.name.startswith("."))
+            if root != self.spool.directory and root.is_dir()
+            else 0
+        )
+        if others or legacy:
+            log.warning(
+                "sms.spool_not_ours",
+                other_or_legacy=others,
+                spool_dir=str(self.spool.directory),
+                legacy_in_old_folder=legacy,
+                old_folder=str(root),
+                hint="`smsrelay spool-flush` says whose they are; this producer leaves them",
+            )
 
 
 class _ThreadClients:
@@ -163,19 +171,27 @@ class _ThreadClients:
 
 
 class Producer:
-    """Synchronous producer for web handlers and scripts. Thread-safe."""
+    """Synchronous producer for web handlers and scripts. Thread-safe.
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    `background_flush=False` starts no flusher thread: nothing is published behind the
+    caller's back (`smsrelay spool-flush` drains the spool itself, with `drain_spool()`).
+    """
+
+    def __init__(self, settings: Settings | None = None, *, background_flush: bool = True) -> None:
         self.settings = settings or Settings.load()
         self._core = _ProducerCore(self.settings)
         self._clients = _ThreadClients(self.settings)
         # Scripts only need a client to register on (no connection): calls pass their own.
         self._scripts = Scripts(producer_client(self.settings))
+        self._background = background_flush
         self._flusher: threading.Thread | None = None
         self._flusher_lock = threading.Lock()
+        self._pid = os.getpid()
         self._closed = threading.Event()
-        if self._core.spool.pending():
-            self._start_flusher()
+        if background_flush:
+            self._core.warn_about_strangers()
+            if self._core.spool.pending():
+                self._start_flusher()
 
     @classmethod
     def from_env(cls) -> Producer:
@@ -191,10 +207,13 @@ class Producer:
         meta: dict[str, Any] | None = None,
         strict: bool = False,
     ) -> PublishResult:
-        fields = self._core.prepare(to, body, kind, idempotency_key, meta)
+        fields = prepare(to, body, kind, idempotency_key, meta)
         if isinstance(fields, PublishResult):
-            return self._core.finish(fields, strict)
+            return finish(fields, strict)
         shard = self._core.shard(fields["to"])
+        gated = self._core.gate.closed()
+        if gated is not None:
+            return finish(self._spool(fields, shard, gated, tried=False), strict)
         try:
             client = self._clients.get()  # connects on a thread's first call: may fail
             if not idempotency_key:
@@ -206,34 +225,71 @@ class Producer:
                 keys, args = self._core.script_args(shard, fields, idempotency_key)
                 reply = self._scripts.publish(keys=keys, args=args, client=client)
         except redis.RedisError as exc:
-            result = self._core.spool_write(fields, shard, _describe(exc))
-            if result.status == "spooled":
-                self._start_flusher()
-            return self._core.finish(result, strict)
+            reason = _describe(exc)
+            if isinstance(exc, _OUTAGES):
+                self._core.gate.fail(reason)
+            return finish(self._spool(fields, shard, reason), strict)
         return self._core.result_from_reply(reply, kind)
 
-    def flush_spool(self) -> int:
-        """Publish what the spool holds; returns how many went out. Raises on Redis errors."""
+    def _spool(
+        self, fields: dict[str, str], shard: int, reason: str, tried: bool = True
+    ) -> PublishResult:
+        result = self._core.spool_write(fields, shard, reason, tried)
+        if result.status == "spooled" and self._background:
+            self._start_flusher()
+        return result
+
+    def flush_spool(
+        self, limit: int = _FLUSH_BATCH, *, spool: Spool | None = None, adopt_legacy: bool = False
+    ) -> int:
+        """Publish up to `limit` of this producer's spooled requests; returns how many went
+        out (held ones are skipped). Raises on Redis errors.
+
+        `spool`: another folder (with this producer's owner); `adopt_legacy`: publish files
+        that record no namespace too, into this producer's namespace and Redis.
+        """
+        spool = self._core.spool if spool is None else spool
+        paths = spool.pending() + (spool.legacy() if adopt_legacy else [])
         published = 0
-        for path in self._core.spool.pending()[:_FLUSH_BATCH]:
-            with self._core.spool.claim(path) as request:
+        for path in paths:
+            if published >= limit:
+                break
+            with spool.claim(path, adopt_legacy=adopt_legacy) as request:
                 if request is None:
                     continue
-                keys, args = self._core.script_args(
-                    request.shard, request.fields, _flush_key(request)
-                )
+                keys, args = self._core.flush_call(request)
                 self._scripts.publish(keys=keys, args=args, client=self._clients.get())
-                self._core.spool.done(request)
+                spool.done(request)
                 published += 1
         if published:
             log.info("sms.spool_flushed", published=published)
         return published
 
+    def drain_spool(self, *, spool: Spool | None = None, adopt_legacy: bool = False) -> SpoolFlush:
+        """Publish every spooled request of this producer that no other flusher holds, then
+        say what the folder still holds. A Redis error stops it (`SpoolFlush.error`)."""
+        spool = self._core.spool if spool is None else spool
+        published, error = 0, None
+        try:
+            while (batch := self.flush_spool(spool=spool, adopt_legacy=adopt_legacy)) > 0:
+                published += batch
+        except redis.RedisError as exc:
+            error = _describe(exc)
+        return SpoolFlush(published, spool.survey(), error)
+
     def spooled(self) -> int:
-        """How many requests wait in the local spool."""
+        """How many of this producer's requests wait in the local spool."""
         return len(self._core.spool)
 
+    @property
+    def spool(self) -> Spool:
+        return self._core.spool
+
     def _start_flusher(self) -> None:
+        if self._pid != os.getpid():
+            # A forked child: the parent's thread did not come along, and its lock may have
+            # been held at the fork.
+            self._pid, self._flusher, self._flusher_lock = os.getpid(), None, threading.Lock()
         with self._flusher_lock:
             if self._flusher is not None and self._flusher.is_alive():
                 return
@@ -243,14 +299,23 @@ class Producer:
             self._flusher.start()
 
     def _flush_loop(self) -> None:
-        delay = 0.5
-        while not self._closed.is_set() and self._core.spool.pending():
+        """Publish the spool; while the gate is closed, probe Redis and open it."""
+        pause = PROBE_FIRST_S
+        while not self._closed.is_set():
+            gated = self._core.gate.closed() is not None
+            if not gated and not self._core.spool.pending():
+                return
             try:
+                if gated:
+                    self._clients.get().ping()
+                    self._core.gate.open()
                 # Nothing published while files remain: another flusher holds them.
-                delay = 0.5 if self.flush_spool() == 0 else 0.0
-            except redis.RedisError:
-                delay = min(max(delay * 2, 0.5), _FLUSH_RETRY_MAX_S)
-            if delay and self._closed.wait(delay):
+                pause = 0.5 if self.flush_spool() == 0 else 0.0
+            except redis.RedisError as exc:
+                if isinstance(exc, _OUTAGES):
+                    self._core.gate.fail(_describe(exc))
+                pause = min(max(pause * 2, PROBE_FIRST_S), PROBE_MAX_S)
+            if pause and self._closed.wait(pause):
                 return
 
     def close(self) -> None:
@@ -267,11 +332,12 @@ class Producer:
 class AsyncProducer:
     """asyncio producer; `await producer.publish(...)`. One per event loop."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, background_flush: bool = True) -> None:
         self.settings = settings or Settings.load()
         self._core = _ProducerCore(self.settings)
         self._redis = async_producer_client(self.settings)
         self._scripts = Scripts(self._redis)
+        self._background = background_flush
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -289,10 +355,13 @@ class AsyncProducer:
         meta: dict[str, Any] | None = None,
         strict: bool = False,
     ) -> PublishResult:
-        fields = self._core.prepare(to, body, kind, idempotency_key, meta)
+        fields = prepare(to, body, kind, idempotency_key, meta)
         if isinstance(fields, PublishResult):
-            return self._core.finish(fields, strict)
+            return finish(fields, strict)
         shard = self._core.shard(fields["to"])
+        gated = self._core.gate.closed()
+        if gated is not None:
+            return finish(await self._spool(fields, shard, gated, tried=False), strict)
         try:
             # One bound for the whole call, connect + reply (the client has no read timeout).
             async with asyncio.timeout(self.settings.publish_timeout_seconds * 2):
@@ -303,21 +372,29 @@ class AsyncProducer:
                     keys, args = self._core.script_args(shard, fields, idempotency_key)
                     reply = await self._scripts.publish(keys=keys, args=args)
         except (redis.RedisError, TimeoutError, OSError) as exc:
-            result = await asyncio.to_thread(self._core.spool_write, fields, shard, _describe(exc))
-            if result.status == "spooled":
-                self._start_flusher()
-            return self._core.finish(result, strict)
+            reason = _describe(exc)
+            if isinstance(exc, _ASYNC_OUTAGES):
+                self._core.gate.fail(reason)
+            return finish(await self._spool(fields, shard, reason), strict)
         return self._core.result_from_reply(reply, kind)
 
-    async def flush_spool(self) -> int:
+    async def _spool(
+        self, fields: dict[str, str], shard: int, reason: str, tried: bool = True
+    ) -> PublishResult:
+        result = await asyncio.to_thread(self._core.spool_write, fields, shard, reason, tried)
+        if result.status == "spooled" and self._background:
+            self._start_flusher()
+        return result
+
+    async def flush_spool(self, limit: int = _FLUSH_BATCH) -> int:
         published = 0
-        for path in self._core.spool.pending()[:_FLUSH_BATCH]:
+        for path in self._core.spool.pending():
+            if published >= limit:
+                break
             with self._core.spool.claim(path) as request:
                 if request is None:
                     continue
-                keys, args = self._core.script_args(
-                    request.shard, request.fields, _flush_key(request)
-                )
+                keys, args = self._core.flush_call(request)
                 async with asyncio.timeout(self.settings.publish_timeout_seconds * 2):
                     await self._scripts.publish(keys=keys, args=args)
                 self._core.spool.done(request)
@@ -326,23 +403,44 @@ class AsyncProducer:
             log.info("sms.spool_flushed", published=published)
         return published
 
+    def spooled(self) -> int:
+        """How many of this producer's requests wait in the local spool."""
+        return len(self._core.spool)
+
+    @property
+    def spool(self) -> Spool:
+        return self._core.spool
+
     def _start_flusher(self) -> None:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
-        delay = 0.5
-        while not self._closed and self._core.spool.pending():
+        """Publish the spool; while the gate is closed, probe Redis and open it."""
+        pause = PROBE_FIRST_S
+        while not self._closed:
+            gated = self._core.gate.closed() is not None
+            if not gated and not self._core.spool.pending():
+                return
             try:
-                delay = 0.5 if await self.flush_spool() == 0 else 0.0
-            except (redis.RedisError, OSError):
-                delay = min(max(delay * 2, 0.5), _FLUSH_RETRY_MAX_S)
-            await asyncio.sleep(delay)
+                if gated:
+                    async with asyncio.timeout(self.settings.publish_timeout_seconds * 2):
+                        await self._redis.ping()
+                    self._core.gate.open()
+                pause = 0.5 if await self.flush_spool() == 0 else 0.0
+            except _ASYNC_OUTAGES as exc:
+                self._core.gate.fail(_describe(exc))
+                pause = min(max(pause * 2, PROBE_FIRST_S), PROBE_MAX_S)
+            except redis.RedisError:
+                pause = min(max(pause * 2, PROBE_FIRST_S), PROBE_MAX_S)
+            await asyncio.sleep(pause)
 
     async def start(self) -> None:
         """Flush requests a previous process left in the spool (call once at start-up)."""
-        if self._core.spool.pending():
-            self._start_flusher()
+        if self._background:
+            self._core.warn_about_strangers()
+            if self._core.spool.pending():
+                self._start_flusher()
 
     async def aclose(self) -> None:
         self._closed = True
@@ -368,4 +466,4 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-__all__ = ["AsyncProducer", "Producer", "PublishResult"]
+__all__ = ["AsyncProducer", "Producer", "PublishResult", "SpoolFlush", "Status"]

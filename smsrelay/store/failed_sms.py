@@ -67,6 +67,7 @@ class Outcome:
     message_sid: str
     resolved_at: datetime
     replay_of: str | None
+    attempts: int = 0  # provider attempts the replay made (the one that sent it included)
 
 
 def _record(row: dict[str, Any]) -> FailedSmsRecord:
@@ -240,7 +241,7 @@ async def apply_outcome(conn: Connection, outcome: Outcome) -> list[StreamRef]:
     await conn.execute(
         sql.SQL("""
         UPDATE public.failed_sms SET status = 'resolved', message_sid = %(sid)s,
-            resolved_at = %(at)s,
+            resolved_at = %(at)s, attempts = attempts + %(attempts)s,
             dead_letter_id = CASE WHEN %(replay_of)s::text IS NOT NULL
                 AND (dead_letter_id IS NULL OR {newer})
                 THEN %(replay_of)s::text ELSE dead_letter_id END
@@ -251,6 +252,7 @@ async def apply_outcome(conn: Connection, outcome: Outcome) -> list[StreamRef]:
             "sid": _clean(outcome.message_sid),
             "at": outcome.resolved_at,
             "replay_of": outcome.replay_of,
+            "attempts": outcome.attempts,
         },
     )
     return await _superseded(conn, outcome.message_id, [prev])

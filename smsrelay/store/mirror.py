@@ -244,11 +244,13 @@ def parse_outcome(raw: RawFields) -> Outcome | None:
         resolved_at = clock.parse_iso(fields.get("resolved_at", ""))
     except ValueError:
         resolved_at = clock.now()
+    attempts = fields.get("attempts", "0")
     return Outcome(
         message_id=message_id,
         message_sid=fields.get("message_sid", ""),
         resolved_at=resolved_at,
         replay_of=fields.get("replay_of") or None,
+        attempts=max(0, min(int(attempts), 1000)) if attempts.isdigit() else 0,
     )
 
 

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from smsrelay import AsyncProducer, InvalidMessageError, Producer
 from smsrelay.producers.publish import PublishResult
-from smsrelay.producers.spool import Spool
+from smsrelay.producers.spool import Spool, SpoolOwner
 from smsrelay.schemas.entry import (
     InvalidEntry,
     MessageRequest,
@@ -188,7 +188,7 @@ def test_publish_with_redis_away_spools_only_what_a_worker_reads(
 ) -> None:
     spool_dir = tmp_path / "spool"
     down = make_settings(DOWN_URL, namespace, tmp_path, "http://127.0.0.1:9")
-    for old in Spool(spool_dir).pending():
+    for old in Spool(spool_dir, SpoolOwner.of(namespace, DOWN_URL)).pending():
         old.unlink()
     # Given Redis is unreachable, When anything is published
     with Producer(down) as producer:
@@ -200,6 +200,6 @@ def test_publish_with_redis_away_spools_only_what_a_worker_reads(
         _check_refused(result)
         return
     # (read without the spool's lock: the producer's flusher may be holding it)
-    [path] = Spool(spool_dir).pending()
+    [path] = Spool(spool_dir, SpoolOwner.of(namespace, DOWN_URL)).pending()
     spooled = json.loads(path.read_text())
     _check_readable(spooled["fields"], result, args["body"], args["meta"])

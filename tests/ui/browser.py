@@ -8,6 +8,8 @@ the tests launch /usr/bin/chromium, which scripts/test installs (apt-get) when m
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -33,7 +35,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = Path(__file__).parents[2] / "docs" / "img"
+# The README's screenshots: refreshed in docs/img when SMSRELAY_UPDATE_SCREENSHOTS=1 (so a test
+# run does not leave tracked files changed), taken into a scratch folder otherwise.
+SCREENSHOTS = (
+    Path(__file__).parents[2] / "docs" / "img"
+    if os.environ.get("SMSRELAY_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "smsrelay-screenshots"
+)
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
