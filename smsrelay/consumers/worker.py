@@ -292,7 +292,11 @@ class Worker:
             self._holding.discard(delivery)
             self._slot_freed.set()
             if probe:
+                # A probe whose message never reached the provider (expired, sent already,
+                # rate-limited...) proved nothing: the next entry may probe at once.
                 self._probing = False
+                with contextlib.suppress(Exception):
+                    await self.fleet.give_back_probe(self.name)
 
     # -- upkeep ----------------------------------------------------------------------------
     async def _breaker_loop(self) -> None:

@@ -126,6 +126,7 @@ def test_one_number_failing_alone_follows_the_seed_rule_and_others_are_not_delay
     assert _breaker(pipeline.client, namespace).get("opened_total", "0") == "0"
 
 
+@pytest.mark.timeout(60)
 def test_three_workers_keep_one_send_rate(
     redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
 ) -> None:
@@ -146,6 +147,7 @@ def test_three_workers_keep_one_send_rate(
     record_figure("send-rate", "average over 10 s", len(window) / 10, "req/s")
 
 
+@pytest.mark.timeout(60)
 def test_messages_that_expire_during_an_outage_are_never_sent(
     redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
 ) -> None:
