@@ -51,6 +51,13 @@ def register(subparsers: Any) -> None:
     admin.add_argument("--port", type=int, default=8080)
     admin.set_defaults(func=cmd_admin)
 
+    trace = subparsers.add_parser(
+        "trace", help="a message's status and trace (published, attempts, sent, receipts)"
+    )
+    trace.add_argument("id", help="the message id")
+    trace.add_argument("--json", action="store_true", help="print the API's JSON")
+    trace.set_defaults(func=cmd_trace)
+
     migrate = subparsers.add_parser("migrate", help="create or update the Postgres schema")
     migrate.set_defaults(func=cmd_migrate)
 
@@ -266,6 +273,36 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
         _emit(result)
     else:
         print(f"sent: {request.id} (message SID {result.message_sid})")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
+    from smsrelay.admin.service import open_service
+    from smsrelay.schemas.api import MessageResponse, MessageTrace
+
+    request = _validate(RetryRequest, args.json, id=args.id)
+    if isinstance(request, int):
+        return request
+
+    async def run() -> MessageTrace:
+        async with open_service(settings, log_outages=False) as service:
+            return await service.message(request.id)
+
+    result = _run(args, run())
+    if isinstance(result, int):
+        return result
+    if args.json:
+        _emit(MessageResponse(data=result))
+        return 0
+    print(
+        f"message {result.id} to {result.phone or '?'}: {result.status}"
+        + (f", SID {result.message_sid}" if result.message_sid else "")
+        + f", {result.attempts} attempt(s)"
+        + (f", reason {result.reason}" if result.reason else "")
+    )
+    for event in result.events:
+        at = event.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        print(f"  {at}  {event.event:<24} {event.detail}".rstrip())
     return 0
 
 

@@ -41,7 +41,19 @@ def mirror_upkeep(settings: Settings, outages: Outages) -> list[Upkeep]:
     """The dead-letter mirror runs inside every worker (its consumer group shares the work)."""
 
     async def mirror(stop: asyncio.Event) -> None:
-        await run_mirror(settings, stop, outages)
+        # An undelivered message's record needs its body, which only Twilio still has.
+        from smsrelay.consumers.providers.twilio import TwilioProvider
+
+        provider: TwilioProvider | None = None
+        try:
+            provider = TwilioProvider(settings, pool_size=2)
+        except ConfigError:
+            provider = None  # (no Twilio settings: records of undelivered SMS lack the body)
+        try:
+            await run_mirror(settings, stop, outages, provider.fetch_body if provider else None)
+        finally:
+            if provider is not None:
+                await provider.aclose()
 
     return [mirror]
 

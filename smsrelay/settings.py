@@ -132,6 +132,8 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(86_400, ge=1)
     sent_marker_ttl_seconds: int = Field(7 * 86_400, ge=60)
     dead_letter_retention_days: float = Field(14, ge=0, le=3650)
+    trace_ttl_seconds: int = Field(604_800, ge=0, le=366 * _DAY_S)
+    sent_sms_retention_days: float = Field(90, ge=0, le=3650)
 
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

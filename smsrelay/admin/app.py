@@ -15,6 +15,7 @@ from smsrelay.admin.auth import FailedAuth
 from smsrelay.admin.docs import install_docs
 from smsrelay.admin.errors import GuardMiddleware, install_error_handlers
 from smsrelay.admin.metrics import UnreadCache
+from smsrelay.admin.receipts import twilio
 from smsrelay.admin.routes import api, ops
 from smsrelay.admin.security import SecurityHeaders
 from smsrelay.admin.service import open_service
@@ -69,6 +70,7 @@ def create_app(settings: Settings, *, failed_auth: FailedAuth | None = None) -> 
     install_docs(app)
     app.include_router(api)
     app.include_router(ops)
+    app.include_router(twilio)
     install_console(app, credentials, failed_auth)
     return app
 

@@ -30,6 +30,8 @@ log = get_logger("smsrelay.admin.metrics")
 
 POSTGRES_TIMEOUT_S = 3.0
 UNREAD_SCAN_INTERVAL_S = 300.0
+# Every series exists from the start, so rate() works the moment the first receipt comes.
+DELIVERY_STATUSES = ("delivered", "undelivered", "failed")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Snapshot:
     unmirrored: dict[int, int] = field(default_factory=dict)
     unread_streams: int = 0
     breaker_open: bool = False
+    delivery: dict[str, int] = field(default_factory=dict)
     dead_letters: dict[str, int] = field(default_factory=dict)
     admin_retries: dict[str, int] = field(default_factory=dict)
     records: dict[str, int] = field(default_factory=dict)
@@ -119,6 +122,15 @@ class SnapshotCollector(Collector):
         for outcome, value in sorted(s.admin_retries.items()):
             retries.add_metric([outcome], value)
         yield retries
+        delivery = CounterMetricFamily(
+            "smsrelay_delivery_status",
+            "Delivery receipts that moved a message to a status (delivered, undelivered, "
+            "failed, ...), counted in Redis over every admin and restart.",
+            labels=["status"],
+        )
+        for status, value in sorted(s.delivery.items()):
+            delivery.add_metric([status], value)
+        yield delivery
         errors = GaugeMetricFamily(
             "smsrelay_scrape_error",
             "1 when this scrape could not read the source; its metrics are missing.",
@@ -183,6 +195,7 @@ async def _read_redis(service: AdminService, unread: UnreadCache, s: Snapshot) -
         s.errors["redis"] = True
         return
     s.breaker_open = current.breaker.open
+    s.delivery = {status: 0 for status in DELIVERY_STATUSES} | current.delivery
     s.dead_letters = {reason.value: 0 for reason in DeadLetterReason}
     s.admin_retries = dict.fromkeys(RETRY_OUTCOMES, 0)
     for shard in current.shards:

@@ -19,7 +19,7 @@ from functools import partial
 
 from smsrelay import clock
 from smsrelay.outage import Outages, until_done
-from smsrelay.schemas.dead_letter import DeadLetter
+from smsrelay.schemas.dead_letter import DeadLetter, DeadLetterReason
 from smsrelay.schemas.entry import SCHEMA_VERSION
 from smsrelay.schemas.records import FailedSmsRecord
 from smsrelay.streams.clients import text
@@ -69,6 +69,8 @@ async def publish_one(queue: Queue, record: FailedSmsRecord) -> bool:
     # An empty replay_of still asks the worker for an outcome (rows without a dead entry).
     fields["replay_of"] = record.dead_letter_id or ""
     fields["id"] = str(record.id)
+    if record.reason == DeadLetterReason.UNDELIVERED.value and record.message_sid:
+        fields["resend_of"] = record.message_sid  # sent once, never delivered: a new SMS
     shard = shard_of(fields.get("to", record.phone), queue.settings.shards)
     return await queue.publish(fields, f"replay:{record.dead_letter_id or record.id}", shard)
 

@@ -26,6 +26,8 @@ from smsrelay.schemas.api import (
     HealthResponse,
     ListResponse,
     MessageId,
+    MessageListResponse,
+    MessageResponse,
     Pagination,
     RateLimitedResponse,
     ReadyResponse,
@@ -88,6 +90,8 @@ def _errors(*statuses: int, changes: bool = False) -> dict[int | str, dict[str, 
             "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
         },
     }
+    if changes:  # (a body over the guard's limit, before any parsing)
+        described[413] = {"model": ErrorResponse, "description": "The body is over 64 KiB"}
     return described
 
 
@@ -165,6 +169,31 @@ async def replay_dead_letters(
     )
     service.start_replay(plan)
     return ReplayResponse(queued=len(plan.records), skipped=plan.skipped)
+
+
+@api.get("/messages", response_model=MessageListResponse, responses=_errors())
+async def messages_of_a_phone(
+    service: Service,
+    phone: Annotated[
+        str,
+        Query(
+            max_length=40,
+            json_schema_extra={"pattern": PHONE_FILTER},
+            description="E.164, e.g. +14155552671",
+        ),
+        AfterValidator(normalize_phone_filter),
+    ],
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 20,
+) -> MessageListResponse:
+    """A phone's recent messages (sent and failed), newest first."""
+    assert phone is not None  # (normalize_phone_filter keeps a given value)
+    return MessageListResponse(data=await service.messages_for_phone(phone, limit))
+
+
+@api.get("/messages/{message_id}", response_model=MessageResponse, responses=_errors(404))
+async def message_trace(message_id: MessageId, service: Service) -> MessageResponse:
+    """A message's status and trace: published, attempts, waits, sent, receipts, dead letter."""
+    return MessageResponse(data=await service.message(message_id))
 
 
 @api.get("/audit", response_model=AuditListResponse, responses=_errors())

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from smsrelay.admin.audit import UNNAMED_ACTOR, AuditTrail, Change
 from smsrelay.admin.replay import ReplayPlan, publish_replay
+from smsrelay.admin.trace import message_trace, recent_for_phone
 from smsrelay.consumers.direct import DirectResult, DirectSender
 from smsrelay.consumers.providers.base import Provider
 from smsrelay.errors import (
@@ -35,12 +36,13 @@ from smsrelay.errors import (
 )
 from smsrelay.logging import get_logger
 from smsrelay.outage import Outages, is_outage
+from smsrelay.schemas.api import MessageSummary, MessageTrace
 from smsrelay.schemas.dead_letter import DeadLetterReason
 from smsrelay.schemas.entry import MessageRequest, describe_errors
 from smsrelay.schemas.records import FailedSmsRecord, RecordPage, RecordStatus
 from smsrelay.settings import Settings
 from smsrelay.store import failed_sms
-from smsrelay.store.db import Connection, Database
+from smsrelay.store.db import Connection, Database, DatabaseUnavailable
 from smsrelay.streams.clients import admin_client
 from smsrelay.streams.keys import shard_of
 from smsrelay.streams.queue import Queue
@@ -159,6 +161,21 @@ class AdminService:
             raise NotFoundError(f"no failed SMS with id {message_id}")
         return record
 
+    # -- trace -----------------------------------------------------------------------------
+    async def message(self, message_id: uuid.UUID) -> MessageTrace:
+        """A message's trace; from Redis alone when Postgres is away."""
+        try:
+            async with self.db.connection() as conn:
+                with redis_errors():
+                    return await message_trace(self.queue, conn, self.namespace, message_id)
+        except DatabaseUnavailable:
+            with redis_errors():
+                return await message_trace(self.queue, None, self.namespace, message_id)
+
+    async def messages_for_phone(self, phone: str, limit: int) -> list[MessageSummary]:
+        async with self.db.connection() as conn:
+            return await recent_for_phone(conn, self.namespace, phone, limit)
+
     # -- retry now -------------------------------------------------------------------------
     async def retry(
         self, message_id: uuid.UUID, *, force: bool = False, actor: str = UNNAMED_ACTOR
@@ -190,6 +207,10 @@ class AdminService:
                             record.message,
                             force=force,
                             resolves=record.dead_letter_id,
+                            # an undelivered message was sent: its marker must not stop a new SMS
+                            resend_of=record.message_sid or ""
+                            if record.reason == DeadLetterReason.UNDELIVERED.value
+                            else "",
                         )
                 except ProviderError as exc:
                     outcome = "provider_error"

@@ -86,7 +86,9 @@ class ProviderAttempt:
 
     async def hold(self, delivery: Delivery, entry: RequestEntry) -> None:
         """The breaker opened as this message was begun: wait in Redis, attempt given back."""
-        await self.settler.delay(delivery, entry, self.policy.delay_s(1), refund=True)
+        await self.settler.delay(
+            delivery, entry, self.policy.delay_s(1), refund=True, event="held_for_provider"
+        )
         log.info("sms.held_for_provider", message_id=entry.message_id, breaker="open")
 
     async def exhausted(self, delivery: Delivery, entry: RequestEntry, decision: Begin) -> None:
@@ -131,7 +133,13 @@ class ProviderAttempt:
             if verdict.outage:
                 wait_s = max(exc.retry_after_s or 0.0, self.policy.delay_s(1))
                 await self.settler.delay(
-                    delivery, entry, wait_s, error, refund=True, ambiguous=exc.ambiguous
+                    delivery,
+                    entry,
+                    wait_s,
+                    error,
+                    refund=True,
+                    ambiguous=exc.ambiguous,
+                    event="held_for_provider",
                 )
                 log.info(
                     "sms.held_for_provider",

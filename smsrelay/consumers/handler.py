@@ -8,12 +8,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from smsrelay import clock
 from smsrelay.consumers.attempt import ProviderAttempt
 from smsrelay.consumers.breaker import ProviderBreaker
 from smsrelay.consumers.metrics import WorkerMetrics
 from smsrelay.consumers.providers.base import Provider
 from smsrelay.consumers.retry import RetryPolicy
-from smsrelay.consumers.settle import Settler, resolved
+from smsrelay.consumers.settle import Settler
 from smsrelay.logging import get_logger
 from smsrelay.outage import Outages
 from smsrelay.schemas.dead_letter import DeadLetterReason as Reason
@@ -73,6 +74,8 @@ class MessageHandler:
             entry.message_id,
             entry.to,
             expires_at_ms=round(expiry.timestamp() * 1000) if expiry else 0,
+            published_ms=round(entry.created_at.timestamp() * 1000),
+            resend_of=wire.field(delivery.fields, "resend_of") or "",
         )
 
     async def decide_batch(self, deliveries: Sequence[Delivery]) -> list[Decided | None]:
@@ -178,6 +181,15 @@ class MessageHandler:
         if replay_of is None:
             await self.settler.drop(delivery)
         else:  # a replay of a message that did go out: its record must still resolve
+            outcome = wire.sent_outcome(
+                entry.message_id,
+                phone=entry.to,
+                sid=sid,
+                attempts=0,
+                kind=entry.kind,
+                replay_of=replay_of,
+                sent_at=clock.now_iso(),
+            )
             await self.settler.through_outages(
                 partial(
                     self.queue.mark_sent,
@@ -185,7 +197,8 @@ class MessageHandler:
                     delivery,
                     entry.message_id,
                     sid,
-                    resolved(entry.message_id, sid, replay_of, 0),
+                    outcome,
+                    "already_sent",
                 )
             )
         log.info("sms.already_sent", message_id=entry.message_id, sid=sid)
@@ -199,7 +212,9 @@ class MessageHandler:
         # An admin asked for this replay while another sender (a "retry now") holds the
         # message: ask again later. If that send succeeds this copy finds the sent marker and
         # resolves the record; if it fails, this copy sends.
-        await self.settler.delay(delivery, entry, self.busy_wait_s)
+        await self.settler.delay(
+            delivery, entry, self.busy_wait_s, event="waiting_for_other_sender"
+        )
         log.info(
             "sms.waiting_for_other_sender",
             message_id=entry.message_id,
@@ -224,7 +239,7 @@ class MessageHandler:
     ) -> None:
         self.metrics.rate_limited.inc()
         if self.settings.on_rate_limit == "defer":
-            await self.settler.delay(delivery, entry, wait_ms / 1000)
+            await self.settler.delay(delivery, entry, wait_ms / 1000, event="deferred")
             log.info(
                 "sms.deferred",
                 message_id=entry.message_id,

@@ -60,12 +60,25 @@ class Settler:
     ) -> None:
         """The provider has the message: the marker must be written whatever Redis does now,
         or a redelivery would send it again (rule 4)."""
-        replay_of = wire.field(delivery.fields, "replay_of")
-        outcome = (
-            resolved(entry.message_id, sid, replay_of, attempt) if replay_of is not None else None
+        outcome = wire.sent_outcome(
+            entry.message_id,
+            phone=entry.to,
+            sid=sid,
+            attempts=attempt,
+            kind=entry.kind,
+            replay_of=wire.field(delivery.fields, "replay_of"),
+            sent_at=clock.now_iso(),
         )
         await self.through_outages(
-            partial(self.queue.mark_sent, delivery.shard, delivery, entry.message_id, sid, outcome)
+            partial(
+                self.queue.mark_sent,
+                delivery.shard,
+                delivery,
+                entry.message_id,
+                sid,
+                outcome,
+                "found_at_provider" if event == "sms.found_at_provider" else "sent",
+            )
         )
         self.metrics.messages_sent.inc()
         self.metrics.end_to_end.observe(max(0.0, (clock.now() - entry.created_at).total_seconds()))
@@ -88,7 +101,9 @@ class Settler:
         *,
         refund: bool = False,
         ambiguous: bool = False,
+        event: str = "retry_scheduled",
     ) -> None:
+        """Hold the entry in the delay set; `event` names the wait in the message's trace."""
         fields = entry.to_fields() | wire.carried(delivery.fields)
         await self.through_outages(
             partial(
@@ -100,6 +115,7 @@ class Settler:
                 error,
                 refund=refund,
                 ambiguous=ambiguous,
+                event=event,
             ),
             bool,
         )
@@ -144,16 +160,3 @@ class Settler:
                 error=error,
                 attempts=attempts,
             )
-
-
-def resolved(message_id: str, sid: str, replay_of: str | None, attempts: int) -> dict[str, str]:
-    """The outcome entry that tells the mirror a replayed dead letter was sent, and with how
-    many provider attempts (added to the record's, as an admin retry's are)."""
-    return {
-        "id": message_id,
-        "status": "resolved",
-        "message_sid": sid,
-        "replay_of": replay_of or "",
-        "resolved_at": clock.now_iso(),
-        "attempts": str(attempts),
-    }

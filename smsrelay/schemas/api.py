@@ -261,3 +261,43 @@ class ReadyResponse(ApiModel):
     status: Literal["ready", "unavailable"]
     redis: str
     postgres: str
+
+
+MessageStatus = Literal[
+    "queued", "waiting", "sent", "delivered", "undelivered", "failed", "expired"
+]
+
+
+class TraceEvent(ApiModel):
+    at: IsoTime
+    event: str
+    detail: str
+
+
+class MessageTrace(ApiModel):
+    id: uuid.UUID
+    phone: str
+    status: MessageStatus
+    message_sid: str | None
+    attempts: int
+    reason: str | None
+    events: list[TraceEvent]
+
+
+class MessageResponse(ApiModel):
+    success: Literal[True] = True
+    data: MessageTrace
+
+
+class MessageSummary(ApiModel):
+    id: uuid.UUID
+    phone: str
+    status: MessageStatus
+    message_sid: str | None
+    at: IsoTime
+    reason: str | None
+
+
+class MessageListResponse(ApiModel):
+    success: Literal[True] = True
+    data: list[MessageSummary]

@@ -18,6 +18,7 @@ class DeadLetterReason(StrEnum):
     INVALID_PAYLOAD = "invalid_payload"
     POISON = "poison"
     EXPIRED = "expired"
+    UNDELIVERED = "undelivered"
 
 
 # Fields the worker adds to the original entry's fields. An original field of the same name

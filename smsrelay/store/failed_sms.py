@@ -22,6 +22,7 @@ from smsrelay import clock
 from smsrelay.schemas.dead_letter import DeadLetter, DeadLetterReason
 from smsrelay.schemas.records import FailedSmsRecord, RecordPage, RecordStatus
 from smsrelay.store.db import Connection
+from smsrelay.store.sent_sms import SentRow
 
 COLUMNS = (
     "id",
@@ -68,6 +69,8 @@ class Outcome:
     resolved_at: datetime
     replay_of: str | None
     attempts: int = 0  # provider attempts the replay made (the one that sent it included)
+    sent: SentRow | None = None  # the message's sent_sms row (every send since sent_sms)
+    resolves: bool = True  # a failed_sms record of the message is to be resolved
 
 
 def _record(row: dict[str, Any]) -> FailedSmsRecord:
@@ -256,6 +259,48 @@ async def apply_outcome(conn: Connection, outcome: Outcome) -> list[StreamRef]:
         },
     )
     return await _superseded(conn, outcome.message_id, [prev])
+
+
+async def record_undelivered(
+    conn: Connection,
+    namespace: str,
+    *,
+    message_id: uuid.UUID,
+    phone: str,
+    body: str,
+    message_sid: str,
+    error: str,
+    attempts: int,
+    sent_at: datetime,
+    shard: int,
+) -> None:
+    """A message the provider accepted and then could not deliver: a `failed` record with
+    reason `undelivered` and its SID (a retry sends a new SMS). Run in a transaction."""
+    await conn.execute(
+        """
+        INSERT INTO public.failed_sms AS f
+            (id, phone, message, error, attempts, created_at, last_attempt_at, reason, status,
+             message_sid, namespace, shard)
+        VALUES (%(id)s, %(phone)s, %(message)s, %(error)s, %(attempts)s, %(sent_at)s,
+                %(sent_at)s, 'undelivered', 'failed', %(sid)s, %(namespace)s, %(shard)s)
+        ON CONFLICT (id) DO UPDATE SET
+            error = EXCLUDED.error, reason = 'undelivered', status = 'failed',
+            message_sid = EXCLUDED.message_sid, resolved_at = NULL,
+            message = CASE WHEN EXCLUDED.message <> '' THEN EXCLUDED.message ELSE f.message END,
+            last_attempt_at = EXCLUDED.last_attempt_at
+        """,
+        {
+            "id": message_id,
+            "phone": _clean(phone)[:64],
+            "message": _clean(body),
+            "error": _clean(error),
+            "attempts": attempts,
+            "sent_at": sent_at,
+            "sid": message_sid,
+            "namespace": namespace,
+            "shard": shard,
+        },
+    )
 
 
 async def mark_resolved(

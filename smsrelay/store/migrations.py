@@ -110,6 +110,50 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         ),
     ),
+    Migration(
+        4,
+        "sent_sms: every message the provider accepted, with its delivery receipts",
+        (
+            # The long-term home of a message's trace (SMSRELAY_SENT_SMS_RETENTION_DAYS).
+            # `delivery_status` is the most final status a receipt reported (null until one);
+            # no body is kept: an undelivered message's body is fetched from the provider.
+            """
+        CREATE TABLE IF NOT EXISTS public.sent_sms (
+            id              uuid PRIMARY KEY,
+            namespace       text NOT NULL,
+            phone           text NOT NULL,
+            message_sid     text NOT NULL,
+            kind            text NULL,
+            attempts        integer NOT NULL DEFAULT 1,
+            sent_at         timestamptz NOT NULL,
+            delivery_status text NULL,
+            delivered_at    timestamptz NULL,
+            error           text NULL
+        )
+        """,
+            """
+        CREATE INDEX IF NOT EXISTS sent_sms_sid_idx ON public.sent_sms (message_sid)
+        """,
+            """
+        CREATE INDEX IF NOT EXISTS sent_sms_phone_idx
+            ON public.sent_sms (namespace, phone, sent_at DESC)
+        """,
+            """
+        CREATE INDEX IF NOT EXISTS sent_sms_sent_at_idx ON public.sent_sms (sent_at)
+        """,
+            # Receipts that arrived before their message's row (two streams, two mirrors):
+            # applied when the row comes.
+            """
+        CREATE TABLE IF NOT EXISTS public.unmatched_receipts (
+            message_sid text NOT NULL,
+            status      text NOT NULL,
+            error_code  integer NULL,
+            received_at timestamptz NOT NULL,
+            PRIMARY KEY (message_sid, status)
+        )
+        """,
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -23,13 +23,17 @@ from smsrelay import clock
 from smsrelay.logging import get_logger
 from smsrelay.outage import Outages, is_outage
 from smsrelay.schemas.dead_letter import DeadLetter
+from smsrelay.schemas.receipts import StatusCallback
 from smsrelay.settings import Settings
-from smsrelay.store import failed_sms
+from smsrelay.store import failed_sms, sent_sms
 from smsrelay.store.db import Connection, Database, DatabaseUnavailable
 from smsrelay.store.failed_sms import Outcome, StreamRef
+from smsrelay.store.receipts import BodyFetcher, Effects, apply_receipts, apply_unmatched
+from smsrelay.store.sent_sms import SentRow
 from smsrelay.streams.clients import reader_client, text
 from smsrelay.streams.group import ConsumerGroup, Delivery, consumer_name
-from smsrelay.streams.keys import MIRROR_GROUP, all_shards, shard_keys
+from smsrelay.streams.keys import MIRROR_GROUP, FleetKeys, all_shards, shard_keys
+from smsrelay.streams.queue import Queue
 from smsrelay.streams.trim import trim_settled
 from smsrelay.streams.wire import RawFields
 
@@ -38,6 +42,8 @@ log = get_logger("smsrelay.mirror")
 BLOCK_MS = 500  # short, so a stop request is honoured within half a second
 MAX_BACKOFF_S = 5.0
 TRIM_INTERVAL_S = 60.0
+FLEET_SHARD = -1  # (the receipts stream is the namespace's, not a shard's)
+ORDER = {"dead": 0, "outcome": 1, "receipt": 2}
 # Bad data in one entry (not an outage): the entry is logged and acknowledged (a dead letter
 # still sits in its stream), so it cannot block the ones behind it.
 ENTRY_ERRORS: tuple[type[BaseException], ...] = (psycopg.DataError, psycopg.IntegrityError)
@@ -51,17 +57,22 @@ class Mirror:
         name: str | None = None,
         batch_size: int = 100,
         outages: Outages | None = None,
+        fetch_body: BodyFetcher | None = None,
     ) -> None:
+        """`fetch_body`: an undelivered message's body from the provider (for its record)."""
         self.settings = settings
         self.name = name or consumer_name("mirror-")
         self.batch_size = batch_size
         self.outages = outages or Outages()
+        self.fetch_body = fetch_body
         self.db = Database(settings.database_url, outage=self.outages.postgres)
-        self.kinds: dict[str, Literal["dead", "outcome"]] = {}
+        self.kinds: dict[str, Literal["dead", "outcome", "receipt"]] = {}
         self.streams: dict[str, int] = {}
         for keys in all_shards(settings.namespace, settings.shards):
             self.kinds[keys.dead], self.streams[keys.dead] = "dead", keys.shard
             self.kinds[keys.outcomes], self.streams[keys.outcomes] = "outcome", keys.shard
+        receipts = FleetKeys(settings.namespace).receipts
+        self.kinds[receipts], self.streams[receipts] = "receipt", FLEET_SHARD
         self._own_pending_first = True
         self._claim_interval_s = min(max(settings.claim_idle_seconds / 2, 0.1), 5.0)
         self._next_claim = 0.0
@@ -168,6 +179,13 @@ class Mirror:
         if clock.monotonic() >= self._next_trim:
             self._next_trim = clock.monotonic() + TRIM_INTERVAL_S
             await self.trim(client)
+            forgotten = await self.forget_old_sent()
+            if forgotten:
+                log.info(
+                    "mirror.sent_sms_forgotten",
+                    rows=forgotten,
+                    retention_days=self.settings.sent_sms_retention_days,
+                )
 
     async def _claim(self, group: ConsumerGroup) -> list[Delivery]:
         """Entries left pending by a mirror that died (idle past SMSRELAY_CLAIM_IDLE_SECONDS)."""
@@ -184,32 +202,35 @@ class Mirror:
     # -- writing ---------------------------------------------------------------------------
     async def _settle(self, group: ConsumerGroup, entries: Sequence[Delivery]) -> None:
         # Dead letters first: an outcome read in the same batch resolves a row they create.
-        work = sorted(entries, key=lambda e: self.kinds[e.stream] != "dead")
-        superseded = await self._write([e for e in work if e.fields])
+        work = sorted(entries, key=lambda e: ORDER[self.kinds[e.stream]])
+        superseded, effects = await self._write([e for e in work if e.fields])
         await group.ack([e for e in work if self.kinds[e.stream] == "dead"], delete=False)
-        await group.ack([e for e in work if self.kinds[e.stream] == "outcome"], delete=True)
+        await group.ack([e for e in work if self.kinds[e.stream] != "dead"], delete=True)
         if superseded:
             async with group.client.pipeline(transaction=False) as pipe:
                 for ref in superseded:
                     pipe.xdel(shard_keys(self.settings.namespace, ref.shard).dead, ref.entry_id)
                 await pipe.execute()
+        if effects.trace or effects.delivery_counts:
+            await self._tell_redis(group.client, effects)
         log.debug("mirror.settled", entries=len(entries), superseded=len(superseded))
 
-    async def _write(self, entries: Sequence[Delivery]) -> list[StreamRef]:
+    async def _write(self, entries: Sequence[Delivery]) -> tuple[list[StreamRef], Effects]:
         if not entries:
-            return []
+            return [], Effects()
         async with self.db.connection() as conn:
             try:
                 async with conn.transaction():
-                    return [ref for e in entries for ref in await self._apply(conn, e)]
+                    return await self._apply(conn, entries)
             except ENTRY_ERRORS:
                 pass
             # Some entry holds data Postgres refuses: apply one by one to find it.
             refs: list[StreamRef] = []
+            effects = Effects()
             for entry in entries:
                 try:
                     async with conn.transaction():
-                        refs += await self._apply(conn, entry)
+                        more, done = await self._apply(conn, [entry])
                 except ENTRY_ERRORS as exc:
                     log.error(
                         "mirror.entry_rejected",
@@ -217,45 +238,111 @@ class Mirror:
                         entry_id=entry.entry_id,
                         error=str(exc).splitlines()[0],
                     )
-            return refs
+                    continue
+                refs += more
+                effects.extend(done)
+            return refs, effects
 
-    async def _apply(self, conn: Connection, entry: Delivery) -> list[StreamRef]:
-        if self.kinds[entry.stream] == "dead":
-            letter = DeadLetter.from_stream(entry.entry_id, entry.fields)
-            return await failed_sms.upsert_dead_letter(
-                conn, letter, self.settings.namespace, entry.shard
-            )
-        outcome = parse_outcome(entry.fields)
-        if outcome is None:
-            log.error("mirror.outcome_unreadable", stream=entry.stream, entry_id=entry.entry_id)
-            return []
-        return await failed_sms.apply_outcome(conn, outcome)
+    async def _apply(
+        self, conn: Connection, entries: Sequence[Delivery]
+    ) -> tuple[list[StreamRef], Effects]:
+        """Dead letters one by one; sent outcomes in one statement; then receipts."""
+        ns, shards = self.settings.namespace, self.settings.shards
+        refs: list[StreamRef] = []
+        sent_rows: list[SentRow] = []
+        receipts: list[StatusCallback] = []
+        for entry in entries:
+            kind = self.kinds[entry.stream]
+            if kind == "dead":
+                letter = DeadLetter.from_stream(entry.entry_id, entry.fields)
+                refs += await failed_sms.upsert_dead_letter(conn, letter, ns, entry.shard)
+            elif kind == "outcome":
+                outcome = parse_outcome(entry.fields)
+                if outcome is None:
+                    log.error(
+                        "mirror.outcome_unreadable", stream=entry.stream, entry_id=entry.entry_id
+                    )
+                    continue
+                if outcome.sent is not None:
+                    sent_rows.append(outcome.sent)
+                if outcome.resolves:
+                    refs += await failed_sms.apply_outcome(conn, outcome)
+            else:
+                receipt = parse_receipt(entry.fields)
+                if receipt is not None:
+                    receipts.append(receipt)
+        waiting = await sent_sms.upsert_sent(conn, ns, sent_rows)
+        effects = await apply_unmatched(conn, ns, shards, waiting, self.fetch_body)
+        effects.extend(await apply_receipts(conn, ns, shards, receipts, self.fetch_body))
+        return refs, effects
+
+    async def _tell_redis(self, client: aioredis.Redis, effects: Effects) -> None:
+        """The receipts' trace events and counts (after the commit; best effort)."""
+        queue = Queue(self.settings, client)
+        with contextlib.suppress(Exception):
+            for shard, message_id, event, detail in effects.trace:
+                await queue.add_trace(shard, message_id, event, detail)
+            counts = FleetKeys(self.settings.namespace).delivery_counts
+            async with client.pipeline(transaction=False) as pipe:
+                for status, n in effects.delivery_counts.items():
+                    pipe.hincrby(counts, status, n)
+                await pipe.execute()
+
+    async def forget_old_sent(self) -> int:
+        """Delete sent_sms rows past SMSRELAY_SENT_SMS_RETENTION_DAYS (a batch at a time)."""
+        async with self.db.connection() as conn:
+            return await sent_sms.delete_older_than(conn, self.settings.sent_sms_retention_days)
 
 
 def parse_outcome(raw: RawFields) -> Outcome | None:
+    """A `sent` outcome (every send: its sent_sms row), or a `resolved` one (written before
+    sent_sms existed: a replay's record to resolve)."""
     fields = {text(k): text(v) for k, v in raw.items()}
-    if fields.get("status") != "resolved":
+    if fields.get("status") not in ("sent", "resolved"):
         return None
     try:
         message_id = uuid.UUID(fields.get("id", ""))
     except ValueError:
         return None
+    when = fields.get("sent_at") or fields.get("resolved_at") or ""
     try:
-        resolved_at = clock.parse_iso(fields.get("resolved_at", ""))
+        resolved_at = clock.parse_iso(when)
     except ValueError:
         resolved_at = clock.now()
     attempts = fields.get("attempts", "0")
+    attempts_n = max(0, min(int(attempts), 1000)) if attempts.isdigit() else 0
+    sid = fields.get("message_sid", "")[:64]
+    phone = fields.get("phone", "")[:64]
+    sent = (
+        SentRow(message_id, phone, sid, fields.get("kind") or None, max(attempts_n, 1), resolved_at)
+        if fields.get("status") == "sent" and phone and sid
+        else None
+    )
     return Outcome(
         message_id=message_id,
-        message_sid=fields.get("message_sid", ""),
+        message_sid=sid,
         resolved_at=resolved_at,
         replay_of=fields.get("replay_of") or None,
-        attempts=max(0, min(int(attempts), 1000)) if attempts.isdigit() else 0,
+        attempts=attempts_n,
+        sent=sent,
+        resolves=fields.get("status") == "resolved" or "replay_of" in fields,
     )
 
 
+def parse_receipt(raw: RawFields) -> StatusCallback | None:
+    fields = {text(k): text(v) for k, v in raw.items()}
+    try:
+        received_at = clock.parse_iso(fields.get("received_at", ""))
+    except ValueError:
+        received_at = clock.now()
+    return StatusCallback.from_form(fields, received_at)
+
+
 async def run_mirror(
-    settings: Settings, stop: asyncio.Event, outages: Outages | None = None
+    settings: Settings,
+    stop: asyncio.Event,
+    outages: Outages | None = None,
+    fetch_body: BodyFetcher | None = None,
 ) -> None:
     """The worker's upkeep task (and `smsrelay mirror`): returns once `stop` is set."""
-    await Mirror(settings, outages=outages).run(stop)
+    await Mirror(settings, outages=outages, fetch_body=fetch_body).run(stop)

@@ -86,6 +86,11 @@ class ShardKeys:
     def rate_limit(self, phone: str) -> str:
         return f"{self.tag}:rl:{phone}"
 
+    def trace(self, message_id: str) -> str:
+        """A message's trace: a capped list of `ms|event|detail`, kept
+        SMSRELAY_TRACE_TTL_SECONDS (rule 18)."""
+        return f"{self.tag}:trace:{message_id}"
+
 
 @dataclass(frozen=True)
 class FleetKeys:
@@ -116,6 +121,16 @@ class FleetKeys:
     def send_budget(self) -> str:
         """SMSRELAY_SEND_RATE (GCRA): one budget of provider requests for the fleet."""
         return f"{self.tag}:budget:send"
+
+    @cached_property
+    def receipts(self) -> str:
+        """Twilio's status callbacks, as the admin received them, for the mirror to apply."""
+        return f"{self.tag}:receipts"
+
+    @cached_property
+    def delivery_counts(self) -> str:
+        """Hash: delivery status -> receipts that moved a message to it, over all time."""
+        return f"{self.tag}:stats:delivery"
 
     @cached_property
     def readiness_probe(self) -> str:

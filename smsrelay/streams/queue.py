@@ -71,6 +71,14 @@ class BeginCall:
     check_rate: bool = True
     max_attempts: int | None = None  # None: SMSRELAY_MAX_ATTEMPTS; 0: no cap
     expires_at_ms: int = 0  # epoch ms after which it is never sent (0: never expires)
+    label: str = "attempt"  # the trace's word for this sender's attempt
+    published_ms: int = 0  # when the message was published (its trace's first event)
+    resend_of: str = ""  # a SID the provider reported undelivered: send a new SMS anyway
+
+
+# Outcome entries the mirror has not read yet, at most (about): a pipeline whose mirror never
+# runs (no Postgres) must not grow Redis without bound. The sent markers stay the truth.
+OUTCOME_CAP = 1_000_000
 
 
 class Queue:
@@ -98,6 +106,7 @@ class Queue:
         # Set when this process delays a message, so the mover looks at once instead of
         # sleeping through a short backoff.
         self.delay_scheduled = asyncio.Event()
+        self._trace_ttl_ms = settings.trace_ttl_seconds * 1000
         self._state_ttl_s = str(
             max(
                 int(settings.rate_limit_window_seconds),
@@ -153,7 +162,12 @@ class Queue:
         s = self.settings
         max_attempts = s.max_attempts if call.max_attempts is None else call.max_attempts
         return (
-            [keys.sent(call.message_id), keys.state(call.message_id), keys.rate_limit(call.phone)],
+            [
+                keys.sent(call.message_id),
+                keys.state(call.message_id),
+                keys.rate_limit(call.phone),
+                keys.trace(call.message_id),
+            ],
             [
                 call.message_id,
                 call.sender.token,
@@ -164,6 +178,10 @@ class Queue:
                 self._state_ttl_s,
                 call.sender.lease_ms,
                 call.expires_at_ms,
+                self._trace_ttl_ms,
+                call.label,
+                call.published_ms,
+                call.resend_of,
             ],
         )
 
@@ -174,25 +192,30 @@ class Queue:
         delivery: Delivery | None,
         message_id: str,
         sid: str,
-        outcome: Mapping[str, str] | None = None,
+        outcome: Mapping[str, str],
+        event: str = "sent",
     ) -> bool:
         """The provider accepted the message: write its sent marker, then settle the entry
-        (none for a direct sender). `outcome` goes to the outcome stream for the mirror."""
+        (none for a direct sender). `outcome` goes to the outcome stream for the mirror
+        (sent_sms, and a failed_sms record to resolve)."""
         keys = self.keys(shard)
         script_keys = [
             delivery.stream if delivery else keys.requests,
             keys.sent(message_id),
             keys.state(message_id),
+            keys.outcomes,
+            keys.trace(message_id),
         ]
         args: list[Any] = [
             WORKER_GROUP,
             delivery.entry_id if delivery else "",
             sid,
             self.settings.sent_marker_ttl_seconds,
+            self._trace_ttl_ms,
+            event,
+            OUTCOME_CAP,
+            *wire.flatten(outcome),
         ]
-        if outcome is not None:
-            script_keys.append(keys.outcomes)
-            args += wire.flatten(outcome)
         return bool(await self.batcher.call(self.scripts.sent, script_keys, args))
 
     async def dead_letter(
@@ -219,10 +242,24 @@ class Queue:
             "source_entry_id": delivery.entry_id,
         }
         fields = wire.dead_letter_fields(delivery.fields, extra)
-        script_keys = [delivery.stream, keys.dead, keys.dead_counts, keys.state(message_id)]
+        script_keys = [
+            delivery.stream,
+            keys.dead,
+            keys.dead_counts,
+            keys.state(message_id),
+            keys.trace(message_id),
+        ]
         if release_slot and phone:
             script_keys.append(keys.rate_limit(phone))
-        args = [WORKER_GROUP, delivery.entry_id, message_id, reason, *wire.flatten(fields)]
+        args = [
+            WORKER_GROUP,
+            delivery.entry_id,
+            message_id,
+            reason,
+            self._trace_ttl_ms,
+            error,
+            *wire.flatten(fields),
+        ]
         dead_id = await self.scripts.deadletter(keys=script_keys, args=args)
         return dead_id is not None
 
@@ -236,12 +273,19 @@ class Queue:
         *,
         refund: bool = False,
         ambiguous: bool = False,
+        event: str = "retry_scheduled",
     ) -> bool:
         """Hold the entry for `delay_s`. `refund` gives its attempt back (the provider's
         outage cost it); `ambiguous` marks the attempt's outcome unknown."""
         keys = self.keys(delivery.shard)
         done = await self.scripts.delay(
-            keys=[delivery.stream, keys.delayed, keys.delayed_payload, keys.state(message_id)],
+            keys=[
+                delivery.stream,
+                keys.delayed,
+                keys.delayed_payload,
+                keys.state(message_id),
+                keys.trace(message_id),
+            ],
             args=[
                 WORKER_GROUP,
                 delivery.entry_id,
@@ -251,6 +295,8 @@ class Queue:
                 last_error,
                 "1" if refund else "0",
                 "1" if ambiguous else "0",
+                self._trace_ttl_ms,
+                event,
             ],
         )
         self.delay_scheduled.set()
@@ -264,11 +310,42 @@ class Queue:
         """Acknowledge and delete an entry whose message is settled elsewhere."""
         await self.group.ack([delivery], delete=True)
 
-    async def release(self, shard: int, sender: Sender, message_id: str, phone: str | None) -> bool:
+    async def release(
+        self, shard: int, sender: Sender, message_id: str, phone: str | None, error: str = ""
+    ) -> bool:
         """A direct sender's attempt failed: give the message (and its rate slot) back."""
         keys = self.keys(shard)
-        script_keys = [keys.state(message_id)] + ([keys.rate_limit(phone)] if phone else [])
-        return bool(await self.scripts.release(keys=script_keys, args=[sender.token, message_id]))
+        script_keys = [keys.state(message_id), keys.trace(message_id)]
+        script_keys += [keys.rate_limit(phone)] if phone else []
+        return bool(
+            await self.scripts.release(
+                keys=script_keys, args=[sender.token, message_id, self._trace_ttl_ms, error]
+            )
+        )
+
+    async def trace(self, shard: int, message_id: str) -> list[tuple[int, str, str]]:
+        """The message's trace: (epoch ms, event, detail), oldest first ([] when gone)."""
+        raw = await self.redis.lrange(self.keys(shard).trace(message_id), 0, -1)  # type: ignore[misc]
+        events: list[tuple[int, str, str]] = []
+        for item in raw:
+            at, _, rest = text(item).partition("|")
+            event, _, detail = rest.partition("|")
+            if at.isdigit():
+                events.append((int(at), event, detail))
+        return events
+
+    async def add_trace(self, shard: int, message_id: str, event: str, detail: str = "") -> None:
+        """An event from outside the scripts (a delivery receipt, an admin's action)."""
+        if self._trace_ttl_ms <= 0:
+            return
+        key = self.keys(shard).trace(message_id)
+        seconds, micros = await self.redis.time()
+        at = int(seconds) * 1000 + int(micros) // 1000
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, f"{at}|{event}|{detail[:300]}")
+            pipe.ltrim(key, -64, -1)
+            pipe.pexpire(key, self._trace_ttl_ms)
+            await pipe.execute()
 
     async def sender_of(self, shard: int, message_id: str) -> str | None:
         """Who is sending the message now (a stream entry id or a direct sender), if anyone."""

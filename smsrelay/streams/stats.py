@@ -78,6 +78,7 @@ class PipelineStats:
     shards: list[ShardStats]
     unread: list[UnreadStream] | None = None  # None: not looked for
     breaker: BreakerStats = field(default_factory=BreakerStats)
+    delivery: dict[str, int] = field(default_factory=dict)  # receipts by status, lifetime
 
     def total(self, name: str) -> int:
         return sum(int(getattr(s, name)) for s in self.shards)
@@ -120,7 +121,15 @@ async def collect(
             stats.consumers = [
                 Consumer(text(c["name"]), int(c["pending"]), int(c["idle"])) for c in infos
             ]
-    result = PipelineStats(settings.namespace, shards, breaker=await _breaker(client, settings))
+    delivery: dict[Any, Any] = await client.hgetall(  # type: ignore[misc]
+        FleetKeys(settings.namespace).delivery_counts
+    )
+    result = PipelineStats(
+        settings.namespace,
+        shards,
+        breaker=await _breaker(client, settings),
+        delivery=_counts(delivery),
+    )
     if unread:
         result.unread = await unread_streams(client, settings)
     return result

@@ -34,7 +34,7 @@ _FIRST = (
     "expires_at",
 )
 # Fields of an entry that the worker's parsed model does not hold but a retry must carry on.
-CARRIED_FIELDS = ("replay_of",)
+CARRIED_FIELDS = ("replay_of", "resend_of")
 
 
 def publish_call(
@@ -72,6 +72,34 @@ def carried(raw: RawFields) -> dict[str, str]:
 def delay_payload(fields: Mapping[str, str]) -> str:
     """The JSON array delay.lua keeps and move_due.lua puts back on the stream."""
     return json.dumps(flatten(fields))
+
+
+def sent_outcome(
+    message_id: str,
+    *,
+    phone: str,
+    sid: str,
+    attempts: int,
+    kind: str | None = None,
+    replay_of: str | None = None,
+    sent_at: str,
+) -> dict[str, str]:
+    """The outcome entry sent.lua writes for the mirror: a `sent_sms` row, and the failed_sms
+    record of the message (a replay's, a retried undelivered one's) resolved, with the
+    provider attempts this send took."""
+    outcome = {
+        "id": message_id,
+        "status": "sent",
+        "message_sid": sid,
+        "phone": phone,
+        "attempts": str(attempts),
+        "sent_at": sent_at,
+    }
+    if kind:
+        outcome["kind"] = kind
+    if replay_of is not None:
+        outcome["replay_of"] = replay_of
+    return outcome
 
 
 def dead_letter_fields(raw: RawFields, extra: Mapping[str, str]) -> dict[Any, Any]:

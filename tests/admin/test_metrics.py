@@ -62,6 +62,7 @@ async def test_metrics_read_redis_and_postgres(
         (("reason", "poison"),): 0.0,
         (("reason", "rate_limited"),): 2.0,
         (("reason", "retries_exhausted"),): 0.0,
+        (("reason", "undelivered"),): 0.0,
     }
     kind, retries = metrics["smsrelay_admin_retries_total"]
     assert kind == "counter"

@@ -115,6 +115,15 @@ class TwilioProvider:
                 return SendReceipt(sid=str(message.sid), segments=segments)
         return None
 
+    async def fetch_body(self, sid: str) -> str | None:
+        """The body of a message Twilio has (an undelivered one's, for its failed_sms record)."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                message = await self._messages(sid).fetch_async()
+        except Exception as exc:
+            raise self._error(exc, lookup=True) from None
+        return str(message.body) if message.body is not None else None
+
     def _error(self, exc: Exception, *, lookup: bool = False) -> ProviderError:
         """One ProviderError for whatever the SDK, aiohttp or the timeout raised."""
         what = "look the message up at" if lookup else "talk to"

@@ -1,15 +1,18 @@
 -- @include types_fn.lua
+-- @include trace_fn.lua
 -- Take an entry off the stream and hold it until a due time (a retry backoff, a deferral, or
 -- a copy waiting for another sender of its message to finish).
 -- The wait lives in Redis, so a crash loses neither the message nor its wait (rule 6).
--- KEYS[1] request stream; KEYS[2] delayed set; KEYS[3] delayed payloads; KEYS[4] state hash
+-- KEYS[1] request stream; KEYS[2] delayed set; KEYS[3] delayed payloads; KEYS[4] state hash;
+-- KEYS[5] the message's trace
 -- ARGV[1] group; ARGV[2] entry id; ARGV[3] message id; ARGV[4] delay (ms);
 -- ARGV[5] JSON array of the entry's fields; ARGV[6] last error ('' keeps the stored one);
 -- ARGV[7] '1' gives the attempt back (the provider's outage, not the message's failure);
--- ARGV[8] '1' when the attempt's outcome is unknown (looked up before the next one)
+-- ARGV[8] '1' when the attempt's outcome is unknown (looked up before the next one);
+-- ARGV[9] trace TTL (ms); ARGV[10] the event ('retry_scheduled', 'held', 'deferred', ...)
 -- Returns 1, or 0 when the entry was already settled elsewhere.
-if #ARGV ~= 8 or not tonumber(ARGV[4]) then
-  return redis.error_reply('delay.lua: expected 8 arguments with a numeric delay')
+if #ARGV ~= 10 or not tonumber(ARGV[4]) or not tonumber(ARGV[9]) then
+  return redis.error_reply('delay.lua: expected 10 arguments with a numeric delay and TTL')
 end
 local ok, fields = pcall(cjson.decode, ARGV[5])
 if not ok or type(fields) ~= 'table' or #fields == 0 or #fields % 2 ~= 0 then
@@ -39,4 +42,7 @@ if redis.call('HGET', KEYS[4], 'owner') == ARGV[2] then
   end
   redis.call('HDEL', KEYS[4], 'owner', 'in_flight')
 end
+local why = 'for ' .. ARGV[4] .. ' ms'
+if ARGV[6] ~= '' then why = why .. ': ' .. ARGV[6] end
+trace(KEYS[5], tonumber(ARGV[9]), ARGV[10], why)
 return 1

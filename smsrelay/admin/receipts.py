@@ -1,0 +1,87 @@
+"""`POST /twilio/status-callback`: Twilio's delivery receipts, signed, never lost.
+
+No bearer token (Twilio has none): a valid `X-Twilio-Signature` instead — HMAC-SHA1 with
+TWILIO_AUTH_TOKEN over SMSRELAY_TWILIO_STATUS_CALLBACK (the public URL Twilio called, which
+behind a proxy is not the one this process sees) and the sorted form fields; 403 otherwise.
+A valid callback is queued in Redis (`{ns}:receipts`) and answered 204 at once; the mirror
+applies it to Postgres, so a Postgres outage loses nothing. Redis away: 503 (Twilio retries
+what it could not deliver).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Header, Request, Response
+from twilio.request_validator import RequestValidator
+
+from smsrelay import clock
+from smsrelay.admin.errors import error_response
+from smsrelay.admin.service import AdminService, redis_errors
+from smsrelay.logging import get_logger
+from smsrelay.schemas.api import ErrorResponse
+from smsrelay.schemas.receipts import StatusCallback
+from smsrelay.streams.keys import FleetKeys
+
+log = get_logger("smsrelay.admin")
+
+# Receipts waiting for the mirror, at most (about): a stopped mirror must not fill Redis.
+RECEIPTS_CAP = 1_000_000
+
+twilio = APIRouter(tags=["twilio"])
+
+
+@twilio.post(
+    "/twilio/status-callback",
+    status_code=204,
+    # Twilio's, not an operator's: SECURITY.md and the README document it.
+    include_in_schema=False,
+    responses={
+        403: {"model": ErrorResponse, "description": "the signature is missing or wrong"},
+        404: {"model": ErrorResponse, "description": "status callbacks are not configured"},
+        503: {"model": ErrorResponse, "description": "Redis is unavailable"},
+    },
+)
+async def status_callback(
+    request: Request,
+    x_twilio_signature: Annotated[str, Header()] = "",
+) -> Response:
+    """Twilio's message status callback (form-encoded, signed by Twilio)."""
+    service: AdminService = request.app.state.service
+    settings = service.settings
+    if not settings.twilio_status_callback or settings.twilio_auth_token is None:
+        return error_response(
+            404,
+            "status callbacks are not configured here "
+            "(SMSRELAY_TWILIO_STATUS_CALLBACK, TWILIO_AUTH_TOKEN)",
+        )
+    body = (await request.body()).decode(errors="replace")
+    form = dict(parse_qsl(body, keep_blank_values=True))
+    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
+    if not x_twilio_signature or not validator.validate(
+        settings.twilio_status_callback, form, x_twilio_signature
+    ):
+        log.warning(
+            "receipts.bad_signature",
+            client=request.client.host if request.client else None,
+            fields=len(form),
+        )
+        return error_response(403, "invalid or missing X-Twilio-Signature")
+    receipt = StatusCallback.from_form(form, clock.now())
+    if receipt is None:  # signed by Twilio, but not a message status: nothing to do
+        return Response(status_code=204)
+    fields = {
+        "MessageSid": receipt.message_sid,
+        "MessageStatus": receipt.status,
+        "ErrorCode": str(receipt.error_code or ""),
+        "received_at": clock.iso(receipt.received_at),
+    }
+    with redis_errors():
+        await service.redis.xadd(
+            FleetKeys(settings.namespace).receipts,
+            fields,  # type: ignore[arg-type]
+            maxlen=RECEIPTS_CAP,
+            approximate=True,
+        )
+    return Response(status_code=204)

@@ -1,0 +1,216 @@
+"""Queries on `public.sent_sms`: every message the provider accepted, and what its delivery
+receipts said. Filled by the mirror in batches; updated by receipts; kept
+SMSRELAY_SENT_SMS_RETENTION_DAYS. Each function takes a connection; callers own transactions.
+
+A receipt moves a message's status only forward (`STATUS_RANK`): callbacks repeat and come out
+of order, and a multi-part message may report a failed part after a delivered one. A failure
+outranks a delivery: one undelivered part means the text did not arrive whole.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import sql
+
+from smsrelay.store.db import Connection
+
+STATUS_RANK: dict[str, int] = {
+    "accepted": 0,
+    "scheduled": 0,
+    "queued": 1,
+    "sending": 2,
+    "sent": 3,
+    "partially_delivered": 4,
+    "delivered": 5,
+    "read": 6,
+    "canceled": 7,
+    "undelivered": 8,
+    "failed": 9,
+}
+FAILED_STATUSES = frozenset({"undelivered", "failed"})
+
+
+@dataclass(frozen=True)
+class SentRow:
+    id: uuid.UUID
+    phone: str
+    message_sid: str
+    kind: str | None
+    attempts: int
+    sent_at: datetime
+
+
+@dataclass(frozen=True)
+class SentSms:
+    id: uuid.UUID
+    namespace: str
+    phone: str
+    message_sid: str
+    kind: str | None
+    attempts: int
+    sent_at: datetime
+    delivery_status: str | None
+    delivered_at: datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    message_sid: str
+    status: str
+    error_code: int | None
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A receipt that moved a message's status: the message as it is now."""
+
+    message: SentSms
+    became_failed: bool  # undelivered/failed now, and not before
+
+
+_COLUMN_NAMES = (
+    "id",
+    "namespace",
+    "phone",
+    "message_sid",
+    "kind",
+    "attempts",
+    "sent_at",
+    "delivery_status",
+    "delivered_at",
+    "error",
+)
+_COLUMNS = sql.SQL(", ").join(sql.Identifier(c) for c in _COLUMN_NAMES)
+
+
+def _row(row: dict[str, Any]) -> SentSms:
+    return SentSms(**row)
+
+
+async def upsert_sent(conn: Connection, namespace: str, rows: Sequence[SentRow]) -> list[str]:
+    """Record sent messages in one statement (idempotent per id: a re-read outcome changes
+    nothing). Returns the SIDs whose receipts arrived before their row (`take_unmatched`)."""
+    if not rows:
+        return []
+    await conn.execute(
+        """
+        INSERT INTO public.sent_sms AS s
+            (id, namespace, phone, message_sid, kind, attempts, sent_at)
+        SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],
+                             %s::int[], %s::timestamptz[])
+        ON CONFLICT (id) DO UPDATE SET message_sid = EXCLUDED.message_sid,
+            attempts = greatest(s.attempts, EXCLUDED.attempts), sent_at = EXCLUDED.sent_at
+        """,
+        [
+            [r.id for r in rows],
+            [namespace] * len(rows),
+            [r.phone for r in rows],
+            [r.message_sid for r in rows],
+            [r.kind for r in rows],
+            [r.attempts for r in rows],
+            [r.sent_at for r in rows],
+        ],
+    )
+    cur = await conn.execute(
+        "SELECT DISTINCT message_sid FROM public.unmatched_receipts WHERE message_sid = ANY(%s)",
+        [[r.message_sid for r in rows]],
+    )
+    return [str(row["message_sid"]) for row in await cur.fetchall()]
+
+
+async def apply_receipt(conn: Connection, receipt: Receipt, error: str | None) -> Applied | None:
+    """Move the message with this SID to the receipt's status if that is forward. None when
+    the SID is unknown (the receipt is kept for its row) or nothing moved."""
+    cur = await conn.execute(
+        sql.SQL("SELECT {} FROM public.sent_sms WHERE message_sid = %s FOR UPDATE").format(
+            _COLUMNS
+        ),
+        [receipt.message_sid],
+    )
+    row = await cur.fetchone()
+    if row is None:
+        await conn.execute(
+            "INSERT INTO public.unmatched_receipts (message_sid, status, error_code, received_at) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [receipt.message_sid, receipt.status, receipt.error_code, receipt.received_at],
+        )
+        return None
+    current = _row(row)
+    rank = STATUS_RANK.get(receipt.status, -1)
+    if rank <= STATUS_RANK.get(current.delivery_status or "", -1):
+        return None
+    cur = await conn.execute(
+        sql.SQL("""
+        UPDATE public.sent_sms SET delivery_status = %s, delivered_at = %s,
+            error = coalesce(%s, error)
+        WHERE id = %s RETURNING {}
+        """).format(_COLUMNS),
+        [receipt.status, receipt.received_at, error, current.id],
+    )
+    updated = await cur.fetchone()
+    assert updated is not None
+    became_failed = (
+        receipt.status in FAILED_STATUSES and current.delivery_status not in FAILED_STATUSES
+    )
+    return Applied(_row(updated), became_failed)
+
+
+async def take_unmatched(conn: Connection, message_sid: str) -> list[Receipt]:
+    """The receipts that waited for this SID's row; they are removed."""
+    cur = await conn.execute(
+        "DELETE FROM public.unmatched_receipts WHERE message_sid = %s "
+        "RETURNING message_sid, status, error_code, received_at",
+        [message_sid],
+    )
+    return sorted(
+        (Receipt(**row) for row in await cur.fetchall()),
+        key=lambda r: STATUS_RANK.get(r.status, -1),
+    )
+
+
+async def get_sent(conn: Connection, namespace: str, message_id: uuid.UUID) -> SentSms | None:
+    cur = await conn.execute(
+        sql.SQL("SELECT {} FROM public.sent_sms WHERE id = %s AND namespace = %s").format(_COLUMNS),
+        [message_id, namespace],
+    )
+    row = await cur.fetchone()
+    return _row(row) if row else None
+
+
+async def recent_for_phone(
+    conn: Connection, namespace: str, phone: str, limit: int
+) -> list[SentSms]:
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT {} FROM public.sent_sms WHERE namespace = %s AND phone = %s "
+            "ORDER BY sent_at DESC LIMIT %s"
+        ).format(_COLUMNS),
+        [namespace, phone, limit],
+    )
+    return [_row(row) for row in await cur.fetchall()]
+
+
+async def delete_older_than(conn: Connection, days: float, batch: int = 10_000) -> int:
+    """Forget sent messages (and stray receipts) past the retention, a batch at a time."""
+    cur = await conn.execute(
+        """
+        DELETE FROM public.sent_sms WHERE id IN (
+            SELECT id FROM public.sent_sms
+            WHERE sent_at < now() - make_interval(secs => %s) LIMIT %s)
+        """,
+        [days * 86_400, batch],
+    )
+    removed = cur.rowcount
+    await conn.execute(
+        "DELETE FROM public.unmatched_receipts "
+        "WHERE received_at < now() - make_interval(secs => %s)",
+        [days * 86_400],
+    )
+    return max(removed, 0)
