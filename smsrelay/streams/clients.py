@@ -19,6 +19,9 @@ from redis.retry import Retry
 
 from smsrelay.settings import Settings
 
+# redis-py 8 speaks RESP3 unless told otherwise; a Lua `false` then reaches us as False, not
+# None, and replies take other shapes. Every client here stays on RESP2, the shapes the code reads.
+PROTOCOL = 2
 # A blocking XREADGROUP must return before the socket times out (reference: redis-streams.md).
 READER_SOCKET_TIMEOUT_S = 10.0
 READ_BLOCK_MS = 1000
@@ -32,8 +35,8 @@ def producer_client(settings: Settings, **extra: Any) -> redis.Redis:
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
         decode_responses=False,
+        protocol=PROTOCOL,
         **extra,
     )
 
@@ -41,12 +44,14 @@ def producer_client(settings: Settings, **extra: Any) -> redis.Redis:
 def async_producer_client(settings: Settings) -> aioredis.Redis:
     # No socket_timeout: AsyncProducer bounds each whole call with one asyncio.timeout, where
     # redis-py would arm a timeout around every socket read (a quarter of an XADD's cost).
+    # (redis-py 8 would put 5 s on every read by default: None keeps it off.)
     client: aioredis.Redis = aioredis.Redis.from_url(
         settings.redis_url,
+        socket_timeout=None,
         socket_connect_timeout=settings.publish_timeout_seconds,
         retry=AsyncRetry(NoBackoff(), 0),
-        retry_on_timeout=False,
         decode_responses=False,
+        protocol=PROTOCOL,
     )
     return client
 
@@ -72,6 +77,7 @@ def worker_clients(settings: Settings) -> WorkerClients:
         socket_timeout=COMMAND_SOCKET_TIMEOUT_S,
         socket_connect_timeout=5.0,
         health_check_interval=30,
+        protocol=PROTOCOL,
     )
     return WorkerClients(
         commands=aioredis.Redis(connection_pool=pool), reader=reader_client(settings)
@@ -87,6 +93,7 @@ def reader_client(settings: Settings) -> aioredis.Redis:
         retry=AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), 2),
         health_check_interval=30,
         decode_responses=False,
+        protocol=PROTOCOL,
     )
     return client
 
@@ -99,6 +106,7 @@ def admin_client(settings: Settings) -> aioredis.Redis:
         socket_connect_timeout=3.0,
         retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 1),
         decode_responses=False,
+        protocol=PROTOCOL,
     )
     return client
 
@@ -111,6 +119,7 @@ def sync_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
         socket_connect_timeout=timeout_s,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         decode_responses=False,
+        protocol=PROTOCOL,
     )
 
 

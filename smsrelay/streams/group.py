@@ -81,7 +81,7 @@ class ConsumerGroup:
         """New entries (or, with `own_pending`, those already delivered to this consumer)."""
         start = "0" if own_pending else ">"
         wanted: Any = {stream: start for stream in (streams or self.streams)}
-        reply = await self.reader.xreadgroup(
+        reply: Any = await self.reader.xreadgroup(
             self.group, self.consumer, wanted, count=count, block=block_ms
         )
         deliveries: list[Delivery] = []

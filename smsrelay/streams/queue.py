@@ -249,7 +249,7 @@ class Queue:
 
     async def sender_of(self, shard: int, message_id: str) -> str | None:
         """Who is sending the message now (a stream entry id or a direct sender), if anyone."""
-        owner, lease_until = await self.redis.hmget(  # type: ignore[misc]
+        owner, lease_until = await self.redis.hmget(
             self.keys(shard).state(message_id), ["owner", "lease_until"]
         )
         if owner is None:

@@ -148,7 +148,7 @@ async def _unmirrored(client: aioredis.Redis, stream: str, mirror: dict[Any, Any
     # group's last-delivered id.
     last = text(mirror.get("last-delivered-id")) or "0-0"
     after = await client.xrange(stream, min=f"({last}", max="+", count=MAX_COUNTED)
-    return pending + len(after)
+    return pending + len(after or [])
 
 
 def _counts(reply: Any) -> dict[str, int]:
