@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import redis
+import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from smsrelay.errors import InvalidMessageError, PublishError
@@ -21,7 +22,15 @@ from smsrelay.logging import get_logger
 from smsrelay.producers.spool import Spool, SpooledRequest
 from smsrelay.schemas.entry import MessageRequest, describe_errors, new_entry_fields
 from smsrelay.settings import Settings
-from smsrelay.streams.clients import async_producer_client, producer_client, text
+from smsrelay.streams.clients import (
+    REDIS_ERRORS,
+    NotReplicated,
+    async_producer_client,
+    producer_client,
+    text,
+    wait_replicas,
+    wait_replicas_sync,
+)
 from smsrelay.streams.keys import shard_keys, shard_of
 from smsrelay.streams.scripts import Scripts
 from smsrelay.streams.wire import publish_call
@@ -30,6 +39,8 @@ log = get_logger("smsrelay.producer")
 
 Status = Literal["queued", "duplicate", "rejected", "spooled"]
 _FLUSH_BATCH = 500
+# (OSError: a socket error redis-py did not wrap; TimeoutError: the call's own bound)
+_ASYNC_FAILURES: tuple[type[BaseException], ...] = (*REDIS_ERRORS, TimeoutError, OSError)
 _FLUSH_RETRY_MAX_S = 30.0
 
 
@@ -84,6 +95,35 @@ class _ProducerCore:
 
     def shard(self, phone: str) -> int:
         return shard_of(phone, self.settings.shards)
+
+    # -- SMSRELAY_REDIS_WAIT_REPLICAS (rule 19) ---------------------------------------------
+    def replicated(self, client: redis.Redis, shard: int) -> None:
+        """Raise NotReplicated (the request is then spooled, never lost) unless the configured
+        number of replicas hold the entry within the publish timeout; nothing when it is 0.
+        A spooled copy of an entry that did reach Redis is the same message id: the worker
+        sends it once (begin.lua finds it sent or busy)."""
+        wanted = self.settings.redis_wait_replicas
+        if wanted:
+            acked = wait_replicas_sync(client, [self.stream(shard)], wanted, self._wait_ms())
+            self._check_replicas(acked, wanted)
+
+    async def replicated_async(self, client: aioredis.Redis, shard: int) -> None:
+        wanted = self.settings.redis_wait_replicas
+        if wanted:
+            acked = await wait_replicas(client, [self.stream(shard)], wanted, self._wait_ms())
+            self._check_replicas(acked, wanted)
+
+    def _wait_ms(self) -> int:
+        # Within the publish timeout, and under the socket timeout (the same figure).
+        return max(1, int(self.settings.publish_timeout_seconds * 900))
+
+    @staticmethod
+    def _check_replicas(acked: int, wanted: int) -> None:
+        if acked < wanted:
+            raise NotReplicated(
+                f"{acked} of the {wanted} replicas SMSRELAY_REDIS_WAIT_REPLICAS asks for "
+                "acknowledged the entry in time"
+            )
 
     @staticmethod
     def result_from_reply(reply: Any, kind: str | None) -> PublishResult:
@@ -205,7 +245,8 @@ class Producer:
             else:
                 keys, args = self._core.script_args(shard, fields, idempotency_key)
                 reply = self._scripts.publish(keys=keys, args=args, client=client)
-        except redis.RedisError as exc:
+            self._core.replicated(client, shard)
+        except REDIS_ERRORS as exc:
             result = self._core.spool_write(fields, shard, _describe(exc))
             if result.status == "spooled":
                 self._start_flusher()
@@ -222,7 +263,9 @@ class Producer:
                 keys, args = self._core.script_args(
                     request.shard, request.fields, _flush_key(request)
                 )
-                self._scripts.publish(keys=keys, args=args, client=self._clients.get())
+                client = self._clients.get()
+                self._scripts.publish(keys=keys, args=args, client=client)
+                self._core.replicated(client, request.shard)
                 self._core.spool.done(request)
                 published += 1
         if published:
@@ -248,7 +291,7 @@ class Producer:
             try:
                 # Nothing published while files remain: another flusher holds them.
                 delay = 0.5 if self.flush_spool() == 0 else 0.0
-            except redis.RedisError:
+            except REDIS_ERRORS:
                 delay = min(max(delay * 2, 0.5), _FLUSH_RETRY_MAX_S)
             if delay and self._closed.wait(delay):
                 return
@@ -302,7 +345,8 @@ class AsyncProducer:
                 else:
                     keys, args = self._core.script_args(shard, fields, idempotency_key)
                     reply = await self._scripts.publish(keys=keys, args=args)
-        except (redis.RedisError, TimeoutError, OSError) as exc:
+                await self._core.replicated_async(self._redis, shard)
+        except _ASYNC_FAILURES as exc:
             result = await asyncio.to_thread(self._core.spool_write, fields, shard, _describe(exc))
             if result.status == "spooled":
                 self._start_flusher()
@@ -320,6 +364,7 @@ class AsyncProducer:
                 )
                 async with asyncio.timeout(self.settings.publish_timeout_seconds * 2):
                     await self._scripts.publish(keys=keys, args=args)
+                    await self._core.replicated_async(self._redis, request.shard)
                 self._core.spool.done(request)
                 published += 1
         if published:
@@ -335,7 +380,7 @@ class AsyncProducer:
         while not self._closed and self._core.spool.pending():
             try:
                 delay = 0.5 if await self.flush_spool() == 0 else 0.0
-            except (redis.RedisError, OSError):
+            except _ASYNC_FAILURES:
                 delay = min(max(delay * 2, 0.5), _FLUSH_RETRY_MAX_S)
             await asyncio.sleep(delay)
 

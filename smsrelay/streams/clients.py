@@ -17,6 +17,7 @@ the few places that must treat it differently ask `is_cluster()`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from smsrelay.settings import RedisEndpoints, Settings, redis_endpoints
+from smsrelay.streams.keys import replication_barrier
 
 # redis-py 8 speaks RESP3 unless told otherwise; a Lua `false` then reaches us as False, not
 # None, and replies take other shapes. Every client here stays on RESP2, the shapes the code reads.
@@ -233,6 +235,87 @@ def sync_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
         socket_connect_timeout=timeout_s,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
     )
+
+
+# -- replicas (SMSRELAY_REDIS_WAIT_REPLICAS) -----------------------------------------------------
+#
+# WAIT counts the replicas that acknowledged every write made so far *on the connection that
+# sends it*. Pooled clients, pipelines split by node and redirected commands do not keep a
+# write and its WAIT on one connection, so each WAIT here follows a barrier write on its own
+# connection, to a key in the slot of the keys just written: a master replicates its writes in
+# one ordered stream, so a replica that holds the barrier holds everything written before it,
+# through whatever connection.
+BARRIER_TTL_MS = 60_000
+
+
+# What a client may raise when Redis is away: a cluster client also raises RedisClusterException
+# (not a RedisError) when its slot map has a hole during a failover.
+REDIS_ERRORS: tuple[type[Exception], ...] = (
+    redis.RedisError,
+    redis.exceptions.RedisClusterException,
+)
+
+
+class NotReplicated(redis.RedisError):
+    """Fewer replicas than SMSRELAY_REDIS_WAIT_REPLICAS acknowledged a write in time."""
+
+
+def _by_node(client: Any, keys: Iterable[str]) -> dict[str, tuple[Any, str]]:
+    """One barrier key per master: node name -> (node, barrier)."""
+    nodes: dict[str, tuple[Any, str]] = {}
+    for barrier in sorted({replication_barrier(k) for k in keys}):
+        node = client.get_node_from_key(barrier)
+        nodes.setdefault(node.name, (node, barrier))
+    return nodes
+
+
+async def wait_replicas(
+    client: aioredis.Redis, keys: Iterable[str], replicas: int, timeout_ms: int
+) -> int:
+    """How many replicas hold every write made so far on the masters of `keys` (the fewest
+    over those masters), waiting at most `timeout_ms` for `replicas` of them."""
+    if not is_cluster(client):
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set(replication_barrier(next(iter(keys))), "1", px=BARRIER_TTL_MS)
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+            replies = await pipe.execute()
+        return int(replies[1])
+    cluster: Any = client
+    if getattr(cluster, "_initialize", False):  # no slot map yet, or a node failed
+        await cluster.initialize()
+    nodes = _by_node(cluster, keys)
+    async with cluster.pipeline(transaction=False) as pipe:
+        for node, barrier in nodes.values():
+            pipe.set(barrier, "1", px=BARRIER_TTL_MS)
+            pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=node)
+        replies = await pipe.execute()
+    # A barrier that moved to another master meanwhile was written there, not where its WAIT
+    # went: nothing is proven for that slot.
+    if any(cluster.get_node_from_key(b).name != name for name, (_, b) in nodes.items()):
+        return 0
+    return min(int(acked) for acked in replies[1::2])
+
+
+def wait_replicas_sync(
+    client: redis.Redis, keys: Iterable[str], replicas: int, timeout_ms: int
+) -> int:
+    """`wait_replicas` for the synchronous producer."""
+    if not is_cluster(client):
+        with client.pipeline(transaction=False) as pipe:
+            pipe.set(replication_barrier(next(iter(keys))), "1", px=BARRIER_TTL_MS)
+            pipe.execute_command("WAIT", replicas, timeout_ms)  # type: ignore[no-untyped-call]
+            replies = pipe.execute()
+        return int(replies[1])
+    cluster: Any = client
+    nodes = _by_node(cluster, keys)
+    with cluster.pipeline(transaction=False) as pipe:
+        for node, barrier in nodes.values():
+            pipe.set(barrier, "1", px=BARRIER_TTL_MS)
+            pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=node)
+        replies = pipe.execute()
+    if any(cluster.get_node_from_key(b).name != name for name, (_, b) in nodes.items()):
+        return 0
+    return min(int(acked) for acked in replies[1::2])
 
 
 def text(value: bytes | str | None) -> str:

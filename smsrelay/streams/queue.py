@@ -19,14 +19,16 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 
 from smsrelay import clock
+from smsrelay.logging import get_logger
 from smsrelay.settings import Settings
 from smsrelay.streams import wire
 from smsrelay.streams.batching import ScriptBatcher
-from smsrelay.streams.clients import READ_BLOCK_MS, text
+from smsrelay.streams.clients import READ_BLOCK_MS, text, wait_replicas
 from smsrelay.streams.group import ClaimPage, ConsumerGroup, Delivery, consumer_name
 from smsrelay.streams.keys import WORKER_GROUP, FleetKeys, ShardKeys, all_shards, shard_keys
 from smsrelay.streams.scripts import Scripts
 
+log = get_logger("smsrelay.redis")
 Verdict = Literal["sent", "busy", "limited", "exhausted", "go"]
 
 
@@ -79,7 +81,10 @@ class Queue:
         self.settings = settings
         self.redis = client
         self.scripts = Scripts(client)
-        self.batcher = ScriptBatcher(client)
+        # SMSRELAY_REDIS_WAIT_REPLICAS: outcomes wait for the replicas (rule 19); 0 adds nothing.
+        self._wait = settings.redis_wait_replicas
+        self._wait_ms = max(1, int(settings.publish_timeout_seconds * 1000))
+        self.batcher = ScriptBatcher(client, replicated=self.replicated if self._wait else None)
         self.shards = all_shards(settings.namespace, settings.shards)
         self.fleet = FleetKeys(settings.namespace)
         self.group = ConsumerGroup(
@@ -181,7 +186,7 @@ class Queue:
         if outcome is not None:
             script_keys.append(keys.outcomes)
             args += wire.flatten(outcome)
-        return bool(await self.batcher.call(self.scripts.sent, script_keys, args))
+        return bool(await self.batcher.call(self.scripts.sent, script_keys, args, replicated=True))
 
     async def dead_letter(
         self,
@@ -212,6 +217,8 @@ class Queue:
             script_keys.append(keys.rate_limit(phone))
         args = [WORKER_GROUP, delivery.entry_id, message_id, reason, *wire.flatten(fields)]
         dead_id = await self.scripts.deadletter(keys=script_keys, args=args)
+        if self._wait and dead_id is not None:
+            await self.replicated(script_keys)
         return dead_id is not None
 
     async def delay(
@@ -223,8 +230,9 @@ class Queue:
         last_error: str = "",
     ) -> bool:
         keys = self.keys(delivery.shard)
+        script_keys = [delivery.stream, keys.delayed, keys.delayed_payload, keys.state(message_id)]
         done = await self.scripts.delay(
-            keys=[delivery.stream, keys.delayed, keys.delayed_payload, keys.state(message_id)],
+            keys=script_keys,
             args=[
                 WORKER_GROUP,
                 delivery.entry_id,
@@ -234,6 +242,8 @@ class Queue:
                 last_error,
             ],
         )
+        if self._wait and done:
+            await self.replicated(script_keys)
         self.delay_scheduled.set()
         return bool(done)
 
@@ -268,6 +278,8 @@ class Queue:
         """
         fields = {text(k): text(v) for k, v in delivery.fields.items()}
         await self.redis.xadd(self.keys(shard).requests, fields)  # type: ignore[arg-type]
+        if self._wait:
+            await self.replicated([self.keys(shard).requests])
         await self.drop(delivery)
 
     async def move_due(self, shard: int, limit: int = 500) -> tuple[int, int, int]:
@@ -287,7 +299,29 @@ class Queue:
             self.keys(shard), fields, idempotency_key, self.settings.idempotency_ttl_seconds
         )
         reply = await self.scripts.publish(keys=script_keys, args=args)
+        if self._wait:
+            await self.replicated(script_keys)
         return bool(int(reply[0]))
+
+    # -- replicas ------------------------------------------------------------------------
+    async def replicated(self, keys: Sequence[str]) -> None:
+        """Return once SMSRELAY_REDIS_WAIT_REPLICAS replicas hold what was just written on the
+        masters of `keys` (rule 19). While they do not (a replica down, or none yet after a
+        failover) the outcome is not final: wait and ask again, as through an outage; the
+        entry stays in flight meanwhile."""
+        delay, short = 0.05, False
+        try:
+            while (acked := await wait_replicas(self.redis, keys, self._wait, self._wait_ms)) < (
+                self._wait
+            ):
+                if not short:
+                    short = True
+                    _replicas_short(acked, self._wait)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        finally:
+            if short:
+                _replicas_back()
 
     async def take(
         self, budget_key: str, rate_per_s: float, burst: int, wanted: int = 1
@@ -318,3 +352,31 @@ def _decode_begin(reply: Any) -> Begin:
             last_attempt_at=text(reply[4]),
         )
     raise ValueError(f"begin.lua answered {verdict!r}")
+
+
+class _Shortage:
+    """Outcomes waiting for replicas in this process: said when the first starts to wait and
+    when the last is done, not once per outcome."""
+
+    waiting = 0
+    since = 0.0
+
+
+def _replicas_short(acked: int, wanted: int) -> None:
+    _Shortage.waiting += 1
+    if _Shortage.waiting == 1:
+        _Shortage.since = clock.monotonic()
+        log.warning(
+            "redis.replicas_missing",
+            acknowledged=acked,
+            wanted=wanted,
+            effect="outcomes wait until SMSRELAY_REDIS_WAIT_REPLICAS replicas hold them",
+        )
+
+
+def _replicas_back() -> None:
+    _Shortage.waiting -= 1
+    if _Shortage.waiting == 0:
+        log.info(
+            "redis.replicas_back", waited_seconds=round(clock.monotonic() - _Shortage.since, 3)
+        )
