@@ -126,7 +126,7 @@ def check(outcome: Outcome, fake_twilio: Any, label: str) -> None:
     assert set(statuses) <= {"queued", "spooled"}, statuses
     assert statuses["queued"] >= KILL_AT // 2
     # and each was sent; a second send only for one in flight when the master died
-    first_send = {}
+    first_send: dict[str, float] = {}
     for message in sorted(fake_twilio.messages, key=lambda m: m.received_at):
         first_send.setdefault(message.body, message.received_at)
     for body in outcome.duplicates:

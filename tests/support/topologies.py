@@ -150,6 +150,15 @@ def _server_argv(port: int, directory: Path, *extra: str) -> list[str]:
     ]
 
 
+def replica_of(master_port: int, root: Path) -> Node:
+    """A replica of the Redis on `master_port` (not started)."""
+    port = free_node_port()
+    directory = root / f"replica-{port}"
+    return Node(
+        port, directory, _server_argv(port, directory, "--replicaof", LOOPBACK, str(master_port))
+    )
+
+
 @dataclass
 class LocalCluster:
     root: Path
