@@ -176,3 +176,38 @@ async def test_scripts_lost_by_every_master_are_loaded_again(
         await wait_until(lambda: len(fake_twilio.messages) >= 60, 30, what="the next 30")
     assert fake_twilio.duplicates() == {}
     assert len(fake_twilio.messages) == 60
+
+
+@pytest.mark.timeout(120)
+async def test_a_shard_moved_to_another_master_mid_run_loses_and_repeats_nothing(
+    cluster: LocalCluster, tmp_path: Path, fake_twilio: Any
+) -> None:
+    # Given a worker sending while publishes go on
+    settings = topology_settings(cluster.url, "cluster", tmp_path, fake_twilio.url)
+    fake_twilio.set_latency(0.01)
+    stream = shard_keys(settings.namespace, 0).requests
+    others = [p for p in cluster.master_ports() if p != cluster.master_of(stream)]
+    numbers = phones(400)
+
+    def publish_all(producer: Producer, start: int, stop: int) -> list[PublishResult]:
+        return [producer.publish(numbers[i], f"moving {i}") for i in range(start, stop)]
+
+    with Producer(settings) as producer:
+        async with running_worker(settings):
+            first = await asyncio.to_thread(publish_all, producer, 0, 200)
+            # When shard 0's slot moves to another master, key by key (ASK, then MOVED)
+            moving = asyncio.to_thread(cluster.migrate_slot_of, stream, others[0])
+            second, _ = await asyncio.gather(
+                asyncio.to_thread(publish_all, producer, 200, 400), moving
+            )
+            assert cluster.master_of(stream) == others[0]
+            # Then every message is sent, once
+            await wait_until(
+                lambda: len({m.body for m in fake_twilio.messages}) >= 400,
+                60,
+                what="all 400 sent",
+            )
+            await wait_until(lambda: producer.spooled() == 0, 30, what="the spool flushed")
+    assert {r.status for r in first + second} <= {"queued", "spooled"}
+    assert fake_twilio.duplicates() == {}
+    assert {m.body for m in fake_twilio.messages} == {f"moving {i}" for i in range(400)}

@@ -56,7 +56,7 @@ def _client(port: int, timeout: float = 2.0) -> redis.Redis:
     return redis.Redis(host=LOOPBACK, port=port, socket_timeout=timeout, socket_connect_timeout=1)
 
 
-def _command(client: redis.Redis, *args: str) -> Any:
+def _command(client: redis.Redis, *args: Any) -> Any:
     """A raw command (redis-py leaves `execute_command` untyped)."""
     return client.execute_command(*args)  # type: ignore[no-untyped-call]
 
@@ -280,6 +280,29 @@ class LocalCluster:
 
     def restart(self, port: int) -> None:
         self.nodes[port].start()
+
+    def migrate_slot_of(self, key: str, to_port: int, batch: int = 10) -> None:
+        """Move `key`'s slot to the master on `to_port`, key by key (clients meanwhile get ASK,
+        then MOVED), as `redis-cli --cluster reshard` does."""
+        source_port = self.master_of(key)
+        source, target = _client(source_port, 10), _client(to_port, 10)
+        try:
+            slot = int(_command(source, "CLUSTER", "KEYSLOT", key))
+            source_id = _command(source, "CLUSTER", "MYID").decode()
+            target_id = _command(target, "CLUSTER", "MYID").decode()
+            _command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            _command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := _command(source, "CLUSTER", "GETKEYSINSLOT", slot, batch):
+                _command(source, "MIGRATE", LOOPBACK, to_port, "", 0, 5000, "KEYS", *keys)
+            for port in (to_port, source_port, *self.master_ports()):
+                client = _client(port)
+                try:
+                    _command(client, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+                finally:
+                    client.close()
+        finally:
+            source.close()
+            target.close()
 
     def wait_failover(self, killed: int, timeout: float = 30) -> float:
         """Seconds until the killed master's replica took its slots and the cluster is ok."""
