@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -57,7 +58,9 @@ async def main() -> None:
                 with_slot.clear()
                 await with_slot.wait()
                 continue
-            reply = await reader.xreadgroup(GROUP, "bare-1", {stream: ">"}, count=free, block=1000)
+            reply: Any = await reader.xreadgroup(
+                GROUP, "bare-1", {stream: ">"}, count=free, block=1000
+            )
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     task = asyncio.create_task(

@@ -22,12 +22,9 @@ from typing import Any
 from celery import Celery
 
 from bench.sdk import send_from_worker
+from bench.systems import celery_queue as queue_name
 
 TASK_NAME = "bench.send_sms"
-
-
-def queue_name(prefix: str) -> str:
-    return f"{prefix}sms"
 
 
 def make_app(prefix: str, redis_url: str, visibility_timeout_s: float | None = None) -> Any:

@@ -66,7 +66,7 @@ def _now_iso() -> str:
 _serial = itertools.count(1)
 
 
-def _time_sync(call: SyncCall, count: int, warmup: int) -> list[float]:
+def time_sync(call: SyncCall, count: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         call(next(_serial))
     samples = []
@@ -78,7 +78,7 @@ def _time_sync(call: SyncCall, count: int, warmup: int) -> list[float]:
     return samples
 
 
-async def _time_async(call: AsyncCall, count: int, warmup: int) -> list[float]:
+async def time_async(call: AsyncCall, count: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         await call(next(_serial))
     samples = []
@@ -103,7 +103,7 @@ def _smsrelay_sync(tag: str, count: int, warmup: int) -> list[float]:
                     raise RuntimeError(str(result))
                 return result
 
-            return _time_sync(call, count, warmup)
+            return time_sync(call, count, warmup)
     finally:
         system.cleanup()
 
@@ -122,7 +122,7 @@ def _smsrelay_async(tag: str, count: int, warmup: int) -> list[float]:
                     raise RuntimeError(str(result))
                 return result
 
-            return await _time_async(call, count, warmup)
+            return await time_async(call, count, warmup)
 
     try:
         return asyncio.run(run())
@@ -144,7 +144,7 @@ def _xadd_sync(tag: str, count: int, warmup: int) -> list[float]:
     system = systems.make("smsrelay", tag)
     client = redis.Redis.from_url(redis_url(SMSRELAY_DB))
     try:
-        return _time_sync(
+        return time_sync(
             lambda i: client.xadd(system.stream, _fields(tag, i)),  # type: ignore[arg-type]
             count,
             warmup,
@@ -162,9 +162,9 @@ def _xadd_async(tag: str, count: int, warmup: int) -> list[float]:
         try:
 
             async def call(i: int) -> object:
-                return await client.xadd(system.stream, _fields(tag, i))
+                return await client.xadd(system.stream, _fields(tag, i))  # type: ignore[arg-type]
 
-            return await _time_async(call, count, warmup)
+            return await time_async(call, count, warmup)
         finally:
             await client.aclose()
 
@@ -174,63 +174,15 @@ def _xadd_async(tag: str, count: int, warmup: int) -> list[float]:
         system.cleanup()
 
 
-def _dramatiq(tag: str, count: int, warmup: int) -> list[float]:
-    from bench.peer_dramatiq import declare, make_broker
+def _peer(api: str) -> Callable[[str, int, int], list[float]]:
+    """A peer's publish timings, measured in the peers' environment (bench/peer_env.py)."""
 
-    system = systems.make("dramatiq", tag)
-    broker = make_broker(system.prefix, system.url)
-    actor = declare(broker)
-    try:
-        return _time_sync(lambda i: actor.send(phone(i), body(tag, i)), count, warmup)
-    finally:
-        broker.close()
-        system.cleanup()
+    def measure(tag: str, count: int, warmup: int) -> list[float]:
+        from bench.peer_env import run_op
 
+        return [float(x) for x in run_op("publish", api, tag, str(count), str(warmup))]
 
-def _celery(tag: str, count: int, warmup: int) -> list[float]:
-    from bench.peer_celery import make_app, register
-
-    system = systems.make("celery", tag)
-    app = make_app(system.prefix, system.url)
-    task = register(app)
-    try:
-        return _time_sync(lambda i: task.apply_async((phone(i), body(tag, i))), count, warmup)
-    finally:
-        app.close()
-        system.cleanup()
-
-
-def _arq(tag: str, count: int, warmup: int) -> list[float]:
-    from arq.connections import RedisSettings, create_pool
-
-    system = systems.make("arq", tag)
-
-    async def run() -> list[float]:
-        pool = await create_pool(RedisSettings.from_dsn(system.url))
-        queue = f"{system.prefix}:queue"
-        try:
-
-            async def call(i: int) -> object:
-                # arq's default job id (a uuid4 hex); the key prefix only names the queue, so
-                # the jobs are found for clean-up by the ids it returns.
-                job = await pool.enqueue_job("send_sms", phone(i), body(tag, i), _queue_name=queue)
-                if job is not None:
-                    made.append(job.job_id)
-                return job
-
-            made: list[str] = []
-            try:
-                return await _time_async(call, count, warmup)
-            finally:
-                for start in range(0, len(made), 500):
-                    await pool.delete(*[f"arq:job:{j}" for j in made[start : start + 500]])
-        finally:
-            await pool.aclose()
-
-    try:
-        return asyncio.run(run())
-    finally:
-        system.cleanup()
+    return measure
 
 
 MEASURE: dict[str, Callable[[str, int, int], list[float]]] = {
@@ -238,9 +190,9 @@ MEASURE: dict[str, Callable[[str, int, int], list[float]]] = {
     "smsrelay.async": _smsrelay_async,
     "xadd.sync": _xadd_sync,
     "xadd.async": _xadd_async,
-    "dramatiq": _dramatiq,
-    "celery": _celery,
-    "arq": _arq,
+    "dramatiq": _peer("dramatiq"),
+    "celery": _peer("celery"),
+    "arq": _peer("arq"),
 }
 
 

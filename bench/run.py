@@ -4,8 +4,10 @@
     .venv/bin/python -m bench.run --quick      # ~5 min, writes bench/out/BENCHMARKS-quick.md
     .venv/bin/python -m bench.run --smoke      # <1 min (CI), writes bench/out/BENCHMARKS-smoke.md
 
-Needs the `bench` dependency group (`uv sync --group bench`) and Redis on 127.0.0.1:6379;
-py-spy (`uv pip install py-spy`) for the profile phase, which is skipped without it.
+Needs Redis on 127.0.0.1:6379. Dramatiq, Celery and arq run from an environment of their own
+(bench/peers/venv, pinned in bench/peers/requirements.txt), made on first use (`--smoke` uses it
+only when it is there, or with --install-peers); py-spy (`uv sync --group bench`) for the
+profile phase, which is skipped without it.
 `--phases` picks phases, `--systems` picks systems; the raw results go to bench/out/*.json.
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import importlib.util
 import json
 import shlex
 import sys
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import crash, e2e, footprint, publish_cost, report, systems
+from bench import crash, e2e, footprint, peer_env, publish_cost, report, systems
 from bench.common import ROOT, FakeTwilioProcess, code_state, install_cleanup, machine
 
 PHASES = ("ceiling", "publish", "e2e", "crash", "footprint", "profile")
@@ -54,6 +55,9 @@ class Config:
     phases: list[str] = field(default_factory=lambda: list(PHASES))
     output: str = "BENCHMARKS.md"
     smsrelay_root: str = str(ROOT)
+    # Make the peers' environment when it is missing (a minute, once); the smoke run (CI)
+    # uses it only when it is already there.
+    install_peers: bool = True
 
 
 SCENARIOS = [(0.0, 64), (200.0, 64), (200.0, 256)]
@@ -109,6 +113,7 @@ PRESETS: dict[str, Config] = {
         rss_systems=["smsrelay", "bare"],
         settle_s=1.5,
         output="bench/out/BENCHMARKS-smoke.md",
+        install_peers=False,
     ),
 }
 
@@ -122,15 +127,18 @@ def _interpreter() -> str:
     return str(exe.relative_to(ROOT)) if exe.is_relative_to(ROOT) else str(exe)
 
 
-def available_systems(wanted: list[str]) -> tuple[list[str], list[str]]:
-    """The wanted systems whose packages are installed, and the missing ones."""
-    module = {"dramatiq": "dramatiq", "celery": "celery", "arq": "arq"}
-    ok: list[str] = []
-    missing: list[str] = []
-    for name in wanted:
-        pkg = module.get(systems.KIND.get(name, name))
-        (missing if pkg and importlib.util.find_spec(pkg) is None else ok).append(name)
-    return ok, missing
+def available_systems(wanted: list[str], install: bool = True) -> tuple[list[str], list[str]]:
+    """The wanted systems that can run, and the missing ones. The peers run from an
+    environment of their own (bench/peer_env.py), made here on first use when `install`."""
+    peers = [name for name in wanted if systems.KIND.get(name, name) in systems.PEERS]
+    if not peers:
+        return list(wanted), []
+    try:
+        peer_env.peer_python(install=install)
+    except peer_env.PeersUnavailable as exc:
+        _log(f"peers unavailable: {exc}")
+        return [name for name in wanted if name not in peers], peers
+    return list(wanted), []
 
 
 def run_ceiling(cfg: Config) -> list[dict[str, Any]]:
@@ -250,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         help="benchmark the smsrelay package of another checkout (A/B)",
     )
     parser.add_argument(
+        "--install-peers",
+        action="store_true",
+        help="make the peers' environment if missing (the default but for --smoke)",
+    )
+    parser.add_argument(
         "--render",
         type=Path,
         metavar="RESULTS_JSON",
@@ -280,9 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg.output = args.output or cfg.output
     if args.smsrelay_root:
         cfg.smsrelay_root = str(args.smsrelay_root.resolve())
-    cfg.systems, missing = available_systems(cfg.systems)
+    if args.install_peers:
+        cfg.install_peers = True
+    cfg.systems, missing = available_systems(cfg.systems, cfg.install_peers)
     if missing:
-        _log(f"skipping {', '.join(missing)}: not installed (uv sync --group bench)")
+        _log(f"skipping {', '.join(missing)}: no peers' environment (python -m bench.peer_env)")
 
     install_cleanup()
     OUT.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ prefix (derived from a fresh tag), so measurements never see each other's data, 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -50,6 +49,11 @@ TUNING = {
 }
 # Each peer in its own database, so no two systems' keys can meet (smsrelay: DB 0, namespaced).
 PEER_DB = {"dramatiq": 5, "celery": 6, "arq": 7}
+
+
+def celery_queue(prefix: str) -> str:
+    """The Celery queue of a run (bench.peer_celery declares it; the driver names it)."""
+    return f"{prefix}sms"
 
 
 def _messages(start: int, count: int, tag: str) -> Iterator[tuple[str, str]]:
@@ -104,9 +108,9 @@ class System:
         publish = {
             "smsrelay": self._enqueue_smsrelay,
             "bare": self._enqueue_smsrelay,
-            "dramatiq": self._enqueue_dramatiq,
-            "celery": self._enqueue_celery,
-            "arq": self._enqueue_arq,
+            "dramatiq": self._enqueue_peer,
+            "celery": self._enqueue_peer,
+            "arq": self._enqueue_peer,
         }[self.kind]
         publish(start, count)
 
@@ -124,48 +128,19 @@ class System:
                 if result.status != "queued":
                     raise RuntimeError(f"smsrelay publish: {result}")
 
-    def _enqueue_dramatiq(self, start: int, count: int) -> None:
-        from bench.peer_dramatiq import declare, make_broker
+    def _enqueue_peer(self, start: int, count: int) -> None:
+        """In the peers' environment, where their packages are (bench/peer_env.py)."""
+        from bench.peer_env import run_op
 
-        broker = make_broker(self.prefix, self.url)
-        actor = declare(broker)
-        try:
-            for to, text in _messages(start, count, self.tag):
-                actor.send(to, text)
-        finally:
-            broker.close()
-
-    def _enqueue_celery(self, start: int, count: int) -> None:
-        from bench.peer_celery import make_app, register
-
-        app = make_app(self.prefix, self.url)
-        task = register(app)
-        try:
-            for to, text in _messages(start, count, self.tag):
-                task.apply_async((to, text))
-        finally:
-            app.close()
-
-    def _enqueue_arq(self, start: int, count: int) -> None:
-        asyncio.run(self._enqueue_arq_async(start, count))
-
-    async def _enqueue_arq_async(self, start: int, count: int) -> None:
-        from arq.connections import RedisSettings, create_pool
-
-        pool = await create_pool(RedisSettings.from_dsn(self.url))
-        try:
-            queue = f"{self.prefix}:queue"
-            for i, (to, text) in enumerate(_messages(start, count, self.tag), start):
-                job = await pool.enqueue_job(
-                    "send_sms", to, text, _queue_name=queue, _job_id=f"{self.prefix}-{i}"
-                )
-                if job is None:
-                    raise RuntimeError("arq enqueue_job returned None (duplicate job id)")
-        finally:
-            await pool.aclose()
+        run_op("enqueue", self.name, self.tag, str(start), str(count))
 
     # -- the worker ------------------------------------------------------------------------
     def worker_cmd(self, concurrency: int) -> list[str]:
+        python = PYTHON
+        if self.kind in PEERS:
+            from bench.peer_env import peer_python
+
+            python = peer_python()  # the peers run from their own environment
         if self.kind == "smsrelay":
             # --no-mirror: no Postgres in the benchmark; the mirror only reads dead letters.
             return [PYTHON, "-m", "smsrelay.cli", "worker", "--no-mirror"]
@@ -173,7 +148,7 @@ class System:
             return [PYTHON, "-m", "bench.bare_loop"]
         if self.kind == "dramatiq":
             return [
-                PYTHON,
+                python,
                 "-m",
                 "dramatiq",
                 "bench.peer_dramatiq",
@@ -183,10 +158,8 @@ class System:
                 str(concurrency),
             ]
         if self.kind == "celery":
-            from bench.peer_celery import queue_name
-
             return [
-                PYTHON,
+                python,
                 "-m",
                 "celery",
                 "-A",
@@ -197,7 +170,7 @@ class System:
                 "--concurrency",
                 str(concurrency),
                 "-Q",
-                queue_name(self.prefix),
+                celery_queue(self.prefix),
                 "--loglevel",
                 "WARNING",
                 "--without-gossip",
@@ -206,7 +179,7 @@ class System:
                 "--hostname",
                 f"{self.prefix}-%h-{os.getpid()}",
             ]
-        return [PYTHON, "-m", "bench.peer_arq"]
+        return [python, "-m", "bench.peer_arq"]
 
     def worker_env(self, fake_url: str, concurrency: int) -> dict[str, str]:
         env = {

@@ -108,10 +108,10 @@ def delete_namespace_keys(client: redis.Redis, namespace: str) -> int:
         for key in client.scan_iter(match=pattern, count=1000):
             batch.append(cast(bytes, key))
             if len(batch) >= 500:
-                deleted += cast(int, client.unlink(*batch))
+                deleted += client.unlink(*batch)
                 batch = []
         if batch:
-            deleted += cast(int, client.unlink(*batch))
+            deleted += client.unlink(*batch)
     return deleted
 
 

@@ -30,6 +30,8 @@ TRANSIENT_REDIS_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.BusyLoadingError,
     redis.exceptions.TryAgainError,
     redis.exceptions.ClusterDownError,
+    # A cluster client whose slot map lost a slot (its master died, no replica promoted yet).
+    redis.exceptions.SlotNotCoveredError,
     ConnectionError,
     TimeoutError,
     OSError,

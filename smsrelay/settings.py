@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import platformdirs
 from pydantic import (
@@ -78,6 +78,10 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
     )
 
+    # Before redis_url: its validator reads the mode (one server, or a list of seeds/sentinels).
+    redis_mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    redis_sentinel_master: str = "mymaster"
+    redis_wait_replicas: int = Field(0, ge=0, le=100)
     redis_url: str = "redis://localhost:6379/0"
     database_url: str = "postgresql://localhost/postgres"
     namespace: str = "smsrelay"
@@ -138,21 +142,37 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("log_format", "log_level", "on_rate_limit", mode="before")
+    @field_validator("log_format", "log_level", "on_rate_limit", "redis_mode", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_url(cls, value: str) -> str:
+    def _redis_url(cls, value: str, info: ValidationInfo) -> str:
+        mode = info.data.get("redis_mode", "standalone")
+        if mode != "standalone":
+            redis_endpoints(value, mode)  # raises ValueError with the one problem
+            return value
         parts = urlsplit(value)
         if parts.scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("must start with redis://, rediss:// or unix://")
+        if "," in parts.netloc:
+            raise ValueError(
+                "names several hosts: set SMSRELAY_REDIS_MODE=cluster (seed nodes) or "
+                "sentinel (the sentinels), or name one Redis"
+            )
         if parts.scheme != "unix" and not parts.hostname:
             raise ValueError("has no host")
         _check_host(parts.hostname)
         _ = parts.port  # raises ValueError on a non-numeric port
+        return value
+
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _sentinel_master(cls, value: str) -> str:
+        if not _NAMESPACE_RE.match(value):
+            raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-'")
         return value
 
     @field_validator("database_url")
@@ -308,6 +328,54 @@ class Settings(BaseSettings):
     def require_admin_token(self) -> tuple[AdminCredential, ...]:
         """The check `smsrelay admin` makes at start (the name it has always had)."""
         return self.require_admin_credentials()
+
+
+@dataclass(frozen=True)
+class RedisEndpoints:
+    """What a cluster or sentinel URL names: `redis[s]://[user:password@]h1:p1,h2:p2[/db]`."""
+
+    tls: bool
+    hosts: tuple[tuple[str, int], ...]
+    db: int
+    username: str | None
+    password: str | None
+
+
+_DEFAULT_PORT = {"cluster": 6379, "sentinel": 26379}
+
+
+def redis_endpoints(url: str, mode: str) -> RedisEndpoints:
+    """The hosts of a cluster (seed nodes) or sentinel URL; ValueError with one line why not."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in {"redis", "rediss"}:
+        raise ValueError(f"must start with redis:// or rediss:// in {mode} mode")
+    netloc, _, tail = rest.partition("/")
+    path, _, query = tail.partition("?")
+    if query or "?" in netloc:
+        raise ValueError(f"takes no options after '?' in {mode} mode")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username, password = unquote(user) or None, unquote(secret) if colon else None
+    hosts: list[tuple[str, int]] = []
+    for position, item in enumerate(hostlist.split(","), 1):
+        item = item.strip()
+        if not item:
+            raise ValueError(f"has an empty host (entry {position} of the comma-separated list)")
+        host, colon, port_text = item.rpartition(":") if ":" in item else (item, "", "")
+        host = host.strip("[]")
+        if not host or not _HOST_RE.match(host):
+            raise ValueError(f"entry {position}: the host is neither a DNS name nor an IP address")
+        if colon and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+            raise ValueError(f"entry {position}: the port must be a number from 1 to 65535")
+        hosts.append((host, int(port_text) if colon else _DEFAULT_PORT[mode]))
+    db_text = path.strip("/") or "0"
+    if not db_text.isdigit():
+        raise ValueError("the database after '/' must be a number")
+    if mode == "cluster" and int(db_text) != 0:
+        raise ValueError("names database " + db_text + ": Redis Cluster has only database 0")
+    return RedisEndpoints(scheme == "rediss", tuple(hosts), int(db_text), username, password)
 
 
 def _token_problem(token: str) -> str | None:

@@ -39,6 +39,8 @@ def test_no_code_flushes_a_shared_redis() -> None:
             found += [
                 f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
                 for m in _FLUSHES.finditer(text)
+                # a server the test started itself may be flushed, and says so on the line
+                if "a private server" not in text[m.start() : text.find(chr(10), m.start())]
             ]
     assert found == [], "flushes of a shared Redis:\n" + "\n".join(found)
 

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import cast
 
 from smsrelay import clock
 from smsrelay.outage import Outages, until_done
@@ -25,6 +26,7 @@ from smsrelay.schemas.records import FailedSmsRecord
 from smsrelay.streams.clients import text
 from smsrelay.streams.keys import shard_of
 from smsrelay.streams.queue import Queue
+from smsrelay.streams.wire import RawFields
 
 # A budget of one token: replays go out evenly, never in a burst after a pause.
 REPLAY_BURST = 1
@@ -57,7 +59,7 @@ async def original_fields(queue: Queue, record: FailedSmsRecord) -> dict[str, st
         )
         if found:
             entry_id, raw = found[0]
-            letter = DeadLetter.from_stream(text(entry_id), raw)
+            letter = DeadLetter.from_stream(text(entry_id), cast(RawFields, raw or {}))
             if letter.truncation_note is None:
                 return letter.original_fields()
     return fields_from_record(record)

@@ -283,9 +283,7 @@ class AdminService:
     async def _count_retry(self, outcome: str, phone: str | None) -> None:
         shard = shard_of(phone, self.settings.shards) if phone else 0
         with contextlib.suppress(aioredis.RedisError, OSError):
-            await self.redis.hincrby(  # type: ignore[misc]  # redis-py types sync|async as one
-                self.queue.keys(shard).admin_retry_counts, outcome, 1
-            )
+            await self.redis.hincrby(self.queue.keys(shard).admin_retry_counts, outcome, 1)
 
     # -- delete ----------------------------------------------------------------------------
     async def delete(self, message_id: uuid.UUID, *, actor: str = UNNAMED_ACTOR) -> FailedSmsRecord:

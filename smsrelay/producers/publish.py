@@ -17,13 +17,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from smsrelay.logging import get_logger
 from smsrelay.producers.gate import PROBE_FIRST_S, PROBE_MAX_S, RedisGate
 from smsrelay.producers.request import PublishResult, Status, finish, prepare
 from smsrelay.producers.spool import Spool, SpooledRequest, SpoolOwner, SpoolSurvey
 from smsrelay.settings import Settings, spool_root
-from smsrelay.streams.clients import async_producer_client, producer_client, text
+from smsrelay.streams.clients import (
+    REDIS_ERRORS,
+    NotReplicated,
+    async_producer_client,
+    producer_client,
+    text,
+    wait_replicas,
+    wait_replicas_sync,
+)
 from smsrelay.streams.keys import shard_keys, shard_of
 from smsrelay.streams.scripts import Scripts
 from smsrelay.streams.wire import publish_call
@@ -34,6 +43,9 @@ _FLUSH_BATCH = 500
 # Errors that say Redis is away (not that it refused one command): they close the gate.
 _OUTAGES: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
 _ASYNC_OUTAGES: tuple[type[BaseException], ...] = (*_OUTAGES, TimeoutError, OSError)
+# Every failure of a publish, a cluster's included (a request is spooled, never lost).
+# (OSError: a socket error redis-py did not wrap; TimeoutError: the call's own bound)
+_ASYNC_FAILURES: tuple[type[BaseException], ...] = (*REDIS_ERRORS, TimeoutError, OSError)
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,35 @@ class _ProducerCore:
 
     def shard(self, phone: str) -> int:
         return shard_of(phone, self.settings.shards)
+
+    # -- SMSRELAY_REDIS_WAIT_REPLICAS (rule 19) ---------------------------------------------
+    def replicated(self, client: redis.Redis, shard: int) -> None:
+        """Raise NotReplicated (the request is then spooled, never lost) unless the configured
+        number of replicas hold the entry within the publish timeout; nothing when it is 0.
+        A spooled copy of an entry that did reach Redis is the same message id: the worker
+        sends it once (begin.lua finds it sent or busy)."""
+        wanted = self.settings.redis_wait_replicas
+        if wanted:
+            acked = wait_replicas_sync(client, [self.stream(shard)], wanted, self._wait_ms())
+            self._check_replicas(acked, wanted)
+
+    async def replicated_async(self, client: aioredis.Redis, shard: int) -> None:
+        wanted = self.settings.redis_wait_replicas
+        if wanted:
+            acked = await wait_replicas(client, [self.stream(shard)], wanted, self._wait_ms())
+            self._check_replicas(acked, wanted)
+
+    def _wait_ms(self) -> int:
+        # Within the publish timeout, and under the socket timeout (the same figure).
+        return max(1, int(self.settings.publish_timeout_seconds * 900))
+
+    @staticmethod
+    def _check_replicas(acked: int, wanted: int) -> None:
+        if acked < wanted:
+            raise NotReplicated(
+                f"{acked} of the {wanted} replicas SMSRELAY_REDIS_WAIT_REPLICAS asks for "
+                "acknowledged the entry in time"
+            )
 
     @staticmethod
     def result_from_reply(reply: Any, kind: str | None) -> PublishResult:
@@ -224,7 +265,8 @@ class Producer:
             else:
                 keys, args = self._core.script_args(shard, fields, idempotency_key)
                 reply = self._scripts.publish(keys=keys, args=args, client=client)
-        except redis.RedisError as exc:
+            self._core.replicated(client, shard)
+        except REDIS_ERRORS as exc:
             reason = _describe(exc)
             if isinstance(exc, _OUTAGES):
                 self._core.gate.fail(reason)
@@ -258,7 +300,9 @@ class Producer:
                 if request is None:
                     continue
                 keys, args = self._core.flush_call(request)
-                self._scripts.publish(keys=keys, args=args, client=self._clients.get())
+                client = self._clients.get()
+                self._scripts.publish(keys=keys, args=args, client=client)
+                self._core.replicated(client, request.shard)
                 spool.done(request)
                 published += 1
         if published:
@@ -311,7 +355,7 @@ class Producer:
                     self._core.gate.open()
                 # Nothing published while files remain: another flusher holds them.
                 pause = 0.5 if self.flush_spool() == 0 else 0.0
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 if isinstance(exc, _OUTAGES):
                     self._core.gate.fail(_describe(exc))
                 pause = min(max(pause * 2, PROBE_FIRST_S), PROBE_MAX_S)
@@ -371,7 +415,8 @@ class AsyncProducer:
                 else:
                     keys, args = self._core.script_args(shard, fields, idempotency_key)
                     reply = await self._scripts.publish(keys=keys, args=args)
-        except (redis.RedisError, TimeoutError, OSError) as exc:
+                await self._core.replicated_async(self._redis, shard)
+        except _ASYNC_FAILURES as exc:
             reason = _describe(exc)
             if isinstance(exc, _ASYNC_OUTAGES):
                 self._core.gate.fail(reason)
@@ -397,6 +442,7 @@ class AsyncProducer:
                 keys, args = self._core.flush_call(request)
                 async with asyncio.timeout(self.settings.publish_timeout_seconds * 2):
                     await self._scripts.publish(keys=keys, args=args)
+                    await self._core.replicated_async(self._redis, request.shard)
                 self._core.spool.done(request)
                 published += 1
         if published:
@@ -431,7 +477,7 @@ class AsyncProducer:
             except _ASYNC_OUTAGES as exc:
                 self._core.gate.fail(_describe(exc))
                 pause = min(max(pause * 2, PROBE_FIRST_S), PROBE_MAX_S)
-            except redis.RedisError:
+            except _ASYNC_FAILURES:
                 pause = min(max(pause * 2, PROBE_FIRST_S), PROBE_MAX_S)
             await asyncio.sleep(pause)
 

@@ -161,3 +161,11 @@ def shard_label(namespace: str, key: str) -> str | None:
     if key.startswith(prefix) and key.endswith(suffix):
         return key[len(prefix) : -len(suffix)]
     return None
+
+
+def replication_barrier(key: str) -> str:
+    """A key in `key`'s slot for the barrier write before a WAIT (streams/clients.py)."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    tag = key[start : end + 1] if start >= 0 and end > start + 1 else "{" + key + "}"
+    return f"{tag}:replicated"

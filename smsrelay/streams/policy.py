@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.asyncio as aioredis
 
 from smsrelay.errors import ConfigError
@@ -21,7 +23,7 @@ async def check_eviction_policy(client: aioredis.Redis) -> None:
     """Raise ConfigError when Redis may evict keys; a server that hides its configuration
     (managed Redis without CONFIG) is let through with a warning."""
     try:
-        reply = await client.config_get("maxmemory-policy")
+        reply: dict[Any, Any] = await client.config_get("maxmemory-policy")
     except aioredis.ResponseError as exc:
         log.warning(
             "redis.policy_unknown",

@@ -19,14 +19,16 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 
 from smsrelay import clock
+from smsrelay.logging import get_logger
 from smsrelay.settings import Settings
 from smsrelay.streams import wire
 from smsrelay.streams.batching import ScriptBatcher
-from smsrelay.streams.clients import READ_BLOCK_MS, text
+from smsrelay.streams.clients import READ_BLOCK_MS, text, wait_replicas
 from smsrelay.streams.group import ClaimPage, ConsumerGroup, Delivery, consumer_name
 from smsrelay.streams.keys import WORKER_GROUP, FleetKeys, ShardKeys, all_shards, shard_keys
 from smsrelay.streams.scripts import Scripts
 
+log = get_logger("smsrelay.redis")
 # A script call to pipeline: (registered script, keys, arguments).
 ScriptCall = tuple[Any, list[str], list[Any]]
 Verdict = Literal["sent", "expired", "busy", "limited", "exhausted", "go"]
@@ -93,7 +95,10 @@ class Queue:
         self.settings = settings
         self.redis = client
         self.scripts = Scripts(client)
-        self.batcher = ScriptBatcher(client)
+        # SMSRELAY_REDIS_WAIT_REPLICAS: outcomes wait for the replicas (rule 19); 0 adds nothing.
+        self._wait = settings.redis_wait_replicas
+        self._wait_ms = max(1, int(settings.publish_timeout_seconds * 1000))
+        self.batcher = ScriptBatcher(client, replicated=self.replicated if self._wait else None)
         self.shards = all_shards(settings.namespace, settings.shards)
         self.fleet = FleetKeys(settings.namespace)
         self.group = ConsumerGroup(
@@ -216,7 +221,7 @@ class Queue:
             OUTCOME_CAP,
             *wire.flatten(outcome),
         ]
-        return bool(await self.batcher.call(self.scripts.sent, script_keys, args))
+        return bool(await self.batcher.call(self.scripts.sent, script_keys, args, replicated=True))
 
     async def dead_letter(
         self,
@@ -261,6 +266,8 @@ class Queue:
             *wire.flatten(fields),
         ]
         dead_id = await self.scripts.deadletter(keys=script_keys, args=args)
+        if self._wait and dead_id is not None:
+            await self.replicated(script_keys)
         return dead_id is not None
 
     async def delay(
@@ -278,14 +285,15 @@ class Queue:
         """Hold the entry for `delay_s`. `refund` gives its attempt back (the provider's
         outage cost it); `ambiguous` marks the attempt's outcome unknown."""
         keys = self.keys(delivery.shard)
+        script_keys = [
+            delivery.stream,
+            keys.delayed,
+            keys.delayed_payload,
+            keys.state(message_id),
+            keys.trace(message_id),
+        ]
         done = await self.scripts.delay(
-            keys=[
-                delivery.stream,
-                keys.delayed,
-                keys.delayed_payload,
-                keys.state(message_id),
-                keys.trace(message_id),
-            ],
+            keys=script_keys,
             args=[
                 WORKER_GROUP,
                 delivery.entry_id,
@@ -299,6 +307,8 @@ class Queue:
                 event,
             ],
         )
+        if self._wait and done:
+            await self.replicated(script_keys)
         self.delay_scheduled.set()
         return bool(done)
 
@@ -325,7 +335,7 @@ class Queue:
 
     async def trace(self, shard: int, message_id: str) -> list[tuple[int, str, str]]:
         """The message's trace: (epoch ms, event, detail), oldest first ([] when gone)."""
-        raw = await self.redis.lrange(self.keys(shard).trace(message_id), 0, -1)  # type: ignore[misc]
+        raw = await self.redis.lrange(self.keys(shard).trace(message_id), 0, -1)
         events: list[tuple[int, str, str]] = []
         for item in raw:
             at, _, rest = text(item).partition("|")
@@ -349,7 +359,7 @@ class Queue:
 
     async def sender_of(self, shard: int, message_id: str) -> str | None:
         """Who is sending the message now (a stream entry id or a direct sender), if anyone."""
-        owner, lease_until = await self.redis.hmget(  # type: ignore[misc]
+        owner, lease_until = await self.redis.hmget(
             self.keys(shard).state(message_id), ["owner", "lease_until"]
         )
         if owner is None:
@@ -368,6 +378,8 @@ class Queue:
         """
         fields = {text(k): text(v) for k, v in delivery.fields.items()}
         await self.redis.xadd(self.keys(shard).requests, fields)  # type: ignore[arg-type]
+        if self._wait:
+            await self.replicated([self.keys(shard).requests])
         await self.drop(delivery)
 
     async def move_due(self, shard: int, limit: int = 500) -> tuple[int, int, int]:
@@ -387,7 +399,29 @@ class Queue:
             self.keys(shard), fields, idempotency_key, self.settings.idempotency_ttl_seconds
         )
         reply = await self.scripts.publish(keys=script_keys, args=args)
+        if self._wait:
+            await self.replicated(script_keys)
         return bool(int(reply[0]))
+
+    # -- replicas ------------------------------------------------------------------------
+    async def replicated(self, keys: Sequence[str]) -> None:
+        """Return once SMSRELAY_REDIS_WAIT_REPLICAS replicas hold what was just written on the
+        masters of `keys` (rule 19). While they do not (a replica down, or none yet after a
+        failover) the outcome is not final: wait and ask again, as through an outage; the
+        entry stays in flight meanwhile."""
+        delay, short = 0.05, False
+        try:
+            while (acked := await wait_replicas(self.redis, keys, self._wait, self._wait_ms)) < (
+                self._wait
+            ):
+                if not short:
+                    short = True
+                    _replicas_short(acked, self._wait)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        finally:
+            if short:
+                _replicas_back()
 
     async def take(
         self, budget_key: str, rate_per_s: float, burst: int, wanted: int = 1
@@ -427,3 +461,31 @@ def _decode_begin(reply: Any) -> Begin:
             ambiguous_since=text(reply[3]) if text(reply[5]) == "1" else "",
         )
     raise ValueError(f"begin.lua answered {verdict!r}")
+
+
+class _Shortage:
+    """Outcomes waiting for replicas in this process: said when the first starts to wait and
+    when the last is done, not once per outcome."""
+
+    waiting = 0
+    since = 0.0
+
+
+def _replicas_short(acked: int, wanted: int) -> None:
+    _Shortage.waiting += 1
+    if _Shortage.waiting == 1:
+        _Shortage.since = clock.monotonic()
+        log.warning(
+            "redis.replicas_missing",
+            acknowledged=acked,
+            wanted=wanted,
+            effect="outcomes wait until SMSRELAY_REDIS_WAIT_REPLICAS replicas hold them",
+        )
+
+
+def _replicas_back() -> None:
+    _Shortage.waiting -= 1
+    if _Shortage.waiting == 0:
+        log.info(
+            "redis.replicas_back", waited_seconds=round(clock.monotonic() - _Shortage.since, 3)
+        )

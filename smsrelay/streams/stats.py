@@ -121,9 +121,7 @@ async def collect(
             stats.consumers = [
                 Consumer(text(c["name"]), int(c["pending"]), int(c["idle"])) for c in infos
             ]
-    delivery: dict[Any, Any] = await client.hgetall(  # type: ignore[misc]
-        FleetKeys(settings.namespace).delivery_counts
-    )
+    delivery: dict[Any, Any] = await client.hgetall(FleetKeys(settings.namespace).delivery_counts)
     result = PipelineStats(
         settings.namespace,
         shards,
@@ -155,7 +153,7 @@ async def unread_streams(client: aioredis.Redis, settings: Settings) -> list[Unr
 
 
 async def _breaker(client: aioredis.Redis, settings: Settings) -> BreakerStats:
-    raw: dict[Any, Any] = await client.hgetall(FleetKeys(settings.namespace).breaker)  # type: ignore[misc]
+    raw: dict[Any, Any] = await client.hgetall(FleetKeys(settings.namespace).breaker)
     fields = {text(k): text(v) for k, v in raw.items()}
     return BreakerStats(
         state=fields.get("state", "closed"),
@@ -184,7 +182,7 @@ async def _unmirrored(client: aioredis.Redis, stream: str, mirror: dict[Any, Any
     # group's last-delivered id.
     last = text(mirror.get("last-delivered-id")) or "0-0"
     after = await client.xrange(stream, min=f"({last}", max="+", count=MAX_COUNTED)
-    return pending + len(after)
+    return pending + len(after or [])
 
 
 def _counts(reply: Any) -> dict[str, int]:

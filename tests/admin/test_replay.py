@@ -17,14 +17,14 @@ from smsrelay.streams.keys import ShardKeys
 from tests.admin.conftest import LIST, REPLAY, admin_client, get_record, seed
 from tests.store.dlq import unique_phone
 from tests.support.wait import wait_until
-from tests.support.worker import running_worker
+from tests.support.worker import entries, running_worker
 
 
 async def requests_of(
     client: aioredis.Redis, settings: Settings
 ) -> list[tuple[str, dict[str, str]]]:
-    entries = await client.xrange(ShardKeys(settings.namespace).requests)
-    return [(e.decode(), {k.decode(): v.decode() for k, v in f.items()}) for e, f in entries]
+    found = entries(await client.xrange(ShardKeys(settings.namespace).requests))
+    return [(e.decode(), {k.decode(): v.decode() for k, v in f.items()}) for e, f in found]
 
 
 async def test_replay_puts_the_original_entry_back_once(
@@ -145,7 +145,7 @@ async def test_replay_end_to_end_through_a_worker(
         assert (record["reason"], record["id"]) == ("permanent_error", broken_id)
         assert fake_twilio.messages_to(broken) == []
     client = aioredis.Redis.from_url(settings.redis_url)
-    dead = await client.xrange(ShardKeys(settings.namespace).dead)
+    dead = entries(await client.xrange(ShardKeys(settings.namespace).dead))
     await client.aclose()
     assert [f[b"id"].decode() for _, f in dead].count(broken_id) == 1
     assert [f[b"id"].decode() for _, f in dead].count(healed_id) == 1  # until deleted

@@ -10,6 +10,7 @@ from smsrelay.settings import Settings
 from smsrelay.streams.keys import ShardKeys
 from tests.admin.conftest import LIST, REPLAY, admin_client, get_record, seed
 from tests.admin.test_http_errors import assert_error
+from tests.support.worker import entries
 
 NOWHERE_PG = "postgresql://postgres@127.0.0.1:1/postgres"
 NOWHERE_REDIS = "redis://127.0.0.1:1/0"
@@ -60,5 +61,6 @@ async def test_redis_down_is_503_for_what_needs_redis(
         assert ready.json()["postgres"] == "ok"
     # and the dead-letter entry is still there
     assert [
-        e.decode() for e, _ in await rclient.xrange(ShardKeys(admin_settings.namespace).dead)
+        e.decode()
+        for e, _ in entries(await rclient.xrange(ShardKeys(admin_settings.namespace).dead))
     ] == [entry_id]

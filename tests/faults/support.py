@@ -338,20 +338,20 @@ class Pipeline:
 
     def backlog(self) -> tuple[int, int, int]:
         """(request stream length, pending entries of the worker group, delayed messages)."""
-        length = int(cast(int, self.client.xlen(self.keys.requests)))
+        length = int(self.client.xlen(self.keys.requests))
         try:
-            info = cast(dict[str, Any], self.client.xpending(self.keys.requests, WORKER_GROUP))
+            info = self.client.xpending(self.keys.requests, WORKER_GROUP)
             pending = int(info["pending"])
         except redis.ResponseError:
             pending = 0
-        delayed = int(cast(int, self.client.zcard(self.keys.delayed)))
+        delayed = int(self.client.zcard(self.keys.delayed))
         return length, pending, delayed
 
     def drained(self) -> bool:
         return self.backlog() == (0, 0, 0)
 
     def length(self, key: str) -> int:
-        return int(cast(int, self.client.xlen(key)))
+        return int(self.client.xlen(key))
 
     def add(self, fields: Mapping[bytes, bytes]) -> str:
         """XADD raw fields to the request stream (as any publisher in any language may)."""

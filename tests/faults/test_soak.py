@@ -44,7 +44,7 @@ def _used_mb(info: dict[str, Any]) -> float:
 
 def _data_mb(pipeline: Pipeline) -> tuple[float, float]:
     """(Redis memory less its client connections' buffers, those buffers), MiB."""
-    stats = cast(dict[str, Any], pipeline.client.memory_stats())
+    stats = pipeline.client.memory_stats()
     clients = int(stats["clients.normal"])
     return (int(stats["total.allocated"]) - clients) / 2**20, clients / 2**20
 
@@ -92,7 +92,7 @@ def test_soak_memory_returns_to_baseline_and_workers_do_not_grow(
         )
         _forget_markers(pipeline)
         time.sleep(1.5)  # rate-limit windows (1 s) expire: the baseline holds no message state
-        baseline = cast(dict[str, Any], pipeline.client.info("memory"))
+        baseline = pipeline.client.info("memory")
         data_before, clients_before = _data_mb(pipeline)
         rss_before = [w.rss_kib() for w in workers]
         # When the rest is published while the workers drain it
@@ -104,7 +104,7 @@ def test_soak_memory_returns_to_baseline_and_workers_do_not_grow(
         while fake.stats()["accepted"] < COUNT or not pipeline.drained():
             assert time.monotonic() < deadline, f"soak not drained: {fake.stats()}"
             assert all(w.alive() for w in workers), procs.describe()
-            peak_mb = max(peak_mb, _used_mb(cast(dict[str, Any], pipeline.client.info("memory"))))
+            peak_mb = max(peak_mb, _used_mb(pipeline.client.info("memory")))
             peak_rss = [max(p, w.rss_kib()) for p, w in zip(peak_rss, workers, strict=True)]
             time.sleep(0.5)
         took = time.monotonic() - started
@@ -113,11 +113,11 @@ def test_soak_memory_returns_to_baseline_and_workers_do_not_grow(
         stats = fake.stats()
         # Then: every message once, the stream empty, and Redis back to its baseline once the
         # per-message state kept on purpose (sent markers, 7 days) is set aside
-        after_drain = cast(dict[str, Any], pipeline.client.info("memory"))
+        after_drain = pipeline.client.info("memory")
         marker_count, marker_bytes = _forget_markers(pipeline)
         time.sleep(1.5)
         leftovers = _message_keys(pipeline)
-        after = cast(dict[str, Any], pipeline.client.info("memory"))
+        after = pipeline.client.info("memory")
         data_after, clients_after = _data_mb(pipeline)
         stream_bytes = int(cast(int, pipeline.client.memory_usage(pipeline.keys.requests)))
         dead = pipeline.dead_letters()

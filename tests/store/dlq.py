@@ -63,7 +63,7 @@ async def add_dead_letter(
     fields = dead_letter_fields(message_id, phone, **kwargs)
     keys = ShardKeys(settings.namespace, shard_of(phone, settings.shards))
     entry_id = await client.xadd(keys.dead, fields)  # type: ignore[arg-type]
-    await client.hincrby(keys.dead_counts, fields["reason"], 1)  # type: ignore[misc]
+    await client.hincrby(keys.dead_counts, fields["reason"], 1)
     return message_id, text(entry_id)
 
 

@@ -19,6 +19,7 @@ from smsrelay.store.mirror import Mirror, run_mirror
 from smsrelay.streams.keys import MIRROR_GROUP, ShardKeys
 from tests.conftest import make_settings
 from tests.store.dlq import add_dead_letter, mirror_now, unique_phone
+from tests.support.worker import entries
 
 
 @pytest.fixture
@@ -107,7 +108,7 @@ async def test_a_redead_lettered_replay_replaces_its_older_entry(
     # Then the row points at the new entry, attempts add up, the old entry is deleted
     row = await record(mirror_settings, message_id)
     assert (row.dead_letter_id, row.attempts, row.status) == (new_entry, 3, "failed")
-    assert [e for e, _ in await client.xrange(keys.dead)] == [new_entry.encode()]
+    assert [e for e, _ in entries(await client.xrange(keys.dead))] == [new_entry.encode()]
     assert old_entry != new_entry
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 import pytest
@@ -75,7 +75,7 @@ async def test_dead_letters_reach_postgres_after_an_outage(
             dead = ShardKeys(namespace).dead
 
             def pending() -> int:
-                return int(cast(dict[str, Any], client.xpending(dead, MIRROR_GROUP))["pending"])
+                return int(client.xpending(dead, MIRROR_GROUP)["pending"])
 
             # (after a failed write the mirror re-reads its own pending entries, so the
             # second may not even be read yet: either way, nothing is acknowledged)

@@ -25,6 +25,15 @@ async def running_worker(settings: Settings, **kwargs: Any) -> AsyncIterator[Wor
         await asyncio.wait_for(task, timeout=30)
 
 
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def entries(reply: object) -> Entries:
+    """An XRANGE reply of a client without decode_responses, as the bytes it holds (redis-py
+    8 types it as bytes or str, or None)."""
+    return cast(Entries, reply or [])
+
+
 def dead_letters(settings: Settings, shard: int = 0) -> list[dict[str, str]]:
     client = redis.Redis.from_url(settings.redis_url)
     entries = cast(
@@ -41,9 +50,9 @@ def stream_state(settings: Settings, shard: int = 0) -> tuple[int, int]:
     """(length of the request stream, pending entries of the worker group)."""
     client = redis.Redis.from_url(settings.redis_url)
     keys = ShardKeys(settings.namespace, shard)
-    length = cast(int, client.xlen(keys.requests))
+    length = client.xlen(keys.requests)
     try:
-        pending = cast(dict[str, Any], client.xpending(keys.requests, "workers"))["pending"]
+        pending = client.xpending(keys.requests, "workers")["pending"]
     except redis.ResponseError:
         pending = 0
     return int(length), int(pending)
