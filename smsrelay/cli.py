@@ -133,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--body", required=True)
     publish.add_argument("--kind")
     publish.add_argument("--idempotency-key")
+    publish.add_argument(
+        "--priority",
+        choices=("high", "normal", "bulk"),
+        default="normal",
+        help="the lane: high (login codes) is read first, bulk after normal (default normal)",
+    )
+    publish.add_argument(
+        "--ttl",
+        type=float,
+        metavar="SECONDS",
+        help="never send it after this many seconds (dead letter `expired`)",
+    )
     publish.add_argument("--json", action="store_true", help="print the whole result as JSON")
     publish.set_defaults(func=_publish)
 
@@ -284,7 +296,12 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
 
     with Producer(settings) as producer:
         result = producer.publish(
-            args.to, args.body, kind=args.kind, idempotency_key=args.idempotency_key
+            args.to,
+            args.body,
+            kind=args.kind,
+            idempotency_key=args.idempotency_key,
+            priority=args.priority,
+            ttl_seconds=args.ttl,
         )
     if args.json:
         print(

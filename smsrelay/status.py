@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import asdict
 from typing import Any
 
+from smsrelay.schemas.entry import PRIORITIES
 from smsrelay.settings import Settings
 from smsrelay.streams import stats
 from smsrelay.streams.clients import admin_client
@@ -37,6 +38,8 @@ def status_json(report: stats.PipelineStats) -> dict[str, Any]:
                     "delayed": shard.delayed,
                     "deadLetters": shard.dead_letters,
                     "deadLettersNotMirrored": shard.unmirrored,
+                    "backlogByPriority": shard.backlog_by_priority,
+                    "pendingByPriority": shard.pending_by_priority,
                 },
                 "lifetime": {
                     "deadLettersByReason": shard.dead_by_reason,
@@ -60,6 +63,8 @@ def status_json(report: stats.PipelineStats) -> dict[str, Any]:
                 ("deadLettersNotMirrored", "unmirrored"),
             )
         },
+        "backlogByPriority": _by_priority(report, "backlog_by_priority"),
+        "pendingByPriority": _by_priority(report, "pending_by_priority"),
         "shards": shards,
         "unreadStreams": [asdict(u) for u in report.unread or []],
         "providerBreaker": {
@@ -71,17 +76,36 @@ def status_json(report: stats.PipelineStats) -> dict[str, Any]:
     }
 
 
+def _by_priority(report: stats.PipelineStats, attr: str) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for shard in report.shards:
+        for priority, value in getattr(shard, attr).items():
+            total[priority] = total.get(priority, 0) + value
+    return total
+
+
+def _lanes(backlog: dict[str, int], pending: dict[str, int]) -> str:
+    """`high 0/0, normal 12/3, bulk 20000/64` (backlog/pending per lane)."""
+    return ", ".join(f"{p} {backlog.get(p, 0)}/{pending.get(p, 0)}" for p in PRIORITIES)
+
+
 def render_status(report: stats.PipelineStats) -> str:
     lines = [
         f"namespace {report.namespace}, now: backlog {report.total('backlog')}, pending "
         f"{report.total('pending')}, delayed (waiting to retry) {report.total('delayed')}, "
         f"dead letters {report.total('dead_letters')} "
-        f"({report.total('unmirrored')} not yet in Postgres)"
+        f"({report.total('unmirrored')} not yet in Postgres)",
+        "  by lane (backlog/pending): "
+        + _lanes(
+            _by_priority(report, "backlog_by_priority"),
+            _by_priority(report, "pending_by_priority"),
+        ),
     ]
     for shard in report.shards:
         lines.append(
-            f"  shard {shard.shard}  {shard.request_stream}, now: backlog "
-            f"{shard.backlog}, pending {shard.pending}, delayed {shard.delayed}"
+            f"  shard {shard.shard}  {shard.request_stream} (+ :high, :bulk), now: backlog "
+            f"{shard.backlog}, pending {shard.pending}, delayed {shard.delayed}; "
+            + _lanes(shard.backlog_by_priority, shard.pending_by_priority)
         )
         if not shard.consumers:
             lines.append("    consumers: none (start one with `smsrelay worker`)")

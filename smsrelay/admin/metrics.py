@@ -36,8 +36,9 @@ DELIVERY_STATUSES = ("delivered", "undelivered", "failed")
 
 @dataclass
 class Snapshot:
-    stream_length: dict[int, int] = field(default_factory=dict)
-    stream_pending: dict[int, int] = field(default_factory=dict)
+    # (shard, priority) -> entries: the request gauges have a series per lane
+    stream_length: dict[tuple[int, str], int] = field(default_factory=dict)
+    stream_pending: dict[tuple[int, str], int] = field(default_factory=dict)
     dead_letter_length: dict[int, int] = field(default_factory=dict)
     unmirrored: dict[int, int] = field(default_factory=dict)
     unread_streams: int = 0
@@ -58,10 +59,10 @@ class SnapshotCollector(Collector):
 
     def collect(self, snapshot: Snapshot | None = None) -> Iterable[Metric]:
         s = snapshot or self.snapshot
-        for name, doc, values in (
+        for name, doc, lanes in (
             (
                 "smsrelay_stream_length",
-                "Entries waiting in the request stream (the backlog).",
+                "Entries in the request stream of a lane (the backlog, in flight included).",
                 s.stream_length,
             ),
             (
@@ -70,6 +71,12 @@ class SnapshotCollector(Collector):
                 "settled (in flight, or held by a dead worker until claimed).",
                 s.stream_pending,
             ),
+        ):
+            lane_gauge = GaugeMetricFamily(name, doc, labels=["shard", "priority"])
+            for (shard, priority), value in sorted(lanes.items()):
+                lane_gauge.add_metric([str(shard), priority], value)
+            yield lane_gauge
+        for name, doc, values in (
             (
                 "smsrelay_dead_letter_stream_length",
                 "Entries in the dead-letter stream.",
@@ -199,8 +206,10 @@ async def _read_redis(service: AdminService, unread: UnreadCache, s: Snapshot) -
     s.dead_letters = {reason.value: 0 for reason in DeadLetterReason}
     s.admin_retries = dict.fromkeys(RETRY_OUTCOMES, 0)
     for shard in current.shards:
-        s.stream_length[shard.shard] = shard.backlog
-        s.stream_pending[shard.shard] = shard.pending
+        for priority, length in shard.backlog_by_priority.items():
+            s.stream_length[shard.shard, priority] = length
+        for priority, pending in shard.pending_by_priority.items():
+            s.stream_pending[shard.shard, priority] = pending
         s.dead_letter_length[shard.shard] = shard.dead_letters
         s.unmirrored[shard.shard] = shard.unmirrored
         for target, counts in (

@@ -15,6 +15,7 @@ import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from typing import cast
 
@@ -65,6 +66,21 @@ async def original_fields(queue: Queue, record: FailedSmsRecord) -> dict[str, st
     return fields_from_record(record)
 
 
+def renew_expiry(fields: dict[str, str], ttl_seconds: float) -> None:
+    """A replay is an admin's decision to send now: the message gets the time to live it was
+    published with (its own `expires_at` - `created_at`, else SMSRELAY_MESSAGE_TTL_SECONDS)
+    again, counted from the replay. Without this an expired message would expire again
+    before its first attempt."""
+    try:
+        created = clock.parse_iso(fields["created_at"])
+        lifetime = (clock.parse_iso(fields["expires_at"]) - created).total_seconds()
+    except (KeyError, ValueError):
+        lifetime = ttl_seconds
+    fields.pop("expires_at", None)
+    if lifetime > 0:
+        fields["expires_at"] = clock.iso(clock.now() + timedelta(seconds=lifetime))
+
+
 async def publish_one(queue: Queue, record: FailedSmsRecord) -> bool:
     """Queue one record; False when this dead letter was already replayed (a duplicate)."""
     fields = await original_fields(queue, record)
@@ -73,6 +89,7 @@ async def publish_one(queue: Queue, record: FailedSmsRecord) -> bool:
     fields["id"] = str(record.id)
     if record.reason == DeadLetterReason.UNDELIVERED.value and record.message_sid:
         fields["resend_of"] = record.message_sid  # sent once, never delivered: a new SMS
+    renew_expiry(fields, queue.settings.message_ttl_seconds)
     shard = shard_of(fields.get("to", record.phone), queue.settings.shards)
     return await queue.publish(fields, f"replay:{record.dead_letter_id or record.id}", shard)
 

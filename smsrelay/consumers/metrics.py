@@ -14,6 +14,7 @@ from prometheus_client import (
 
 from smsrelay.outage import Outages
 from smsrelay.schemas.dead_letter import DeadLetterReason
+from smsrelay.schemas.entry import PRIORITIES
 
 # `_created` series double every counter's cardinality and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -60,10 +61,13 @@ class WorkerMetrics:
         )
         self.end_to_end = Histogram(
             "smsrelay_end_to_end_seconds",
-            "From publish to the provider's acceptance.",
+            "From publish to the provider's acceptance, by lane.",
+            ["priority"],
             buckets=_E2E_BUCKETS,
             registry=r,
         )
+        for priority in PRIORITIES:
+            self.end_to_end.labels(priority=priority)
         self.redis_writes_refused = Gauge(
             "smsrelay_redis_writes_refused",
             "1 while Redis refuses this worker's writes (OOM "

@@ -81,7 +81,9 @@ class Settler:
             )
         )
         self.metrics.messages_sent.inc()
-        self.metrics.end_to_end.observe(max(0.0, (clock.now() - entry.created_at).total_seconds()))
+        self.metrics.end_to_end.labels(priority=delivery.priority).observe(
+            max(0.0, (clock.now() - entry.created_at).total_seconds())
+        )
         log.info(
             event,
             message_id=entry.message_id,
@@ -89,6 +91,7 @@ class Settler:
             sid=sid,
             attempt=attempt,
             kind=entry.kind,
+            priority=delivery.priority,
             segments=segments or segment_count(entry.body),
         )
 

@@ -189,7 +189,9 @@ class Worker:
                     log.info("worker.burst_done", consumer=self.name)
                     return
             except Exception as exc:
-                if "NOGROUP" in str(exc):
+                if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+                    # A stream deleted, or moved to another cluster node (its slot migrated)
+                    # while a read was blocked on it: create what is missing, read again.
                     log.warning("worker.group_missing", error=str(exc))
                     ready = False
                     continue
@@ -238,7 +240,8 @@ class Worker:
         """Every request stream and delay set of the namespace is empty."""
         async with queue.redis.pipeline(transaction=False) as pipe:
             for keys in queue.shards:
-                pipe.xlen(keys.requests)
+                for stream in keys.lanes:
+                    pipe.xlen(stream)
                 pipe.zcard(keys.delayed)
             counts = await pipe.execute()
         return not any(counts)
@@ -315,10 +318,11 @@ class Worker:
                 continue
             asked_redis = False
             for keys in queue.shards:
-                if self._free_slots() <= 0:
-                    break
-                await self._claim_shard(queue, handler, keys.shard, min_idle_ms)
-                asked_redis = True
+                for stream in keys.lanes:  # a dead worker's login codes first
+                    if self._free_slots() <= 0:
+                        break
+                    await self._claim_stream(queue, handler, stream, min_idle_ms)
+                    asked_redis = True
             if asked_redis:  # (with every slot busy nothing was asked: no news of Redis)
                 self.outages.redis.recovered()
 
@@ -346,19 +350,29 @@ class Worker:
             for o in (self.outages.redis, self.outages.redis_writes)
         )
 
-    async def _claim_shard(
-        self, queue: Queue, handler: MessageHandler, shard: int, min_idle_ms: int
+    async def _claim_stream(
+        self, queue: Queue, handler: MessageHandler, stream: str, min_idle_ms: int
     ) -> None:
         """Claim idle entries page by page until none is left or no slot is free."""
         cursor = "0-0"
+        shard = queue.group.streams[stream]
         while (free := self._free_slots()) > 0 and not self.stop_event.is_set():
-            page = await queue.claim(shard, min_idle_ms, min(free, 100), cursor)
+            try:
+                page = await queue.claim(stream, min_idle_ms, min(free, 100), cursor)
+            except Exception as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # The stream was deleted under the worker: nothing pending is left to claim,
+                # and the reader creates it and its group again.
+                log.warning("worker.group_missing", stream=stream, error=str(exc))
+                return
             if page.deleted:
                 # Their payloads were trimmed or deleted while pending: Redis dropped them
                 # from the PEL. Nothing can be sent; say so loudly.
                 log.error(
                     "worker.claimed_deleted_entries",
                     shard=shard,
+                    stream=stream,
                     count=len(page.deleted),
                     entry_ids=page.deleted[:20],
                 )
@@ -366,6 +380,7 @@ class Worker:
                 log.info(
                     "worker.claimed",
                     shard=shard,
+                    priority=delivery.priority,
                     entry_id=delivery.entry_id,
                     deliveries=delivery.deliveries,
                 )

@@ -23,6 +23,7 @@ from smsrelay.logging import get_logger
 from smsrelay.producers.gate import PROBE_FIRST_S, PROBE_MAX_S, RedisGate
 from smsrelay.producers.request import PublishResult, Status, finish, prepare
 from smsrelay.producers.spool import Spool, SpooledRequest, SpoolOwner, SpoolSurvey
+from smsrelay.schemas.entry import Priority
 from smsrelay.settings import Settings, spool_root
 from smsrelay.streams.clients import (
     REDIS_ERRORS,
@@ -86,8 +87,8 @@ class _ProducerCore:
         shard = self.shard(request.fields.get("to", ""))
         return self.script_args(shard, request.fields, _flush_key(request))
 
-    def stream(self, shard: int) -> str:
-        return shard_keys(self.settings.namespace, shard).requests
+    def stream(self, shard: int, priority: str | None = None) -> str:
+        return shard_keys(self.settings.namespace, shard).lane(priority)
 
     def shard(self, phone: str) -> int:
         return shard_of(phone, self.settings.shards)
@@ -247,8 +248,10 @@ class Producer:
         idempotency_key: str | None = None,
         meta: dict[str, Any] | None = None,
         strict: bool = False,
+        priority: Priority = "normal",
+        ttl_seconds: float | None = None,
     ) -> PublishResult:
-        fields = prepare(to, body, kind, idempotency_key, meta)
+        fields = prepare(to, body, kind, idempotency_key, meta, priority, ttl_seconds)
         if isinstance(fields, PublishResult):
             return finish(fields, strict)
         shard = self._core.shard(fields["to"])
@@ -260,7 +263,7 @@ class Producer:
             if not idempotency_key:
                 # Without an idempotency key publish.lua would only XADD: a plain XADD is the
                 # same single round trip, without the script call and its wrapper.
-                client.xadd(self._core.stream(shard), fields)  # type: ignore[arg-type]
+                client.xadd(self._core.stream(shard, fields.get("priority")), fields)  # type: ignore[arg-type]
                 reply: Any = (1, fields["id"])
             else:
                 keys, args = self._core.script_args(shard, fields, idempotency_key)
@@ -398,8 +401,10 @@ class AsyncProducer:
         idempotency_key: str | None = None,
         meta: dict[str, Any] | None = None,
         strict: bool = False,
+        priority: Priority = "normal",
+        ttl_seconds: float | None = None,
     ) -> PublishResult:
-        fields = prepare(to, body, kind, idempotency_key, meta)
+        fields = prepare(to, body, kind, idempotency_key, meta, priority, ttl_seconds)
         if isinstance(fields, PublishResult):
             return finish(fields, strict)
         shard = self._core.shard(fields["to"])
@@ -410,7 +415,7 @@ class AsyncProducer:
             # One bound for the whole call, connect + reply (the client has no read timeout).
             async with asyncio.timeout(self.settings.publish_timeout_seconds * 2):
                 if not idempotency_key:  # a plain XADD (see Producer.publish)
-                    await self._redis.xadd(self._core.stream(shard), fields)  # type: ignore[arg-type]
+                    await self._redis.xadd(self._core.stream(shard, fields.get("priority")), fields)  # type: ignore[arg-type]
                     reply: Any = (1, fields["id"])
                 else:
                     keys, args = self._core.script_args(shard, fields, idempotency_key)

@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol
 from pydantic import ValidationError
 
 from smsrelay.errors import InvalidMessageError, PublishError
-from smsrelay.schemas.entry import MessageRequest, describe_errors, new_entry_fields
+from smsrelay.schemas.entry import MessageRequest, Priority, describe_errors, new_entry_fields
 
 Status = Literal["queued", "duplicate", "rejected", "spooled"]
 
@@ -42,6 +42,8 @@ class Publisher(Protocol):
         idempotency_key: str | None = None,
         meta: dict[str, Any] | None = None,
         strict: bool = False,
+        priority: Priority = "normal",
+        ttl_seconds: float | None = None,
     ) -> PublishResult: ...
 
 
@@ -57,6 +59,8 @@ class AsyncPublisher(Protocol):
         idempotency_key: str | None = None,
         meta: dict[str, Any] | None = None,
         strict: bool = False,
+        priority: Priority = "normal",
+        ttl_seconds: float | None = None,
     ) -> PublishResult: ...
 
 
@@ -66,11 +70,19 @@ def prepare(
     kind: str | None,
     idempotency_key: str | None,
     meta: dict[str, Any] | None,
+    priority: str = "normal",
+    ttl_seconds: float | None = None,
 ) -> dict[str, str] | PublishResult:
     """The new entry's stream fields, or the rejection."""
     try:
         request = MessageRequest(
-            to=to, body=body, kind=kind, idempotency_key=idempotency_key, meta=meta
+            to=to,
+            body=body,
+            kind=kind,
+            idempotency_key=idempotency_key,
+            meta=meta,
+            priority=priority,  # a str from callers without types: checked here
+            ttl_seconds=ttl_seconds,
         )
         return new_entry_fields(request)
     except ValidationError as exc:

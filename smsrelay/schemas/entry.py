@@ -40,6 +40,11 @@ from smsrelay.schemas.phone import (
 
 SCHEMA_VERSION = "1"
 MAX_BODY_CHARS = 1600
+# A message's lane: `high` (login codes) is read first, `bulk` (campaigns) gets what `normal`
+# leaves and one slot in ten while it has a backlog (docs/design.md, rule 17).
+Priority = Literal["high", "normal", "bulk"]
+PRIORITIES: tuple[Priority, ...] = ("high", "normal", "bulk")
+MAX_TTL_SECONDS = 30 * 86_400
 # C0 and C1 controls and DEL, but tab, line feed and carriage return: what a handset may show
 # as garbage or act on (an ESC sequence), never text a person meant to send.
 _CONTROLS = r"\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f"
@@ -119,6 +124,14 @@ class MessageRequest(BaseModel):
     kind: Kind | None = None
     idempotency_key: IdempotencyKey | None = None
     meta: Meta | None = None
+    priority: Priority = "normal"
+    ttl_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_TTL_SECONDS,
+        allow_inf_nan=False,
+        description="Seconds from now after which the message is never sent",
+    )
 
     @field_validator("to", mode="before")
     @classmethod
@@ -153,6 +166,12 @@ class RequestEntry(BaseModel):
         description="ISO 8601 UTC time after which the message is never sent (dead letter "
         "`expired`); wins over SMSRELAY_MESSAGE_TTL_SECONDS",
     )
+    priority: Priority | None = Field(
+        None,
+        description="The lane the producer chose: `high` entries are XADDed to "
+        "{<namespace>:<shard>}:requests:high, `bulk` ones to ...:requests:bulk; absent or "
+        "`normal` on ...:requests. The stream an entry is read from decides its lane.",
+    )
 
     @property
     def message_id(self) -> str:
@@ -175,6 +194,7 @@ class RequestEntry(BaseModel):
             self.idempotency_key,
             self.meta,
             expires_at=clock.iso(self.expires_at) if self.expires_at else None,
+            priority=self.priority,
         )
 
 
@@ -184,14 +204,20 @@ def new_entry_fields(request: MessageRequest) -> dict[str, str]:
     A publish builds these directly; a RequestEntry built for it would validate the same
     values a second time (the phone number above all) or, unvalidated, still cost 10 µs.
     """
+    now = clock.now()
+    expires_at = None
+    if request.ttl_seconds is not None:
+        expires_at = clock.iso(now + timedelta(seconds=request.ttl_seconds))
     return wire_fields(
         str(uuid.uuid4()),
         request.to,
         request.body,
-        clock.now_iso(),
+        clock.iso(now),
         request.kind,
         request.idempotency_key,
         request.meta,
+        expires_at=expires_at,
+        priority=request.priority,
     )
 
 
@@ -205,6 +231,7 @@ def wire_fields(
     meta: dict[str, Any] | None,
     *,
     expires_at: str | None = None,
+    priority: str | None = None,
 ) -> dict[str, str]:
     fields = {
         "v": SCHEMA_VERSION,
@@ -221,6 +248,8 @@ def wire_fields(
         fields["meta"] = encode_meta(meta)
     if expires_at is not None:
         fields["expires_at"] = expires_at
+    if priority is not None and priority != "normal":
+        fields["priority"] = priority  # tells a spool, a replay, a move which lane it is on
     return fields
 
 

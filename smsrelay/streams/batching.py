@@ -62,15 +62,13 @@ class ScriptBatcher:
         """Run these script calls now as one pipeline, in order: each reply, or its error in
         its place (a connection error in every place)."""
         try:
-            return await self._execute(calls)
+            return await self.execute(calls)
         except Exception as exc:
             return [exc] * len(calls)
 
     async def _run(self, batch: list[_Call]) -> None:
         try:
-            results = await self._execute(
-                [(script, keys, args) for script, keys, args, *_ in batch]
-            )
+            results = await self.execute([(script, keys, args) for script, keys, args, *_ in batch])
             wait_error: Exception | None = None
             waited = [keys for _, keys, _, _, wait in batch if wait]
             if waited and self._replicated is not None:
@@ -97,9 +95,7 @@ class ScriptBatcher:
             else:
                 future.set_result(result)
 
-    async def _execute(
-        self, calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]
-    ) -> list[Any]:
+    async def execute(self, calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]) -> list[Any]:
         """Replies in order, a command's Redis error in its place; raises when the
         connection fails. A script Redis no longer has (restart, failover) is loaded again."""
         if len(calls) == 1:

@@ -21,7 +21,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from smsrelay.schemas.entry import Priority
 from smsrelay.streams.clients import is_cluster, text
+from smsrelay.streams.keys import priority_of
 from smsrelay.streams.wire import RawFields
 
 
@@ -41,6 +43,11 @@ class Delivery:
     entry_id: str
     fields: RawFields = field(compare=False)
     deliveries: int = field(default=1, compare=False)
+
+    @property
+    def priority(self) -> Priority:
+        """The lane the entry was read from (its stream's, whatever its fields say)."""
+        return priority_of(self.stream)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +96,21 @@ class ConsumerGroup:
         if self._sharded is not None:
             return await self._sharded.read(wanted, count, block_ms, own_pending)
         return await self.read_streams(wanted, count, block_ms, own_pending)
+
+    async def wait_for_entries(self, block_ms: int) -> list[Delivery]:
+        """Block until an entry arrives on any stream; at most one entry of each stream.
+
+        The worker reads its lanes in order with read.lua (Queue.read) and blocks here only
+        when every lane was empty: what wakes it is one entry a stream, and the next read
+        takes the rest in lane order (rule 17)."""
+        streams = list(self.streams)
+        if self._sharded is not None:
+            return await self._sharded.read(streams, len(streams), block_ms, False)
+        return await self.read_streams(streams, 1, block_ms, False)
+
+    def arrived(self) -> list[Delivery]:
+        """Entries that reads left blocked on a cluster brought since (none on one Redis)."""
+        return self._sharded.finished() if self._sharded is not None else []
 
     async def read_streams(
         self,
@@ -242,7 +264,7 @@ class ShardedReads:
             [stream], count, block_ms, own_pending, target_nodes=await self._node(stream)
         )
 
-    def _finished(self) -> list[Delivery]:
+    def finished(self) -> list[Delivery]:
         """Entries of blocked reads that have finished; raises the first one's error."""
         deliveries: list[Delivery] = []
         error: BaseException | None = None
@@ -262,7 +284,7 @@ class ShardedReads:
     async def read(
         self, streams: Sequence[str], count: int, block_ms: int | None, own_pending: bool
     ) -> list[Delivery]:
-        deliveries = self._finished()
+        deliveries = self.finished()
         if deliveries:
             return deliveries
         free = [s for s in streams if s not in self._blocked]
@@ -285,10 +307,10 @@ class ShardedReads:
             )
             if not done:
                 break
-            deliveries = self._finished()
+            deliveries = self.finished()
             if deliveries:
                 return deliveries
-        return self._finished()
+        return self.finished()
 
     async def close(self) -> None:
         if self._blocked:

@@ -14,6 +14,8 @@ import zlib
 from dataclasses import dataclass
 from functools import cache, cached_property
 
+from smsrelay.schemas.entry import Priority
+
 WORKER_GROUP = "workers"
 MIRROR_GROUP = "mirror"
 
@@ -40,7 +42,29 @@ class ShardKeys:
 
     @cached_property
     def requests(self) -> str:
+        """The `normal` lane: the stream every publisher used before lanes existed."""
         return f"{self.tag}:requests"
+
+    @cached_property
+    def requests_high(self) -> str:
+        return f"{self.tag}:requests:high"
+
+    @cached_property
+    def requests_bulk(self) -> str:
+        return f"{self.tag}:requests:bulk"
+
+    @cached_property
+    def lanes(self) -> tuple[str, str, str]:
+        """The shard's request streams in read order: high, normal, bulk (rule 17)."""
+        return (self.requests_high, self.requests, self.requests_bulk)
+
+    def lane(self, priority: str | None) -> str:
+        """The request stream of a priority (anything unknown: `normal`)."""
+        if priority == "high":
+            return self.requests_high
+        if priority == "bulk":
+            return self.requests_bulk
+        return self.requests
 
     @cached_property
     def dead(self) -> str:
@@ -149,16 +173,30 @@ def shard_keys(namespace: str, shard: int = 0) -> ShardKeys:
     return ShardKeys(namespace, shard)
 
 
+_LANE_SUFFIXES = {"high": "}:requests:high", "normal": "}:requests", "bulk": "}:requests:bulk"}
+
+
+def priority_of(stream: str) -> Priority:
+    """The lane of a request stream, from its name."""
+    if stream.endswith(":requests:high"):
+        return "high"
+    if stream.endswith(":requests:bulk"):
+        return "bulk"
+    return "normal"
+
+
 def request_stream_pattern(namespace: str) -> str:
-    """A SCAN pattern for every request stream of a namespace, whatever its shard label."""
+    """A SCAN pattern for every request stream of a namespace, whatever its shard label and
+    lane (it matches a few other names too: `shard_label` tells them apart)."""
     escaped = re.sub(r"([\[\]*?\\])", r"\\\1", namespace)
-    return "{" + escaped + ":*}:requests"
+    return "{" + escaped + ":*}:requests*"
 
 
 def shard_label(namespace: str, key: str) -> str | None:
-    """The shard part of a request stream's name (`-4` in `{ns:-4}:requests`)."""
-    prefix, suffix = "{" + namespace + ":", "}:requests"
-    if key.startswith(prefix) and key.endswith(suffix):
+    """The shard part of a request stream's name (`-4` in `{ns:-4}:requests:high`)."""
+    prefix = "{" + namespace + ":"
+    suffix = _LANE_SUFFIXES[priority_of(key)]
+    if key.startswith(prefix) and key.endswith(suffix) and len(key) > len(prefix + suffix):
         return key[len(prefix) : -len(suffix)]
     return None
 

@@ -26,6 +26,7 @@ from smsrelay.streams.batching import ScriptBatcher
 from smsrelay.streams.clients import READ_BLOCK_MS, text, wait_replicas
 from smsrelay.streams.group import ClaimPage, ConsumerGroup, Delivery, consumer_name
 from smsrelay.streams.keys import WORKER_GROUP, FleetKeys, ShardKeys, all_shards, shard_keys
+from smsrelay.streams.lanes import LaneReader
 from smsrelay.streams.scripts import Scripts
 
 log = get_logger("smsrelay.redis")
@@ -105,9 +106,10 @@ class Queue:
             client,
             reader or client,
             WORKER_GROUP,
-            {k.requests: k.shard for k in self.shards},
+            {stream: k.shard for k in self.shards for stream in k.lanes},
             consumer or consumer_name(),
         )
+        self._lanes = LaneReader(self)
         # Set when this process delays a message, so the mover looks at once instead of
         # sleeping through a short backoff.
         self.delay_scheduled = asyncio.Event()
@@ -129,13 +131,19 @@ class Queue:
         return shard_keys(self.settings.namespace, shard)
 
     # -- reading -------------------------------------------------------------------------
-    async def read(self, count: int, block_ms: int = READ_BLOCK_MS) -> list[Delivery]:
-        return await self.group.read(count, block_ms)
+    async def read(self, count: int, block_ms: int | None = READ_BLOCK_MS) -> list[Delivery]:
+        """New entries for `count` free send slots, high lane first (rule 17). With none
+        waiting anywhere, block up to `block_ms` for the first to arrive."""
+        deliveries = self.group.arrived() or await self._lanes.read(count)
+        if deliveries or block_ms is None:
+            return deliveries
+        return await self.group.wait_for_entries(block_ms)
 
     async def claim(
-        self, shard: int, min_idle_ms: int, count: int, cursor: str = "0-0"
+        self, stream: str, min_idle_ms: int, count: int, cursor: str = "0-0"
     ) -> ClaimPage:
-        return await self.group.claim(self.keys(shard).requests, min_idle_ms, count, cursor)
+        """A page of `stream`'s entries idle longer than `min_idle_ms`, now this consumer's."""
+        return await self.group.claim(stream, min_idle_ms, count, cursor)
 
     async def refresh(self, deliveries: Sequence[Delivery]) -> None:
         by_stream: dict[str, list[str]] = {}
@@ -246,7 +254,7 @@ class Queue:
             "dead_lettered_at": clock.now_iso(),
             "source_entry_id": delivery.entry_id,
         }
-        fields = wire.dead_letter_fields(delivery.fields, extra)
+        fields = wire.dead_letter_fields(wire.in_lane(delivery.fields, delivery.priority), extra)
         script_keys = [
             delivery.stream,
             keys.dead,
@@ -299,7 +307,7 @@ class Queue:
                 delivery.entry_id,
                 message_id,
                 max(0, round(delay_s * 1000)),
-                wire.delay_payload(fields),
+                wire.delay_payload(wire.in_lane(fields, delivery.priority)),
                 last_error,
                 "1" if refund else "0",
                 "1" if ambiguous else "0",
@@ -377,16 +385,17 @@ class Queue:
         leaves a second entry of the message, which begin.lua then finds busy or sent.
         """
         fields = {text(k): text(v) for k, v in delivery.fields.items()}
-        await self.redis.xadd(self.keys(shard).requests, fields)  # type: ignore[arg-type]
+        stream = self.keys(shard).lane(delivery.priority)
+        await self.redis.xadd(stream, fields)  # type: ignore[arg-type]
         if self._wait:
-            await self.replicated([self.keys(shard).requests])
+            await self.replicated([stream])
         await self.drop(delivery)
 
     async def move_due(self, shard: int, limit: int = 500) -> tuple[int, int, int]:
         """(moved, ms until the next is due or -1, unreadable payloads dropped)."""
         keys = self.keys(shard)
         reply = await self.scripts.move_due(
-            keys=[keys.delayed, keys.delayed_payload, keys.requests], args=[limit]
+            keys=[keys.delayed, keys.delayed_payload, *keys.lanes], args=[limit]
         )
         return int(reply[0]), int(reply[1]), int(reply[2])
 

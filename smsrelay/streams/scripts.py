@@ -43,6 +43,7 @@ class Scripts:
         "refund",
         "budget",
         "breaker",
+        "read",
     )
 
     def __init__(self, client: Any) -> None:
@@ -59,3 +60,4 @@ class Scripts:
     refund: Any
     budget: Any
     breaker: Any
+    read: Any

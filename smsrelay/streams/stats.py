@@ -12,6 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from smsrelay.schemas.entry import PRIORITIES
 from smsrelay.settings import Settings
 from smsrelay.streams.clients import text
 from smsrelay.streams.keys import (
@@ -40,8 +41,10 @@ class ShardStats:
     shard: int
     request_stream: str
     dead_stream: str
-    backlog: int = 0  # entries in the request stream (not yet settled)
+    backlog: int = 0  # entries in the request streams, every lane (not yet settled)
     pending: int = 0  # delivered to a worker, not yet settled
+    backlog_by_priority: dict[str, int] = field(default_factory=dict)
+    pending_by_priority: dict[str, int] = field(default_factory=dict)
     delayed: int = 0  # waiting for a retry or a deferred send
     dead_letters: int = 0  # entries in the dead-letter stream now
     unmirrored: int = 0  # dead letters not yet written to Postgres
@@ -88,15 +91,14 @@ async def collect(
     client: aioredis.Redis, settings: Settings, *, consumers: bool = True, unread: bool = True
 ) -> PipelineStats:
     """Read every shard in a few pipelined round trips. Raises Redis errors as they come."""
-    shards = [
-        ShardStats(k.shard, k.requests, k.dead)
-        for k in all_shards(settings.namespace, settings.shards)
-    ]
     keys = all_shards(settings.namespace, settings.shards)
+    shards = [ShardStats(k.shard, k.requests, k.dead) for k in keys]
+    per_shard = 2 * len(PRIORITIES) + 5
     async with client.pipeline(transaction=False) as pipe:
         for k in keys:
-            pipe.xlen(k.requests)
-            pipe.xinfo_groups(k.requests)
+            for stream in k.lanes:
+                pipe.xlen(stream)
+                pipe.xinfo_groups(stream)
             pipe.zcard(k.delayed)
             pipe.xlen(k.dead)
             pipe.xinfo_groups(k.dead)
@@ -104,23 +106,27 @@ async def collect(
             pipe.hgetall(k.admin_retry_counts)
         replies = await pipe.execute(raise_on_error=False)
     for n, (stats, k) in enumerate(zip(shards, keys, strict=True)):
-        (length, groups, delayed, dead, dead_groups, dead_counts, retry_counts) = replies[
-            7 * n : 7 * n + 7
-        ]
-        stats.backlog, stats.delayed, stats.dead_letters = _int(length), _int(delayed), _int(dead)
-        workers = _group(groups, WORKER_GROUP)
-        stats.pending = int(workers["pending"]) if workers else 0
+        reply = replies[per_shard * n : per_shard * (n + 1)]
+        lanes, (delayed, dead, dead_groups, dead_counts, retry_counts) = reply[:6], reply[6:]
+        read_lanes: list[str] = []
+        for index, (priority, stream) in enumerate(zip(PRIORITIES, k.lanes, strict=True)):
+            length, groups = lanes[2 * index], lanes[2 * index + 1]
+            workers = _group(groups, WORKER_GROUP)
+            stats.backlog_by_priority[priority] = _int(length)
+            stats.pending_by_priority[priority] = int(workers["pending"]) if workers else 0
+            if workers:
+                read_lanes.append(stream)
+        stats.backlog = sum(stats.backlog_by_priority.values())
+        stats.pending = sum(stats.pending_by_priority.values())
+        stats.delayed, stats.dead_letters = _int(delayed), _int(dead)
         mirror = _group(dead_groups, MIRROR_GROUP)
         stats.unmirrored = (
             await _unmirrored(client, k.dead, mirror) if mirror else stats.dead_letters
         )
         stats.dead_by_reason = _counts(dead_counts)
         stats.admin_retries = _counts(retry_counts)
-        if consumers and workers:
-            infos: list[dict[Any, Any]] = await client.xinfo_consumers(k.requests, WORKER_GROUP)
-            stats.consumers = [
-                Consumer(text(c["name"]), int(c["pending"]), int(c["idle"])) for c in infos
-            ]
+        if consumers and read_lanes:
+            stats.consumers = await _consumers(client, read_lanes)
     delivery: dict[Any, Any] = await client.hgetall(FleetKeys(settings.namespace).delivery_counts)
     result = PipelineStats(
         settings.namespace,
@@ -131,6 +137,20 @@ async def collect(
     if unread:
         result.unread = await unread_streams(client, settings)
     return result
+
+
+async def _consumers(client: aioredis.Redis, streams: list[str]) -> list[Consumer]:
+    """The worker group's consumers over a shard's lanes: pending summed, the least idle."""
+    merged: dict[str, Consumer] = {}
+    for stream in streams:
+        infos: list[dict[Any, Any]] = await client.xinfo_consumers(stream, WORKER_GROUP)
+        for info in infos:
+            name, pending, idle = text(info["name"]), int(info["pending"]), int(info["idle"])
+            seen = merged.get(name)
+            if seen is not None:
+                pending, idle = pending + seen.pending, min(idle, seen.idle_ms)
+            merged[name] = Consumer(name, pending, idle)
+    return list(merged.values())
 
 
 async def unread_streams(client: aioredis.Redis, settings: Settings) -> list[UnreadStream]:
@@ -144,7 +164,8 @@ async def unread_streams(client: aioredis.Redis, settings: Settings) -> list[Unr
         match=request_stream_pattern(settings.namespace), count=1000, _type="stream"
     ):
         name = text(key)
-        if shard_label(settings.namespace, name) not in read_by_workers:
+        label = shard_label(settings.namespace, name)
+        if label is not None and label not in read_by_workers:
             found.append(name)
     unread: list[UnreadStream] = []
     for name in sorted(found):

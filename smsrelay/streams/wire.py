@@ -32,6 +32,7 @@ _FIRST = (
     "meta",
     "replay_of",
     "expires_at",
+    "priority",
 )
 # Fields of an entry that the worker's parsed model does not hold but a retry must carry on.
 CARRIED_FIELDS = ("replay_of", "resend_of")
@@ -40,8 +41,8 @@ CARRIED_FIELDS = ("replay_of", "resend_of")
 def publish_call(
     keys: ShardKeys, fields: Mapping[str, str], idempotency_key: str | None, idempotency_ttl_s: int
 ) -> tuple[list[str], FlatArgs]:
-    """publish.lua's keys and arguments for one entry."""
-    script_keys = [keys.requests]
+    """publish.lua's keys and arguments for one entry, on the lane its `priority` names."""
+    script_keys = [keys.lane(fields.get("priority"))]
     if idempotency_key:
         script_keys.append(keys.idempotency(idempotency_key))
     args: FlatArgs = [str(idempotency_ttl_s), fields["id"]]
@@ -67,6 +68,15 @@ def field(raw: RawFields, name: str) -> str | None:
 
 def carried(raw: RawFields) -> dict[str, str]:
     return {name: value for name in CARRIED_FIELDS if (value := field(raw, name)) is not None}
+
+
+def in_lane(raw: RawFields, priority: str) -> dict[Any, Any]:
+    """The entry's fields with `priority` saying the lane it was read from (none for
+    `normal`): a delayed message goes back to its lane, a dead letter is replayed to it."""
+    fields: dict[Any, Any] = {k: v for k, v in raw.items() if k not in ("priority", b"priority")}
+    if priority != "normal":
+        fields["priority"] = priority
+    return fields
 
 
 def delay_payload(fields: Mapping[str, str]) -> str:

@@ -18,11 +18,10 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from smsrelay.producers.request import PublishResult, finish, prepare
-
-Priority = Literal["high", "normal", "bulk"]
+from smsrelay.schemas.entry import Priority
 
 
 @dataclass(frozen=True)
@@ -36,8 +35,8 @@ class OutboxMessage:
     idempotency_key: str | None
     meta: dict[str, Any] | None
     created_at: str
-    # Every message is "normal" until priority lanes exist (publish takes no priority yet).
     priority: Priority = "normal"
+    expires_at: str | None = None  # from `ttl_seconds`
 
 
 class SmsOutbox:
@@ -58,8 +57,10 @@ class SmsOutbox:
         idempotency_key: str | None = None,
         meta: dict[str, Any] | None = None,
         strict: bool = False,
+        priority: Priority = "normal",
+        ttl_seconds: float | None = None,
     ) -> PublishResult:
-        fields = prepare(to, body, kind, idempotency_key, meta)
+        fields = prepare(to, body, kind, idempotency_key, meta, priority, ttl_seconds)
         if isinstance(fields, PublishResult):
             return finish(fields, strict)
         with self._lock:
@@ -107,9 +108,18 @@ class AsyncSmsOutbox:
         idempotency_key: str | None = None,
         meta: dict[str, Any] | None = None,
         strict: bool = False,
+        priority: Priority = "normal",
+        ttl_seconds: float | None = None,
     ) -> PublishResult:
         return self.outbox.publish(
-            to, body, kind=kind, idempotency_key=idempotency_key, meta=meta, strict=strict
+            to,
+            body,
+            kind=kind,
+            idempotency_key=idempotency_key,
+            meta=meta,
+            strict=strict,
+            priority=priority,
+            ttl_seconds=ttl_seconds,
         )
 
     @property
@@ -136,6 +146,8 @@ def _message(fields: dict[str, str]) -> OutboxMessage:
         idempotency_key=fields.get("idempotency_key"),
         meta=json.loads(meta) if meta else None,
         created_at=fields["created_at"],
+        priority=fields.get("priority", "normal"),  # type: ignore[arg-type]
+        expires_at=fields.get("expires_at"),
     )
 
 

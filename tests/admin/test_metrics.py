@@ -33,10 +33,12 @@ def scrape(text: str) -> dict[str, Any]:
 async def test_metrics_read_redis_and_postgres(
     admin_settings: Settings, rclient: aioredis.Redis, fake_twilio: Any
 ) -> None:
-    # Given two requests waiting, three dead letters mirrored, two admin retries
+    # Given two requests waiting (one on the high lane), three dead letters mirrored, two
+    # admin retries
     with Producer(admin_settings) as producer:
-        for _ in range(2):
-            assert producer.publish(unique_phone(), "waiting").status == "queued"
+        for priority in ("normal", "high"):
+            result = producer.publish(unique_phone(), "waiting", priority=priority)
+            assert result.status == "queued"
     sent_id, _, _ = await seed(admin_settings, rclient, reason="permanent_error")
     await seed(admin_settings, rclient, reason="rate_limited")
     await seed(admin_settings, rclient, reason="rate_limited")
@@ -50,8 +52,16 @@ async def test_metrics_read_redis_and_postgres(
     metrics = scrape(response.text)
     # Then every family has the contract's name, type and labels
     shard = (("shard", "0"),)
-    assert metrics["smsrelay_stream_length"] == ("gauge", {shard: 2.0})
-    assert metrics["smsrelay_stream_pending"] == ("gauge", {shard: 0.0})
+
+    def lanes(high: float, normal: float, bulk: float) -> dict[tuple[tuple[str, str], ...], float]:
+        return {
+            (("priority", "high"), ("shard", "0")): high,
+            (("priority", "normal"), ("shard", "0")): normal,
+            (("priority", "bulk"), ("shard", "0")): bulk,
+        }
+
+    assert metrics["smsrelay_stream_length"] == ("gauge", lanes(1.0, 1.0, 0.0))
+    assert metrics["smsrelay_stream_pending"] == ("gauge", lanes(0.0, 0.0, 0.0))
     assert metrics["smsrelay_dead_letter_stream_length"] == ("gauge", {shard: 3.0})
     kind, dead = metrics["smsrelay_dead_letters_total"]
     assert kind == "counter"
@@ -98,7 +108,11 @@ async def test_pending_counts_entries_held_by_workers(
     await rclient.xreadgroup("workers", "w1", {requests: ">"}, count=10)
     async with admin_client(admin_settings) as api:
         metrics = scrape((await api.get("/metrics")).text)
-    assert metrics["smsrelay_stream_pending"][1] == {(("shard", "0"),): 1.0}
+    assert metrics["smsrelay_stream_pending"][1] == {
+        (("priority", "high"), ("shard", "0")): 0.0,
+        (("priority", "normal"), ("shard", "0")): 1.0,
+        (("priority", "bulk"), ("shard", "0")): 0.0,
+    }
 
 
 async def test_every_shard_is_reported(admin_settings: Settings) -> None:

@@ -121,7 +121,9 @@ async def test_six_shards_two_workers_send_everything_once_and_the_admin_sees_al
     assert metric_sum(metrics, "smsrelay_dead_letters_total", 'reason="rate_limited"') == 1
     assert metric_sum(metrics, "smsrelay_dead_letter_stream_length") == 1
     assert metric_sum(metrics, "smsrelay_stream_length") == 0
-    assert len([ln for ln in metrics.splitlines() if ln.startswith("smsrelay_stream_length{")]) == 6
+    lanes = [ln for ln in metrics.splitlines() if ln.startswith("smsrelay_stream_length{")]
+    assert len(lanes) == 18  # six shards, three lanes each
+    assert sum('priority="high"' in ln for ln in lanes) == 6
     assert 'smsrelay_scrape_error{source="redis"} 0.0' in metrics
     assert "smsrelay_unread_streams 0.0" in metrics
 

@@ -212,15 +212,22 @@ def test_keda_scaled_object_scales_workers_on_the_request_stream() -> None:
     assert target["name"] == "smsrelay-worker" and target.get("kind", "Deployment") == "Deployment"
     _one("Deployment", target["name"])
     assert 2 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
-    (trigger,) = spec["triggers"]
-    assert trigger["type"] == "redis-streams"
-    metadata = trigger["metadata"]
-    assert set(metadata) <= REDIS_STREAMS_METADATA, sorted(set(metadata) - REDIS_STREAMS_METADATA)
-    assert all(isinstance(v, str) for v in metadata.values()), "trigger metadata are strings"
-    # The stream the code writes to (keys.py), with the default namespace of the ConfigMap.
+    triggers = spec["triggers"]
+    for trigger in triggers:
+        assert trigger["type"] == "redis-streams"
+        metadata = trigger["metadata"]
+        extra = set(metadata) - REDIS_STREAMS_METADATA
+        assert not extra, sorted(extra)
+        assert all(isinstance(v, str) for v in metadata.values()), "trigger metadata are strings"
+        assert re.fullmatch(r"[\w.-]+:\d+", metadata["address"]), metadata["address"]
+    # The streams the code writes to (keys.py): every lane, with the ConfigMap's namespace; a
+    # login code's lane scales first (the smallest backlog per worker).
     namespace = _one("ConfigMap", "smsrelay-config")["data"]["SMSRELAY_NAMESPACE"]
-    assert metadata["stream"] == ShardKeys(namespace, 0).requests == "{smsrelay:0}:requests"
-    assert re.fullmatch(r"[\w.-]+:\d+", metadata["address"]), metadata["address"]
+    streams = [t["metadata"]["stream"] for t in triggers]
+    assert streams == list(ShardKeys(namespace, 0).lanes)
+    assert streams[1] == "{smsrelay:0}:requests"
+    lengths = [int(t["metadata"]["streamLength"]) for t in triggers]
+    assert lengths[0] < lengths[1] < lengths[2]
 
 
 def test_keda_reads_the_backlog_not_the_lag() -> None:
@@ -228,13 +235,14 @@ def test_keda_reads_the_backlog_not_the_lag() -> None:
     # idle: lagCount must not be used. streamLength is XLEN, the true backlog, and KEDA uses it
     # only when no consumerGroup is given (else it switches to the PEL or the lag).
     (scaled,) = _kind("ScaledObject")
-    metadata = scaled["spec"]["triggers"][0]["metadata"]
-    assert "lagCount" not in metadata and "activationLagCount" not in metadata
-    if "streamLength" in metadata:
-        assert "consumerGroup" not in metadata and int(metadata["streamLength"]) > 0
-    else:
-        assert metadata["consumerGroup"] == WORKER_GROUP
-        assert int(metadata["pendingEntriesCount"]) > 0
+    for trigger in scaled["spec"]["triggers"]:
+        metadata = trigger["metadata"]
+        assert "lagCount" not in metadata and "activationLagCount" not in metadata
+        if "streamLength" in metadata:
+            assert "consumerGroup" not in metadata and int(metadata["streamLength"]) > 0
+        else:
+            assert metadata["consumerGroup"] == WORKER_GROUP
+            assert int(metadata["pendingEntriesCount"]) > 0
     comment = (K8S / "keda.yaml").read_text()
     assert "NULL" in comment and "XDEL" in comment, "keda.yaml must say why it avoids the lag"
 

@@ -1,5 +1,6 @@
--- Put delayed messages whose time has come back on the request stream.
--- KEYS[1] delayed set; KEYS[2] delayed payloads; KEYS[3] request stream
+-- Put delayed messages whose time has come back on the request stream of their lane.
+-- KEYS[1] delayed set; KEYS[2] delayed payloads; KEYS[3] high lane; KEYS[4] normal lane;
+-- KEYS[5] bulk lane (a payload's `priority` field names its lane; none: normal)
 -- ARGV[1] most to move in one call
 -- Returns {moved, ms until the next one is due (-1: none waiting), unreadable payloads}.
 -- Every payload is decoded before the first write (rule 14); one that does not decode is
@@ -24,10 +25,19 @@ for i, id in ipairs(due) do
     end
   end
 end
+local lanes = {high = KEYS[3], bulk = KEYS[5]}
+local function lane_of(pairs)
+  for j = 1, #pairs, 2 do
+    if pairs[j] == 'priority' then
+      return lanes[pairs[j + 1]] or KEYS[4]
+    end
+  end
+  return KEYS[4]
+end
 local moved = 0
 for i, id in ipairs(due) do
   if fields[i] then
-    redis.call('XADD', KEYS[3], '*', unpack(fields[i]))
+    redis.call('XADD', lane_of(fields[i]), '*', unpack(fields[i]))
     moved = moved + 1
   end
   redis.call('ZREM', KEYS[1], id)
