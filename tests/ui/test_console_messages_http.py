@@ -103,7 +103,7 @@ async def test_a_sent_message_s_trace_from_postgres_and_a_phone_s_messages(
     assert listing.status_code == 200
     self_contained(listing)
     assert f"Messages to {phone}" in listing.text
-    assert "The 2 most recent messages" in text_of(listing)
+    assert f"2 recent messages to {phone}, sent and failed, newest first." in text_of(listing)
     for message_id in (sent_id, failed_id):
         assert f'href="/ui/messages/{message_id}"' in listing.text
     assert listing.text.index(failed_id) < listing.text.index(sent_id)  # newest first
