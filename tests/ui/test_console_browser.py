@@ -2,7 +2,8 @@
 signs in, sees a dead letter, retries it to a new SID, deletes one, replays a reason and a
 selection, and signs out; a viewer sees no change controls; a bad token is refused. Every
 request a page makes goes to the service itself, and no page logs an error (a CSP violation
-would be one). The README's screenshots are taken here."""
+would be one). The README's screenshots of the overview and the list are taken here (the
+trace's in test_console_trace_browser.py)."""
 
 from __future__ import annotations
 
@@ -271,5 +272,6 @@ def test_readable_on_a_phone(browser: Browser, admin_url: str, console_settings:
 
 def test_the_screenshots_are_in_the_readme() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    for name in ("console-overview.png", "console-failed-sms.png"):
+    for name in ("console-overview.png", "console-failed-sms.png", "console-message-trace.png"):
         assert f"docs/img/{name}" in readme
+        assert (Path(__file__).parents[2] / "docs" / "img" / name).is_file(), name
