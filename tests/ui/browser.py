@@ -12,17 +12,25 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
 import uvicorn
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Request
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Locator, Page, Request
 
+from smsrelay import clock
 from smsrelay.admin.app import create_app
 from smsrelay.settings import Settings
+from smsrelay.store import sent_sms
+from smsrelay.store.db import Database
+from smsrelay.store.sent_sms import SentRow
+from tests.store.dlq import add_dead_letter, mirror_now, unique_phone
 from tests.support.servers import LOOPBACK, free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -141,3 +149,59 @@ def visit(browser: Browser, base: str, viewport: dict[str, int] | None = None) -
         yield seen
     finally:
         context.close()
+
+
+def seed(settings: Settings, *letters: dict[str, Any]) -> list[tuple[str, str]]:
+    """Dead letters mirrored into Postgres: (message id, phone) each."""
+
+    async def make() -> list[tuple[str, str]]:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        made = []
+        try:
+            for letter in letters:
+                phone = letter.pop("phone", None) or unique_phone()
+                message_id, _ = await add_dead_letter(client, settings, phone=phone, **letter)
+                made.append((message_id, phone))
+        finally:
+            await client.aclose()
+        await mirror_now(settings)
+        return made
+
+    return run(make)
+
+
+def row(page: Page, text: str) -> Locator:
+    return page.locator("tbody tr", has_text=text)
+
+
+def same_origin_and_quiet(seen: Visit) -> None:
+    assert seen.requests, "no request recorded"
+    assert seen.foreign_requests() == []
+    assert seen.console_errors == []
+
+
+def record_sent(settings: Settings, minutes_ago: list[float]) -> None:
+    """Rows of `sent_sms`, as the mirror writes them, sent that many minutes ago each."""
+
+    async def make() -> None:
+        now = clock.now()
+        rows = [
+            SentRow(uuid.uuid4(), unique_phone(), f"SM{uuid.uuid4().hex}", "otp", 1, at)
+            for at in (now - timedelta(minutes=m) for m in minutes_ago)
+        ]
+        async with Database(settings.database_url).connection() as conn:
+            await sent_sms.upsert_sent(conn, settings.namespace, rows)
+
+    run(make)
+
+
+def set_hash(settings: Settings, key: str, values: dict[str, str | int]) -> None:
+    async def make() -> None:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            for name, value in values.items():
+                await client.hset(key, name, value)
+        finally:
+            await client.aclose()
+
+    run(make)

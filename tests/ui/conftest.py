@@ -4,17 +4,20 @@ operator `oncall`, the viewer `grafana`) and helpers to sign in and read its for
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 from pydantic import SecretStr
 
 from smsrelay.settings import Settings
 from tests.admin.conftest import TOKEN, admin_client
 from tests.admin.conftest import admin_settings as admin_settings  # the fixtures, shared
 from tests.admin.conftest import rclient as rclient
+from tests.support.servers import require_tool
+from tests.ui.browser import CHROMIUM, CHROMIUM_ARGS, live_admin
 
 ONCALL = "oncall-token-0123456789"
 VIEWER = "grafana-token-0123456789"
@@ -25,6 +28,23 @@ _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 def console_settings(admin_settings: Settings) -> Settings:
     tokens = SecretStr(f"oncall:operator:{ONCALL},grafana:viewer:{VIEWER}")
     return admin_settings.model_copy(update={"admin_tokens": tokens})
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, one per test module (skipped when it is not installed)."""
+    path = require_tool(CHROMIUM, "apt-get install -y chromium; scripts/test does it as root")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def admin_url(console_settings: Settings) -> Iterator[str]:
+    """The admin with the console's settings, served on a free loopback port."""
+    with live_admin(console_settings) as url:
+        yield url
 
 
 @asynccontextmanager

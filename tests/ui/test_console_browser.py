@@ -2,82 +2,37 @@
 signs in, sees a dead letter, retries it to a new SID, deletes one, replays a reason and a
 selection, and signs out; a viewer sees no change controls; a bad token is refused. Every
 request a page makes goes to the service itself, and no page logs an error (a CSP violation
-would be one). The README's screenshots are taken here."""
+would be one). The README's screenshots of the overview and the list are taken here (the
+trace's in test_console_trace_browser.py)."""
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from smsrelay.settings import Settings
-from smsrelay.streams.keys import WORKER_GROUP, ShardKeys
+from smsrelay.streams.keys import WORKER_GROUP, FleetKeys, ShardKeys
 from tests.admin.conftest import TOKEN
-from tests.store.dlq import add_dead_letter, mirror_now, unique_phone
-from tests.support.servers import require_tool
 from tests.ui.browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     PHONE,
     SCREENSHOTS,
-    Visit,
-    live_admin,
+    record_sent,
+    row,
     run,
+    same_origin_and_quiet,
+    seed,
+    set_hash,
     visit,
 )
 from tests.ui.conftest import VIEWER
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    path = require_tool(CHROMIUM, "apt-get install -y chromium; scripts/test does it as root")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def admin_url(console_settings: Settings) -> Iterator[str]:
-    with live_admin(console_settings) as url:
-        yield url
-
-
-def seed(settings: Settings, *letters: dict[str, Any]) -> list[tuple[str, str]]:
-    """Dead letters mirrored into Postgres: (message id, phone) each."""
-
-    async def make() -> list[tuple[str, str]]:
-        client = aioredis.Redis.from_url(settings.redis_url)
-        made = []
-        try:
-            for letter in letters:
-                phone = letter.pop("phone", None) or unique_phone()
-                message_id, _ = await add_dead_letter(client, settings, phone=phone, **letter)
-                made.append((message_id, phone))
-        finally:
-            await client.aclose()
-        await mirror_now(settings)
-        return made
-
-    return run(make)
-
-
-def row(page: Page, phone: str) -> Any:
-    return page.locator("tbody tr", has_text=phone)
-
-
-def same_origin_and_quiet(seen: Visit) -> None:
-    assert seen.requests, "no request recorded"
-    assert seen.foreign_requests() == []
-    assert seen.console_errors == []
 
 
 def test_an_operator_retries_deletes_replays_and_signs_out(
@@ -254,6 +209,21 @@ def test_overview_refreshes_itself_and_the_screenshots(
         {"reason": "rate_limited", "error": "rate limit: 5 per 3600 s", "attempts": 0},
         {"reason": "poison", "error": "delivered 5 times without settling"},
     )
+    # A quarter hour of sends, a breaker that opened twice and closed, and receipts
+    # (13 minutes back at most: the window reaches 14 minutes before the current one, so a
+    # minute that turns before the page reads them loses none of them)
+    per_minute = [4, 6, 5, 7, 9, 8, 6, 5, 7, 8, 10, 9, 6, 3]
+    record_sent(
+        console_settings,
+        [float(minute) for minute, n in enumerate(reversed(per_minute)) for _ in range(n)],
+    )
+    fleet = FleetKeys(console_settings.namespace)
+    set_hash(console_settings, fleet.breaker, {"state": "closed", "opened_total": 2})
+    set_hash(
+        console_settings,
+        fleet.delivery_counts,
+        {"queued": 12, "sent": 95, "delivered": 88, "undelivered": 3, "failed": 1},
+    )
     with visit(browser, admin_url) as seen:
         page = seen.page
         seen.sign_in(TOKEN)
@@ -262,10 +232,14 @@ def test_overview_refreshes_itself_and_the_screenshots(
         expect(panel.locator('[data-figure="pending"]')).to_have_text("3")
         expect(panel.locator('[data-figure="delayed"]')).to_have_text("2")
         expect(panel).to_contain_text("worker-7f3a-1")
-        expect(panel).to_contain_text("Not built yet")
+        expect(panel.locator('[data-figure="breaker"]')).to_have_text("closed")
+        expect(panel.locator('[data-figure="opened-total"]')).to_have_text("2 times")
+        expect(panel.locator('[data-figure="sent-total"]')).to_have_text(str(sum(per_minute)))
+        expect(panel.locator('[data-figure="failed-total"]')).to_have_text("7")
+        expect(panel.locator('[data-receipts="delivered"]')).to_have_text("88")
         expect(page.get_by_role("button", name="Pause refresh")).to_be_visible()
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / "console-overview.png"))
+        page.screenshot(path=str(SCREENSHOTS / "console-overview.png"), full_page=True)
         # A new dead letter shows up without a reload
         before = panel.locator('[data-figure="dead"]').inner_text()
         seed(console_settings, {"reason": "permanent_error"})
@@ -298,5 +272,6 @@ def test_readable_on_a_phone(browser: Browser, admin_url: str, console_settings:
 
 def test_the_screenshots_are_in_the_readme() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    for name in ("console-overview.png", "console-failed-sms.png"):
+    for name in ("console-overview.png", "console-failed-sms.png", "console-message-trace.png"):
         assert f"docs/img/{name}" in readme
+        assert (Path(__file__).parents[2] / "docs" / "img" / name).is_file(), name

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from smsrelay.admin.auth import FailedAuth, TokenTable
 from smsrelay.admin.ui.common import Console
 from smsrelay.admin.ui.failed import router as failed_router
+from smsrelay.admin.ui.messages import router as messages_router
 from smsrelay.admin.ui.pages import router as pages_router
 from smsrelay.admin.ui.sessions import SessionStore
 from smsrelay.settings import AdminCredential
@@ -28,4 +29,5 @@ def install_console(
     app.state.console = console
     app.include_router(pages_router)
     app.include_router(failed_router)
+    app.include_router(messages_router)
     return console

@@ -30,6 +30,18 @@ def when(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def when_ms(moment: datetime | None) -> str:
+    """A trace event's time: its steps are often milliseconds apart."""
+    if moment is None:
+        return "—"
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%d %H:%M:%S.") + f"{utc.microsecond // 1000:03d} UTC"
+
+
+def minute(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%H:%M")
+
+
 def iso(moment: datetime | None) -> str:
     return clock.iso(moment) if moment is not None else ""
 
@@ -56,7 +68,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(when=when, iso=iso, duration=duration)
+    env.filters.update(when=when, when_ms=when_ms, minute=minute, iso=iso, duration=duration)
     env.globals["query"] = lambda **values: urlencode(
         {k: v for k, v in values.items() if v not in (None, "")}
     )
