@@ -57,7 +57,12 @@ def server(private_redis: PrivateRedis) -> PrivateRedis:
 def test_sends_accepted_while_redis_refuses_writes_are_recorded_once(
     server: PrivateRedis, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
 ) -> None:
-    settings = _settings(server, namespace, tmp_path, fake_twilio, worker_concurrency=80)
+    # The provider's timeout outlasts the test's waits: a send that timed out before Redis
+    # refused writes would be retried (an ambiguous attempt, rightly), which is not the case
+    # this test is about (and, under load, the refusal may come later than the fake's 2 s).
+    settings = _settings(
+        server, namespace, tmp_path, fake_twilio, worker_concurrency=80, twilio_timeout_seconds=30
+    )
     _publish(settings, 80)
     fake_twilio.set_latency(10)  # long enough for both workers to start and Redis to fill
     workers = [start_worker(procs, settings, f"worker-{n}", mirror=True) for n in range(2)]

@@ -115,6 +115,7 @@ def test_soak_memory_returns_to_baseline_and_workers_do_not_grow(
         # per-message state kept on purpose (sent markers, 7 days) is set aside
         after_drain = pipeline.client.info("memory")
         marker_count, marker_bytes = _forget_markers(pipeline)
+        trace_count, trace_bytes = _forget_markers(pipeline, "trace")
         time.sleep(1.5)
         leftovers = _message_keys(pipeline)
         after = pipeline.client.info("memory")
@@ -142,7 +143,15 @@ def test_soak_memory_returns_to_baseline_and_workers_do_not_grow(
         f"{marker_count} x {marker_bytes / max(marker_count, 1):.0f}",
         "bytes",
     )
-    record_figure("soak", "Redis used_memory after markers expire", _used_mb(after), "MiB")
+    record_figure(
+        "soak",
+        "message traces kept after the drain (SMSRELAY_TRACE_TTL_SECONDS)",
+        f"{trace_count} x {trace_bytes / max(trace_count, 1):.0f}",
+        "bytes",
+    )
+    record_figure(
+        "soak", "Redis used_memory after markers and traces expire", _used_mb(after), "MiB"
+    )
     record_figure(
         "soak",
         "Redis memory less client buffers, baseline / after",
@@ -169,14 +178,16 @@ def test_soak_memory_returns_to_baseline_and_workers_do_not_grow(
     assert stats["accepted"] == COUNT and stats["duplicates"] == [], stats["duplicates"][:5]
     assert dead == []
     assert marker_count == sent
+    assert trace_count == COUNT  # one trace a message, the warm-up's included
     assert leftovers == {}, leftovers
     assert data_after - data_before < REDIS_BASELINE_SLACK_MB
     assert max(growth_mb) < RSS_GROWTH_LIMIT_MB, growth_mb
 
 
-def _forget_markers(pipeline: Pipeline) -> tuple[int, int]:
-    """Delete the sent markers (kept 7 days by design); returns (count, bytes they used)."""
-    pattern = pipeline.keys.sent("*")
+def _forget_markers(pipeline: Pipeline, kind: str = "sent") -> tuple[int, int]:
+    """Delete the sent markers (kept 7 days by design), or with `kind="trace"` the traces (kept
+    SMSRELAY_TRACE_TTL_SECONDS by design); returns (count, bytes they used)."""
+    pattern = pipeline.keys.sent("*") if kind == "sent" else pipeline.keys.trace("*")
     keys = list(pipeline.client.scan_iter(match=pattern, count=5000))
     sample = keys[:200]
     per_key = (
@@ -192,7 +203,7 @@ def _forget_markers(pipeline: Pipeline) -> tuple[int, int]:
 def _message_keys(pipeline: Pipeline) -> dict[str, int]:
     """Keys left besides the streams and their bookkeeping, by kind (expected: none)."""
     fixed = {
-        pipeline.keys.requests,
+        *pipeline.keys.lanes,
         pipeline.keys.dead,
         pipeline.keys.outcomes,
         pipeline.keys.dead_counts,
