@@ -23,6 +23,7 @@ from tests.receipts.conftest import (
     trace_events,
 )
 from tests.store.dlq import unique_phone
+from tests.support.worker import entries
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -95,8 +96,8 @@ async def test_receipts_that_come_before_the_message_s_row_wait_for_it(
         outcomes = ShardKeys(
             receipt_settings.namespace, shard_of(phone, receipt_settings.shards)
         ).outcomes
-        for _, fields in await rclient.xrange(outcomes):
-            held.append((outcomes, {text(k): text(v) for k, v in fields.items()}))
+        for _, raw in entries(await rclient.xrange(outcomes)):
+            held.append((outcomes, {text(k): text(v) for k, v in raw.items()}))
         await rclient.delete(outcomes)
     assert len(held) == 2
     await mirror(receipt_settings)
