@@ -199,6 +199,14 @@ async def trace_events(
     return [text(item).split("|", 1)[1] for item in raw]
 
 
+async def forget_trace(
+    client: aioredis.Redis, settings: Settings, phone: str, message_id: str
+) -> None:
+    """As SMSRELAY_TRACE_TTL_SECONDS would: the trace is gone from Redis."""
+    key = ShardKeys(settings.namespace, shard_of(phone, settings.shards)).trace(message_id)
+    assert await client.delete(key) == 1
+
+
 async def receipts_waiting(client: aioredis.Redis, settings: Settings) -> int:
     return int(await client.xlen(FleetKeys(settings.namespace).receipts))
 

@@ -16,6 +16,7 @@ from tests.admin.test_cli import smsrelay
 from tests.receipts.conftest import (
     admin_http,
     answers,
+    forget_trace,
     mirror,
     read_sent,
     send_all,
@@ -113,6 +114,12 @@ async def test_undelivered_becomes_a_record_and_a_retry_sends_a_new_sms(
     # (the row follows the new SMS: its delivery, not the old one's failure)
     assert (row.message_sid, row.delivery_status, row.error) == (new_sid, "delivered", None)
     assert row.attempts == 2
+    # Past its Redis TTL, the trace answers from Postgres alike
+    await forget_trace(rclient, receipt_settings, phone, message_id)
+    async with admin_http(live_admin) as http:
+        late = (await http.get(f"/api/admin/messages/{message_id}")).json()["data"]
+    assert (late["status"], late["messageSid"], late["attempts"]) == ("delivered", new_sid, 2)
+    assert [e["event"] for e in late["events"]] == ["published", "sent", "delivered"]
 
 
 @pytest.mark.parametrize(
@@ -126,6 +133,7 @@ async def test_a_number_that_takes_no_sms_says_never_retry(
     receipt_settings: Settings,
     fake_twilio: FakeTwilioThread,
     live_admin: str,
+    rclient: aioredis.Redis,
     code: int,
     words: str,
 ) -> None:
@@ -133,7 +141,11 @@ async def test_a_number_that_takes_no_sms_says_never_retry(
     fake_twilio.script_receipts(phone, Receipts.ending("undelivered", code))
     [message_id] = await send_all(receipt_settings, fake_twilio, [phone])
     await mirror(receipt_settings)
+    await forget_trace(rclient, receipt_settings, phone, message_id)  # (from Postgres alone)
     async with admin_http(live_admin) as http:
         [record] = (await http.get(LIST, params={"phone": phone})).json()["data"]
+        trace = (await http.get(f"/api/admin/messages/{message_id}")).json()["data"]
     assert record["id"] == message_id and record["reason"] == "undelivered"
     assert record["error"] == f"{words} (this number will not take SMS: do not retry it)"
+    assert (trace["status"], trace["reason"]) == ("undelivered", "undelivered")
+    assert trace["events"][-1]["detail"] == record["error"]
