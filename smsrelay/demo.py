@@ -5,17 +5,29 @@ its own, so it never touches real data; Twilio is the fake, spoken to by the rea
 SMSRELAY_DATABASE_URL names a server's maintenance database (`postgres`, the default), the demo
 mirrors into a database of its own, `smsrelay_demo` (created when missing), never into that
 one. At the end it deletes its namespace's Redis keys (`--keep` keeps them).
+
+Its last step shows delivery receipts: the admin service (when the admin extra is installed)
+runs on a free loopback port with a token of the demo's own, takes the fake Twilio's signed
+status callbacks, and answers each message's trace (`GET /api/admin/messages/{id}`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
+import json
 import re
 import secrets
+import socket
 import sys
+import threading
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -30,9 +42,10 @@ from smsrelay.runner import worker_process
 from smsrelay.settings import Settings
 from smsrelay.streams.clients import sync_client, text
 from smsrelay.streams.keys import ShardKeys
-from smsrelay.testing.fake_twilio import FakeTwilioThread
+from smsrelay.testing.fake_twilio import FakeTwilioThread, Receipts
 
 _SID = "AC" + "d" * 32
+CALLBACK_PATH = "/twilio/status-callback"
 DEMO_DATABASE = "smsrelay_demo"
 # Databases a server keeps for itself: the demo writes into none of them.
 _MAINTENANCE = frozenset({"", "postgres", "template0", "template1"})
@@ -126,10 +139,16 @@ def run_demo(base: Settings, keep: bool = False) -> int:
     database_url, database_words = demo_database(base.database_url)
     # The narration is the demo's output; the worker's JSON log lines would drown it.
     configure_logging("console", "error")
+    receipts_port = _free_port() if _admin_installed() else None
     with FakeTwilioThread() as fake:
         settings = Settings.load(
             **{
-                **base.model_dump(exclude={"admin_token", "twilio_auth_token"}),
+                **base.model_dump(exclude={"admin_token", "admin_tokens", "twilio_auth_token"}),
+                # The admin service takes the fake Twilio's signed status callbacks (step 4).
+                "admin_token": secrets.token_urlsafe(24),
+                "twilio_status_callback": f"http://127.0.0.1:{receipts_port}{CALLBACK_PATH}"
+                if receipts_port
+                else None,
                 "namespace": namespace,
                 "database_url": database_url or base.database_url,
                 "twilio_account_sid": _SID,
@@ -162,7 +181,8 @@ def run_demo(base: Settings, keep: bool = False) -> int:
         say(f"  Postgres       {postgres}")
         say()
         try:
-            return asyncio.run(_story(settings, fake, mirror, keep))
+            with _serve_admin(settings, receipts_port) as admin_url:
+                return asyncio.run(_story(settings, fake, mirror, keep, admin_url))
         finally:
             if not keep:
                 client = sync_client(settings, timeout_s=5)
@@ -174,7 +194,9 @@ def run_demo(base: Settings, keep: bool = False) -> int:
                     client.close()
 
 
-async def _story(settings: Settings, fake: FakeTwilioThread, mirror: bool, keep: bool) -> int:
+async def _story(
+    settings: Settings, fake: FakeTwilioThread, mirror: bool, keep: bool, admin_url: str | None
+) -> int:
     worker = worker_process(settings, mirror=mirror)
     task = asyncio.create_task(worker.run())
     flaky = "+14155550142"
@@ -222,8 +244,6 @@ async def _story(settings: Settings, fake: FakeTwilioThread, mirror: bool, keep:
         say(f"   {'':8}  -> {outcome}")
     if mirror:
         await asyncio.sleep(1.0)  # the mirror runs on its own timer
-    worker.stop()
-    await task
     say()
     say(
         f"3. The fake Twilio received {len(fake.requests)} requests and accepted "
@@ -236,6 +256,11 @@ async def _story(settings: Settings, fake: FakeTwilioThread, mirror: bool, keep:
             + ", ".join(f"{r[0][:8]} {r[1]}" for r in rows)
         )
     say()
+    if admin_url is not None:
+        await _receipts(settings, fake, mirror, admin_url)
+        say()
+    worker.stop()
+    await task
     say("Where to look next:")
     if keep:
         say(f"   SMSRELAY_NAMESPACE={settings.namespace} smsrelay status")
@@ -257,6 +282,141 @@ async def _story(settings: Settings, fake: FakeTwilioThread, mirror: bool, keep:
     )
     say("   a worker's metrics: smsrelay worker, then curl localhost:9464/metrics")
     return 0
+
+
+async def _receipts(
+    settings: Settings, fake: FakeTwilioThread, mirror: bool, admin_url: str
+) -> None:
+    """Step 4: one SMS delivered, one undelivered (30003), told by signed status callbacks."""
+    on, off = "+14155552672", "+14155550143"
+    fake.script_receipts(off, Receipts.ending("undelivered", 30003))
+    say(
+        "4. Delivery receipts: Twilio's 201 means accepted. The carrier's verdict comes later, "
+        "in status callbacks"
+    )
+    say(
+        "   signed with the auth token (X-Twilio-Signature), which the admin service checks at "
+        "POST /twilio/status-callback:"
+    )
+    stories = [
+        Story("its phone is on: delivered", on, "Your order has shipped"),
+        Story("its handset is off: undelivered (Twilio error 30003)", off, "Your order shipped"),
+    ]
+    with Producer(settings) as producer:
+        for story in stories:
+            story.message_id = str(producer.publish(story.to, story.body).message_id)
+            say(f"   queued   {story.message_id[:8]}  {mask_phone(story.to):<14} {story.label}")
+    finals = await _wait_for_receipts(settings, [s.message_id for s in stories], mirror, 10)
+    with contextlib.suppress(TimeoutError):  # (what was not posted by then is not counted)
+        await asyncio.to_thread(fake.wait_for_callbacks, 5.0)
+    callbacks = [c for c in fake.callbacks() if c.to in (on, off)]
+    answered = sum(1 for c in callbacks if c.delivered)
+    say(
+        f"   the fake Twilio posted {len(callbacks)} signed callbacks "
+        f"({', '.join(c.status for c in callbacks)}); the admin answered {answered} with 2xx"
+    )
+    if not mirror:
+        say(
+            "   (Postgres is not reachable: the receipts wait in Redis for a mirror, and the "
+            "traces stop at 'sent')"
+        )
+    for story in stories:
+        say()
+        trace = _get_trace(admin_url, settings, story.message_id)
+        if trace is None:
+            say(f"   {story.message_id[:8]}  (its trace could not be read)")
+            continue
+        say(
+            f"   {story.message_id[:8]}  {mask_phone(story.to)}: {trace['status']}, "
+            f"SID {trace.get('messageSid') or '-'} (smsrelay trace {story.message_id})"
+        )
+        for event in trace["events"]:
+            at = str(event["at"])[11:23]
+            say(f"     {at}  {event['event']:<14} {mask_phones(str(event['detail']))}".rstrip())
+        if story.message_id in finals and trace["status"] == "undelivered":
+            say(
+                f"     -> failed_sms: reason {trace['reason']}; an admin's retry sends a new SMS "
+                "(a new SID)"
+            )
+
+
+async def _wait_for_receipts(
+    settings: Settings, ids: list[str], mirror: bool, within_s: float
+) -> set[str]:
+    """The ids whose trace reached a final receipt (with a mirror; without one, the sends)."""
+    client = sync_client(settings)
+    keys = ShardKeys(settings.namespace)
+    wanted = ("|delivered|", "|undelivered|", "|failed|") if mirror else ("|sent|",)
+    done: set[str] = set()
+    deadline = time.monotonic() + within_s
+    try:
+        while time.monotonic() < deadline and len(done) < len(ids):
+            for message_id in ids:
+                raw = cast(list[bytes], client.lrange(keys.trace(message_id), 0, -1))
+                if any(w in text(item) for item in raw for w in wanted):
+                    done.add(message_id)
+            await asyncio.sleep(0.1)
+    finally:
+        client.close()
+    return done
+
+
+def _get_trace(admin_url: str, settings: Settings, message_id: str) -> dict[str, Any] | None:
+    """GET /api/admin/messages/{id} of the demo's admin service (its `data`)."""
+    assert settings.admin_token is not None
+    request = urllib.request.Request(  # noqa: S310 (the demo's own loopback admin)
+        f"{admin_url}/api/admin/messages/{message_id}",
+        headers={"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return cast(dict[str, Any], json.load(response)["data"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _admin_installed() -> bool:
+    """The receipts need the admin service (`pip install 'smsrelay[admin]'`)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("fastapi", "uvicorn"))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _serve_admin(settings: Settings, port: int | None) -> Iterator[str | None]:
+    """The admin service on a loopback port in a thread of its own (None: not installed)."""
+    if port is None:
+        yield None
+        return
+    import uvicorn
+
+    from smsrelay.admin.app import create_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            log_level="error",
+            access_log=False,
+            lifespan="on",
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True, name="demo-admin")
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}" if server.started else None
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 async def _wait_for_outcomes(settings: Settings, ids: list[str], within_s: float) -> dict[str, str]:

@@ -5,7 +5,9 @@ TWILIO_AUTH_TOKEN over SMSRELAY_TWILIO_STATUS_CALLBACK (the public URL Twilio ca
 behind a proxy is not the one this process sees) and the sorted form fields; 403 otherwise.
 A valid callback is queued in Redis (`{ns}:receipts`) and answered 204 at once; the mirror
 applies it to Postgres, so a Postgres outage loses nothing. Redis away: 503 (Twilio retries
-what it could not deliver).
+what it could not deliver). What is no message status callback is refused before anything is
+stored: not UTF-8 or over MAX_FORM_FIELDS fields (400, before the signature is computed),
+over 64 KiB (413), a SID that is no SID or a status Twilio does not send (400, after it).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ log = get_logger("smsrelay.admin")
 
 # Receipts waiting for the mirror, at most (about): a stopped mirror must not fill Redis.
 RECEIPTS_CAP = 1_000_000
+# Twilio posts about twenty fields; a form of thousands is no callback, and costs the HMAC.
+MAX_FORM_FIELDS = 200
 
 twilio = APIRouter(tags=["twilio"])
 
@@ -38,6 +42,7 @@ twilio = APIRouter(tags=["twilio"])
     # Twilio's, not an operator's: SECURITY.md and the README document it.
     include_in_schema=False,
     responses={
+        400: {"model": ErrorResponse, "description": "not a message status callback"},
         403: {"model": ErrorResponse, "description": "the signature is missing or wrong"},
         404: {"model": ErrorResponse, "description": "status callbacks are not configured"},
         503: {"model": ErrorResponse, "description": "Redis is unavailable"},
@@ -56,8 +61,19 @@ async def status_callback(
             "status callbacks are not configured here "
             "(SMSRELAY_TWILIO_STATUS_CALLBACK, TWILIO_AUTH_TOKEN)",
         )
-    body = (await request.body()).decode(errors="replace")
-    form = dict(parse_qsl(body, keep_blank_values=True))
+    # (the body is at most 64 KiB: GuardMiddleware answered 413 to a larger one)
+    try:
+        pairs = parse_qsl(
+            (await request.body()).decode(),
+            keep_blank_values=True,
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except UnicodeDecodeError:
+        return error_response(400, "the body is not UTF-8 form data (Twilio's never is)")
+    except ValueError:
+        return error_response(400, f"more than {MAX_FORM_FIELDS} form fields")
+    form = dict(pairs)
     validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
     if not x_twilio_signature or not validator.validate(
         settings.twilio_status_callback, form, x_twilio_signature
@@ -68,7 +84,11 @@ async def status_callback(
             fields=len(form),
         )
         return error_response(403, "invalid or missing X-Twilio-Signature")
-    receipt = StatusCallback.from_form(form, clock.now())
+    try:
+        receipt = StatusCallback.parse(form, clock.now())
+    except ValueError as exc:
+        log.warning("receipts.refused", error=str(exc))
+        return error_response(400, f"not a message status callback: {exc}")
     if receipt is None:  # signed by Twilio, but not a message status: nothing to do
         return Response(status_code=204)
     fields = {

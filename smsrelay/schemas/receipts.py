@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,6 +35,26 @@ def describe_delivery(status: str, code: int | None) -> str:
     return text
 
 
+# Every status Twilio reports for an outbound message (inbound ones never reach this route).
+MESSAGE_STATUSES = frozenset(
+    {
+        "accepted",
+        "scheduled",
+        "queued",
+        "sending",
+        "sent",
+        "partially_delivered",
+        "delivered",
+        "read",
+        "canceled",
+        "undelivered",
+        "failed",
+    }
+)
+# A message SID is two letters and 32 hex digits; room is left for a longer form, not more.
+_SID = re.compile(r"[A-Za-z0-9]{2,64}")
+
+
 @dataclass(frozen=True)
 class StatusCallback:
     """The fields of one status callback smsrelay uses (Twilio sends more)."""
@@ -43,13 +65,35 @@ class StatusCallback:
     received_at: datetime
 
     @classmethod
-    def from_form(cls, form: dict[str, str], received_at: datetime) -> StatusCallback | None:
-        """None when the form is not a message status callback."""
+    def parse(cls, form: Mapping[str, str], received_at: datetime) -> StatusCallback | None:
+        """None when the form is none of a message's status callbacks (neither a MessageSid
+        nor a MessageStatus). Raises ValueError, one line, when it is one that makes no sense:
+        nothing of it may be stored."""
         sid = form.get("MessageSid") or form.get("SmsSid") or ""
         status = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
-        if not sid or not status or len(sid) > 64 or len(status) > 32:
+        if not sid and not status:
             return None
+        if not sid:
+            raise ValueError("MessageSid is missing")
+        if not _SID.fullmatch(sid):
+            raise ValueError(
+                f"MessageSid is not a message SID ({len(sid)} characters; expected SM and "
+                "32 hex digits)"
+            )
+        if not status:
+            raise ValueError("MessageStatus is missing")
+        if status not in MESSAGE_STATUSES:
+            shown = status if len(status) <= 32 else status[:32] + "..."
+            raise ValueError(f"unknown MessageStatus {shown!r}")
         code = form.get("ErrorCode") or ""
         return cls(
             sid, status, int(code) if code.isdigit() and len(code) < 9 else None, received_at
         )
+
+    @classmethod
+    def from_form(cls, form: Mapping[str, str], received_at: datetime) -> StatusCallback | None:
+        """`parse`, with None for what it refuses (a stored entry that does not read back)."""
+        try:
+            return cls.parse(form, received_at)
+        except ValueError:
+            return None

@@ -96,9 +96,22 @@ def _row(row: dict[str, Any]) -> SentSms:
 
 async def upsert_sent(conn: Connection, namespace: str, rows: Sequence[SentRow]) -> list[str]:
     """Record sent messages in one statement (idempotent per id: a re-read outcome changes
-    nothing). Returns the SIDs whose receipts arrived before their row (`take_unmatched`)."""
+    nothing). Returns the SIDs whose receipts arrived before their row (`take_unmatched`).
+
+    A later send of the same message (an undelivered one retried: a new SMS, a new SID)
+    takes the row over, adds its attempts, and its delivery starts afresh: the old SMS's
+    failure must not outrank the new one's receipts. An older send never takes a newer one's
+    row back.
+    """
     if not rows:
         return []
+    # One row per id: a statement may not update a row twice (two sends of one message in a
+    # batch: the mirror was behind while an undelivered message was retried).
+    latest: dict[uuid.UUID, SentRow] = {}
+    for r in rows:
+        if r.id not in latest or r.sent_at >= latest[r.id].sent_at:
+            latest[r.id] = r
+    rows = list(latest.values())
     await conn.execute(
         """
         INSERT INTO public.sent_sms AS s
@@ -106,7 +119,16 @@ async def upsert_sent(conn: Connection, namespace: str, rows: Sequence[SentRow])
         SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],
                              %s::int[], %s::timestamptz[])
         ON CONFLICT (id) DO UPDATE SET message_sid = EXCLUDED.message_sid,
-            attempts = greatest(s.attempts, EXCLUDED.attempts), sent_at = EXCLUDED.sent_at
+            attempts = CASE WHEN s.message_sid = EXCLUDED.message_sid
+                            THEN greatest(s.attempts, EXCLUDED.attempts)
+                            ELSE s.attempts + EXCLUDED.attempts END,
+            sent_at = EXCLUDED.sent_at,
+            delivery_status = CASE WHEN s.message_sid = EXCLUDED.message_sid
+                                   THEN s.delivery_status END,
+            delivered_at = CASE WHEN s.message_sid = EXCLUDED.message_sid
+                                THEN s.delivered_at END,
+            error = CASE WHEN s.message_sid = EXCLUDED.message_sid THEN s.error END
+        WHERE EXCLUDED.sent_at >= s.sent_at OR s.message_sid = EXCLUDED.message_sid
         """,
         [
             [r.id for r in rows],
