@@ -1,13 +1,17 @@
-"""`POST /twilio/status-callback`: Twilio's delivery receipts, signed, never lost.
+"""`POST /twilio/status-callback`: Twilio's delivery receipts, signed, queued in Redis.
 
 No bearer token (Twilio has none): a valid `X-Twilio-Signature` instead — HMAC-SHA1 with
 TWILIO_AUTH_TOKEN over SMSRELAY_TWILIO_STATUS_CALLBACK (the public URL Twilio called, which
 behind a proxy is not the one this process sees) and the sorted form fields; 403 otherwise.
 A valid callback is queued in Redis (`{ns}:receipts`) and answered 204 at once; the mirror
-applies it to Postgres, so a Postgres outage loses nothing. Redis away: 503 (Twilio retries
-what it could not deliver). What is no message status callback is refused before anything is
-stored: not UTF-8 or over MAX_FORM_FIELDS fields (400, before the signature is computed),
-over 64 KiB (413), a SID that is no SID or a status Twilio does not send (400, after it).
+applies it to Postgres, so a Postgres outage loses nothing. Redis away: 503. Twilio does not
+promise to send a status callback again after an error answer (by default it retries only a
+connection that failed): a receipt that arrives while Redis is away may be lost, and its
+message then stays `sent` (README, "Delivery receipts").
+
+What is no message status callback is refused before anything is stored: not UTF-8 or over
+MAX_FORM_FIELDS fields (400, before the signature is computed), over 64 KiB (413), a SID that
+is no SID or a status Twilio does not send (400, after it).
 """
 
 from __future__ import annotations
