@@ -77,6 +77,7 @@ class Mirror:
         self._claim_interval_s = min(max(settings.claim_idle_seconds / 2, 0.1), 5.0)
         self._next_claim = 0.0
         self._next_trim = 0.0
+        self._queue: Queue | None = None  # for the receipts' trace events
 
     def group(self, client: aioredis.Redis) -> ConsumerGroup:
         return ConsumerGroup(client, client, MIRROR_GROUP, self.streams, self.name)
@@ -278,10 +279,10 @@ class Mirror:
 
     async def _tell_redis(self, client: aioredis.Redis, effects: Effects) -> None:
         """The receipts' trace events and counts (after the commit; best effort)."""
-        queue = Queue(self.settings, client)
+        if self._queue is None or self._queue.redis is not client:
+            self._queue = Queue(self.settings, client)
         with contextlib.suppress(Exception):
-            for shard, message_id, event, detail in effects.trace:
-                await queue.add_trace(shard, message_id, event, detail)
+            await self._queue.add_traces(effects.trace)
             counts = FleetKeys(self.settings.namespace).delivery_counts
             async with client.pipeline(transaction=False) as pipe:
                 for status, n in effects.delivery_counts.items():

@@ -43,9 +43,22 @@ async def apply_receipts(
     receipts: Sequence[StatusCallback],
     fetch_body: BodyFetcher | None,
 ) -> Effects:
+    """Apply a batch of receipts in order (a few statements for the whole batch)."""
     effects = Effects()
-    for receipt in receipts:
-        effects.extend(await _apply(conn, namespace, shards, receipt, fetch_body))
+    errors = [
+        describe_delivery(r.status, r.error_code) if r.status in sent_sms.FAILED_STATUSES else None
+        for r in receipts
+    ]
+    rows = [
+        (sent_sms.Receipt(r.message_sid, r.status, r.error_code, r.received_at), error)
+        for r, error in zip(receipts, errors, strict=True)
+    ]
+    answers = await sent_sms.apply_receipts(conn, rows)
+    for receipt, error, applied in zip(receipts, errors, answers, strict=True):
+        if applied is not None:
+            effects.extend(
+                await _applied(conn, namespace, shards, receipt, error, applied, fetch_body)
+            )
     return effects
 
 
@@ -57,35 +70,24 @@ async def apply_unmatched(
     fetch_body: BodyFetcher | None,
 ) -> Effects:
     """Receipts that arrived before their message's row, now that the row is there."""
-    effects = Effects()
-    for sid in sids:
-        for waiting in await sent_sms.take_unmatched(conn, sid):
-            receipt = StatusCallback(
-                waiting.message_sid, waiting.status, waiting.error_code, waiting.received_at
-            )
-            effects.extend(await _apply(conn, namespace, shards, receipt, fetch_body))
-    return effects
+    waiting = [receipt for sid in sids for receipt in await sent_sms.take_unmatched(conn, sid)]
+    receipts = [
+        StatusCallback(r.message_sid, r.status, r.error_code, r.received_at) for r in waiting
+    ]
+    return await apply_receipts(conn, namespace, shards, receipts, fetch_body)
 
 
-async def _apply(
+async def _applied(
     conn: Connection,
     namespace: str,
     shards: int,
     receipt: StatusCallback,
+    error: str | None,
+    applied: sent_sms.Applied,
     fetch_body: BodyFetcher | None,
 ) -> Effects:
+    """What a receipt that moved its message brings: trace, counts, an undelivered record."""
     effects = Effects()
-    error = (
-        describe_delivery(receipt.status, receipt.error_code)
-        if receipt.status in sent_sms.FAILED_STATUSES
-        else None
-    )
-    row = sent_sms.Receipt(
-        receipt.message_sid, receipt.status, receipt.error_code, receipt.received_at
-    )
-    applied = await sent_sms.apply_receipt(conn, row, error)
-    if applied is None:
-        return effects
     message = applied.message
     if message.namespace != namespace:
         return effects  # (another pipeline's message on the same database: its own mirror)

@@ -354,15 +354,21 @@ class Queue:
 
     async def add_trace(self, shard: int, message_id: str, event: str, detail: str = "") -> None:
         """An event from outside the scripts (a delivery receipt, an admin's action)."""
-        if self._trace_ttl_ms <= 0:
+        await self.add_traces([(shard, message_id, event, detail)])
+
+    async def add_traces(self, events: Sequence[tuple[int, str, str, str]]) -> None:
+        """Events (shard, message id, event, detail) from outside the scripts, in two round
+        trips whatever their number: the server's time, then one pipeline."""
+        if self._trace_ttl_ms <= 0 or not events:
             return
-        key = self.keys(shard).trace(message_id)
         seconds, micros = await self.redis.time()
         at = int(seconds) * 1000 + int(micros) // 1000
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(key, f"{at}|{event}|{detail[:300]}")
-            pipe.ltrim(key, -64, -1)
-            pipe.pexpire(key, self._trace_ttl_ms)
+            for shard, message_id, event, detail in events:
+                key = self.keys(shard).trace(message_id)
+                pipe.rpush(key, f"{at}|{event}|{detail[:300]}")
+                pipe.ltrim(key, -64, -1)
+                pipe.pexpire(key, self._trace_ttl_ms)
             await pipe.execute()
 
     async def sender_of(self, shard: int, message_id: str) -> str | None:
