@@ -4,12 +4,20 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+# uv on PATH, installed with pip when missing. Its directory goes on PATH, not just into $UV:
+# the tests run uv too (tests/test_light_install.py), from inside .venv where `python3 -m uv`
+# would not find a copy that pip put beside the system Python (or in ~/.local/bin).
 ensure_uv() {
-  if command -v uv >/dev/null 2>&1; then UV=(uv); return; fi
-  if python3 -m uv --version >/dev/null 2>&1; then UV=(python3 -m uv); return; fi
-  echo "==> installing uv (the package manager that reads uv.lock) with pip" >&2
-  python3 -m pip install --quiet --user uv 2>/dev/null || python3 -m pip install --quiet uv
-  UV=(python3 -m uv)
+  if ! command -v uv >/dev/null 2>&1; then
+    if ! python3 -m uv --version >/dev/null 2>&1; then
+      echo "==> installing uv (the package manager that reads uv.lock) with pip" >&2
+      python3 -m pip install --quiet --user uv 2>/dev/null || python3 -m pip install --quiet uv
+    fi
+    local bin
+    bin="$(python3 -c 'import os, uv; print(os.path.dirname(uv.find_uv_bin()))')"
+    export PATH="$bin:$PATH"
+  fi
+  UV=(uv)
 }
 
 ensure_venv() {

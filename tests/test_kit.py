@@ -31,6 +31,28 @@ def test_the_plugin_is_registered_by_the_package(pytestconfig: pytest.Config) ->
     assert pytestconfig.pluginmanager.get_plugin("smsrelay") is plugin_module
 
 
+def test_loading_the_plugin_imports_nothing_of_smsrelay_but_the_plugin() -> None:
+    # The plugin loads in every pytest run, before coverage starts: whatever it imported
+    # would be measured as never run, and an application's test start-up would pay for it
+    code = (
+        "import sys, smsrelay.testing.pytest_plugin; "
+        "print(sorted(m for m in sys.modules if m.startswith('smsrelay')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(
+        ["smsrelay", "smsrelay.testing", "smsrelay.testing.pytest_plugin"]
+    )
+
+
+def test_every_public_name_of_the_package_resolves() -> None:
+    import smsrelay
+
+    for name in smsrelay.__all__:
+        assert getattr(smsrelay, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = smsrelay.Nope  # type: ignore[attr-defined]
+
+
 def test_the_outbox_records_what_was_published_in_order(sms_outbox: SmsOutbox) -> None:
     first = sms_outbox.publish(
         "+1 (415) 555-2671", "Hi John", kind="booking", idempotency_key="b-1", meta={"b": 1}

@@ -1,7 +1,8 @@
 """`pip install smsrelay` is the producer alone (issue 12, "A light install").
 
 Built for real: the wheel of this checkout, installed into a fresh virtualenv with the
-producer's dependencies at the versions of uv.lock (from uv's cache, offline), then used.
+producer's dependencies at the versions of uv.lock (`uv sync` from uv's cache, offline), then
+used.
 """
 
 from __future__ import annotations
@@ -72,15 +73,15 @@ def light_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("light")
     _run(*uv, "build", "--offline", "--wheel", "-o", str(work / "dist"), cwd=ROOT)
     [wheel] = (work / "dist").glob("smsrelay-*.whl")
-    requirements = work / "requirements.txt"
-    _run(
-        *uv, "export", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes",
-        "--format", "requirements-txt", "-o", str(requirements), cwd=ROOT,
-    )  # fmt: skip
     venv = work / "venv"
     python = str(venv / "bin" / "python")
-    _run(*uv, "venv", "--quiet", str(venv))
-    _run(*uv, "pip", "install", "--offline", "--quiet", "--python", python, "-r", str(requirements))
+    # The producer's dependencies as uv.lock pins them, without an extra, a dependency group
+    # or the project itself: the lock's URLs are found in the cache `uv sync` filled, where
+    # `uv pip install -r` would need index pages the cache may not hold.
+    _run(
+        *uv, "sync", "--frozen", "--offline", "--quiet", "--no-dev", "--no-default-groups",
+        "--no-install-project", cwd=ROOT, env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)},
+    )  # fmt: skip
     _run(*uv, "pip", "install", "--offline", "--quiet", "--no-deps", "--python", python, str(wheel))
     # The wheel's own requirements are met by what is installed, and nothing more came in.
     _run(*uv, "pip", "check", "--python", python)
