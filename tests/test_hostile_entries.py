@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +137,18 @@ async def test_a_burst_worker_stops_when_the_streams_are_empty(
     await Worker(settings).run(burst=True)
     assert len(fake_twilio.messages) == 5
     assert stream_state(settings) == (0, 0)
+
+
+def test_the_readme_states_the_shard_function_other_languages_must_match() -> None:
+    # A producer in another language follows the README: its test vector must be ours
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    stated = re.search(
+        r'crc32\("(\+\d+)"\) = (\d+)`.*?with (\d+) shards that\s+number is on shard (\d+)',
+        readme,
+        re.S,
+    )
+    assert stated, "the README's shard test vector"
+    phone, crc, shards, shard = stated.groups()
+    assert zlib.crc32(phone.encode()) == int(crc)
+    assert shard_of(phone, int(shards)) == int(shard)
+    assert "unsigned" in readme
