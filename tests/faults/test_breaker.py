@@ -61,15 +61,17 @@ def test_a_20_s_outage_dead_letters_nothing_and_every_message_goes_out_once(
     # nothing was dead-lettered; every message went out exactly once
     cooldowns = 0
     elapsed, cooldown = 1.0, 1.0
-    while elapsed < time.monotonic() - started:  # 1 s, then doubling: one probe each
+    while elapsed < time.monotonic() - started:  # 1 s, then 1.5x each: one probe each
         cooldowns += 1
-        cooldown = min(cooldown * 2, 300)
+        cooldown = min(cooldown * 1.5, 300)
         elapsed += cooldown
     assert during <= 25 + cooldowns, (during, cooldowns)
     assert pipeline.dead_letters() == []
     assert sum(fake_twilio.fake.duplicates().values()) == 0
     assert {m.body for m in fake_twilio.messages} == set(ids)
-    assert drained_after < 10 + 16, drained_after  # the last cooldown may still be running
+    # and the backlog drained within 10 s of the provider's return (the cooldown then running
+    # is at most about half the outage so far: 1.5x growth)
+    assert drained_after < 10, drained_after
     # and the breaker opened and closed once, each said once
     events = [w.event_names() for w in workers]
     assert sum(e["provider.breaker_opened"] for e in events) == 1

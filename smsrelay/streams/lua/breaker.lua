@@ -13,7 +13,8 @@
 --                                            (the refs of the run that opened it, for their
 --                                            attempts to be given back);
 --                                            {'open'} when it was open (a failed probe
---                                            doubles the cooldown, at most max_ms)
+--                                            makes the cooldown half as long again, at
+--                                            most max_ms)
 --   success  owner base_ms                -> 'closed_now' when this probe closed it,
 --                                            'reset' when it ended a run of failures, 'noop'
 if not (is_a(KEYS[1], 'hash') and is_a(KEYS[2], 'list')) then
@@ -58,7 +59,9 @@ elseif op == 'failure' then
   end
   if state == 'open' then
     if probe_owner == ARGV[2] and probe_until > 0 then  -- the probe failed: wait longer
-      local longer = math.min(math.max(cooldown, base) * 2, max)
+      -- 1.5x, not 2x: the wait after the provider returns is at most about half the outage
+      -- so far (with 2x, as long as it), and a login code waits for that
+      local longer = math.min(math.floor(math.max(cooldown, base) * 1.5), max)
       redis.call('HSET', KEYS[1], 'cooldown_ms', longer, 'next_probe_at', now + longer,
                  'probe_until', 0, 'probe_owner', '', 'last_error', ARGV[7])
     end
