@@ -41,7 +41,7 @@ from smsrelay.producers.publish import Producer
 from smsrelay.runner import worker_process
 from smsrelay.settings import Settings
 from smsrelay.streams.clients import sync_client, text
-from smsrelay.streams.keys import ShardKeys
+from smsrelay.streams.keys import FleetKeys, ShardKeys
 from smsrelay.testing.fake_twilio import FakeTwilioThread, Receipts
 
 _SID = "AC" + "d" * 32
@@ -157,6 +157,8 @@ def run_demo(base: Settings, keep: bool = False) -> int:
                 "twilio_messaging_service_sid": None,
                 "twilio_base_url": fake.url,
                 "backoff_base_seconds": 0.5,
+                # The provider outage of the last step: a probe every second or so, not every 10 s.
+                "breaker_cooldown_seconds": 1,
                 "backoff_jitter": 0,
                 "metrics_port": 0,
                 "spool_dir": base.spool_dir / namespace,
@@ -259,6 +261,8 @@ async def _story(
     if admin_url is not None:
         await _receipts(settings, fake, mirror, admin_url)
         say()
+    await _provider_outage(settings, fake, step=5 if admin_url is not None else 4)
+    say()
     worker.stop()
     await task
     say("Where to look next:")
@@ -361,6 +365,54 @@ async def _wait_for_receipts(
     return done
 
 
+async def _provider_outage(settings: Settings, fake: FakeTwilioThread, step: int) -> None:
+    """Twilio answers 503 to everything for 3 s: the fleet's breaker opens, the messages wait
+    (no attempt counted, none dead-lettered), one probe per cooldown, and all go once it ends."""
+    say(f"{step}. A bad day at the provider: Twilio answers 503 to every request for 3 s.")
+    say(
+        f"   After {settings.breaker_threshold} failures in a row the breaker every worker "
+        "shares opens: messages wait instead of being dead-lettered, one probe goes per cooldown:"
+    )
+    stories = [
+        Story(f"reminder {n}", f"+1415555{n:04d}", f"Your appointment is at {n - 300} pm")
+        for n in range(301, 307)
+    ]
+    client = sync_client(settings)
+    key = FleetKeys(settings.namespace).breaker
+    fake.start_outage({"status": 503, "code": 20503}, seconds=3)
+    started = time.monotonic()
+    with Producer(settings) as producer:
+        for story in stories:
+            story.message_id = str(producer.publish(story.to, story.body, kind="demo").message_id)
+    ids = [story.message_id for story in stories]
+    seen: tuple[str, str] = ("closed", "")
+    outcomes: dict[str, str] = {}
+    while time.monotonic() < started + 30:
+        fields = cast(dict[bytes, bytes], client.hgetall(key))
+        breaker = {text(k): text(v) for k, v in fields.items()}
+        now = (breaker.get("state", "closed"), breaker.get("cooldown_ms", ""))
+        if now != seen:
+            at = f"   {time.monotonic() - started:5.1f} s  "
+            if now[0] == "open" and seen[0] != "open":
+                say(f"{at}breaker OPEN ({mask_phones(breaker.get('last_error', ''))})")
+            elif now[0] == "open":
+                say(f"{at}the probe failed too: next one in {int(now[1]) / 1000:g} s")
+            else:
+                say(f"{at}breaker closed: a probe went through, the waiting messages follow")
+            seen = now
+        outcomes = await _wait_for_outcomes(settings, ids, within_s=0)
+        if seen[0] == "closed" and all(m in outcomes for m in ids):
+            break
+        await asyncio.sleep(0.05)
+    mine = [outcomes[m] for m in ids if m in outcomes]
+    sent = sum(1 for outcome in mine if outcome.startswith("sent"))
+    dead = len(mine) - sent
+    say(
+        f"   {sent} of {len(ids)} sent, {dead} dead-lettered; Twilio saw "
+        f"{fake.outage()['requests']} requests during the 3 s outage"
+    )
+
+
 def _get_trace(admin_url: str, settings: Settings, message_id: str) -> dict[str, Any] | None:
     """GET /api/admin/messages/{id} of the demo's admin service (its `data`)."""
     assert settings.admin_token is not None
@@ -424,7 +476,7 @@ async def _wait_for_outcomes(settings: Settings, ids: list[str], within_s: float
     keys = ShardKeys(settings.namespace)
     outcomes: dict[str, str] = {}
     deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
+    while True:  # at least one look, also with within_s=0
         for message_id in ids:
             sid = cast(bytes | None, client.get(keys.sent(message_id)))
             if sid:
@@ -437,7 +489,7 @@ async def _wait_for_outcomes(settings: Settings, ids: list[str], within_s: float
                 f"({text(fields.get(b'error'))}, attempts "
                 f"{text(fields.get(b'attempts'))})"
             )
-        if all(m in outcomes for m in ids):
+        if all(m in outcomes for m in ids) or time.monotonic() >= deadline:
             break
         await asyncio.sleep(0.1)
     return outcomes

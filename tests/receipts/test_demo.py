@@ -1,6 +1,7 @@
 """`smsrelay demo` shows delivery receipts: one SMS delivered and one undelivered (30003),
 told by the fake Twilio's signed status callbacks to the demo's own admin service, each with
-its trace; the steps before it say what they said before."""
+its trace; then a provider outage that opens and closes the breaker (issue 13); the steps
+before them say what they said before."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def test_the_demo_shows_a_delivered_and_an_undelivered_sms_with_their_traces(
     for heading in ("1. A backend service publishes", "2. The worker takes them", "3. The fake"):
         assert f"\n{heading}" in out
     assert "failed_sms in Postgres holds 2 of this demo's dead letters" in out
-    step4 = out[out.index("\n4. Delivery receipts") : out.index("\nWhere to look next")]
+    step4 = out[out.index("\n4. Delivery receipts") : out.index("\n5. A bad day")]
     assert "POST /twilio/status-callback" in step4
     assert re.search(
         r"posted 4 signed callbacks \([a-z, ]+\); the admin answered 4 with 2xx", step4
@@ -62,3 +63,9 @@ def test_the_demo_shows_a_delivered_and_an_undelivered_sms_with_their_traces(
     assert "undelivered    Twilio error 30003: Unreachable destination handset" in traces[1][4]
     assert "-> failed_sms: reason undelivered" in traces[1][4]
     assert traces[0][4].rstrip().endswith(f"delivered      {traces[0][2]}")
+    # Step 5: a provider outage opens the breaker, probes fail, it closes, nothing is lost
+    step5 = out[out.index("\n5. A bad day") : out.index("\nWhere to look next")]
+    events = re.findall(r"\n +\d+\.\d s  (breaker OPEN|the probe failed too|breaker closed)", step5)
+    assert events[0] == "breaker OPEN" and events[-1] == "breaker closed", step5
+    assert events.count("breaker OPEN") == 1, step5
+    assert "6 of 6 sent, 0 dead-lettered" in step5
