@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench import lanes_bench
 from bench import profile as profile_mod
 from bench.systems import LABELS, PEERS, TUNED
 
@@ -374,6 +375,99 @@ def render(results: dict[str, Any]) -> str:
             lines += [str(results["profiles_from"]), ""]
         for p in results["profiles"]:
             lines.append(profile_mod.to_markdown(profile_mod.Profile(**p)))
+    lines += _measure_sections(results)
     if NOTES.exists():
         lines += ["## Notes and analysis", "", NOTES.read_text().strip(), ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+# -- issue 16's "Measure" ---------------------------------------------------------------------
+def targets16(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(goal, measured, holds) for each goal of issue 16's "Measure" this run measured."""
+    out: list[tuple[str, str, bool | None]] = []
+    if results.get("lanes"):
+        s = lanes_bench.summary(results["lanes"])
+        if "p99_holds" in s:
+            out.append(
+                (
+                    f"high behind bulk: p99 ≤ 2 x {s['latency_ms']:g} ms + 50 ms",
+                    f"p99 {s['pooled_p99_ms']:.0f} ms (p50 {s['pooled_p50_ms']:.0f} ms, "
+                    f"{s['pooled_n']} messages) vs {s['p99_goal_ms']:g} ms",
+                    s["p99_holds"],
+                )
+            )
+        if "rate_holds" in s:
+            out.append(
+                (
+                    "bulk throughput with the high messages ≥ 90 % of without",
+                    f"{s['rate_with']:,.0f} vs {s['rate_without']:,.0f} msg/s "
+                    f"= {100 * s['rate_ratio']:.0f} %",
+                    s["rate_holds"],
+                )
+            )
+    return out
+
+
+def _lanes_section(results: dict[str, Any]) -> list[str]:
+    rows = results["lanes"]
+    cfg = results["config"]
+    s = lanes_bench.summary(rows)
+    first = rows[0]
+    lines = [
+        "## 6. A login code behind a campaign (priority lanes, smsrelay)",
+        "",
+        f'{first["bulk"]:,} messages queued with `priority="bulk"`, then one worker '
+        f"(default concurrency, {first['concurrency']}), the fake Twilio answering after "
+        f"{first['latency_ms']:g} ms. Once {cfg.get('lanes_start_after', '?')} sends were "
+        f'accepted, {cfg.get("lanes_high", "?")} messages with `priority="high"` were '
+        f"published one every {cfg.get('lanes_interval_ms', '?')} ms (open loop). Latency = "
+        "publish call → the fake's 201 (its recorded arrival + the latency it adds). Bulk "
+        "throughput = bulk sends arriving during the publishing window, per second; the "
+        "reference is the same run without the high messages (window from the same point). "
+        "Runs with and without alternate; medians over rounds, percentiles pooled over all "
+        "high messages.",
+        "",
+        "| run | high p50 ms | high p99 ms | high max ms | high sent (dup.) | "
+        "bulk msg/s in window | bulk msg/s whole drain | note |",
+        "|---|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for i, r in enumerate(rows):
+        kind = "with high" if r["with_high"] else "bulk only"
+        high = f"{r['high_delivered']}/{r['high']} ({r['high_duplicates']})" if r["high"] else "—"
+        lines.append(
+            f"| {i // 2 + 1}: {kind} | {_fmt(r['high_p50_ms'], 1)} | {_fmt(r['high_p99_ms'], 1)} "
+            f"| {_fmt(r['high_max_ms'], 1)} | {high} | {_fmt(r['bulk_window_rate'])} | "
+            f"{_fmt(r['bulk_drain_rate'])} | {r['error'] or ''} |"
+        )
+    lines.append("")
+    if "pooled_p99_ms" in s:
+        lines.append(
+            f"Pooled over {s['pooled_n']} high messages: p50 **{s['pooled_p50_ms']:.1f} ms**, "
+            f"p99 **{s['pooled_p99_ms']:.1f} ms**, max {s['pooled_max_ms']:.1f} ms "
+            f"(goal p99 ≤ {s['p99_goal_ms']:g} ms: {_verdict(s['p99_holds'])})."
+        )
+    if "rate_ratio" in s:
+        lines.append(
+            f"Bulk throughput in the window, median: **{s['rate_with']:,.0f}** msg/s with the "
+            f"high messages vs **{s['rate_without']:,.0f}** without = "
+            f"**{100 * s['rate_ratio']:.0f} %** (goal ≥ 90 %: {_verdict(s['rate_holds'])})."
+        )
+    lines.append("")
+    return lines
+
+
+def _measure_sections(results: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    verdicts = targets16(results)
+    if verdicts:
+        lines += [
+            '## Goals of issue 16 ("Measure"), from this run',
+            "",
+            "| goal | measured | verdict |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {t} | {got} | {_verdict(ok)} |" for t, got, ok in verdicts]
+        lines.append("")
+    if results.get("lanes"):
+        lines += _lanes_section(results)
+    return lines

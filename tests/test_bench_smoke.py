@@ -90,6 +90,22 @@ def test_bench_smoke_run_delivers_everything_and_writes_the_report(
         assert not rss["error"], rss
         assert rss["before_mib"] > 0 and rss["after_mib"] > 0, rss
 
+    # and the high messages published behind the bulk backlog were each sent exactly once,
+    # after at least the provider's latency, while bulk kept going
+    lanes = data["lanes"]
+    assert {r["with_high"] for r in lanes} == {True, False}, lanes
+    for run in lanes:
+        assert run["ok"], run
+        assert run["errors"] == 0 and run["bulk_duplicates"] == 0, run
+        assert run["bulk_delivered"] == run["bulk"], run
+        assert run["bulk_window_rate"] > 0 and run["bulk_after_window"] > 0, run
+        if run["with_high"]:
+            assert run["high"] > 0, run
+            assert run["high_delivered"] == run["high"], run
+            assert run["high_duplicates"] == 0, run
+            assert len(run["high_latencies_ms"]) == run["high"], run
+            assert all(run["latency_ms"] <= x < 60_000 for x in run["high_latencies_ms"]), run
+
     # and the report has the machine, the command and every section that ran
     for heading in (
         "## Machine and command",
@@ -97,6 +113,8 @@ def test_bench_smoke_run_delivers_everything_and_writes_the_report(
         "## 2. End-to-end",
         "## 3. Crash recovery",
         "## 4. Footprint",
+        "## Goals of issue 16",
+        "## 6. A login code behind a campaign",
     ):
         assert heading in text
     assert "bench.run --smoke" in text
