@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import lanes_bench
+from bench import lanes_bench, memory_bench
 from bench import profile as profile_mod
 from bench.systems import LABELS, PEERS, TUNED
 
@@ -405,7 +405,64 @@ def targets16(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                     s["rate_holds"],
                 )
             )
+    if results.get("memory"):
+        m = results["memory"]
+        g = memory_bench.goals(m)
+        if "bytes_holds" in g:
+            out.append(
+                (
+                    "Redis bytes per queued message ≤ payload + 200 B",
+                    f"{m['used_memory_per_msg']:,.0f} B/msg (used_memory Δ, "
+                    f"{m['messages']:,} queued) vs entry {m['entry_bytes']} B + 200 = "
+                    f"{g['bytes_limit']} B",
+                    g["bytes_holds"],
+                )
+            )
+        if "rss_holds" in g:
+            out.append(
+                (
+                    f"worker RSS flat while draining (end - start ≤ {memory_bench.FLAT_MIB:g} MiB)",
+                    f"{m['rss_start_mib']:.1f} → peak {m['rss_peak_mib']:.1f} → "
+                    f"{m['rss_end_mib']:.1f} MiB ({g['rss_growth_mib']:+.1f})",
+                    g["rss_holds"],
+                )
+            )
     return out
+
+
+def _memory_section(m: dict[str, Any]) -> list[str]:
+    g = memory_bench.goals(m)
+    marks = [
+        f"{int(f * 100)} %: {v:.1f}"
+        for f in (0.1, 0.25, 0.5, 0.75, 1.0)
+        if (v := memory_bench.at_progress(m["samples"], f)) is not None
+    ]
+    return [
+        "## 7. Memory: Redis bytes per queued message, worker RSS while draining (smsrelay)",
+        "",
+        f"{m['messages']:,} messages published with `Producer.publish` (priority normal, no "
+        f"worker running). Payload: a {m['body_bytes']}-byte body; the stream entry as written "
+        f"is {m['fields']} fields ({', '.join(f'`{n}`' for n in m.get('field_names', []))}), "
+        f"**{m['entry_bytes']} bytes** of names and values. Then one worker (fake Twilio at 0 ms, "
+        f"{m['concurrency']} in flight) drained them in {m['drain_s']:.1f} s, its RSS (process "
+        f"tree) sampled {len(m['samples'])} times."
+        + (f" **Failed: {m['error']}**" if m.get("error") else ""),
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        "| Redis `used_memory` Δ per message (server-wide) | "
+        f"**{m['used_memory_per_msg']:,.0f} B** |",
+        f"| `MEMORY USAGE` of the namespace's {m['keys']} key(s) per message | "
+        f"{m['memory_usage_per_msg']:,.0f} B |",
+        f"| goal: entry + 200 B | {g.get('bytes_limit', '—')} B: "
+        f"{_verdict(g.get('bytes_holds'))} |",
+        f"| worker RSS at start / peak / end | **{m['rss_start_mib']:.1f} / "
+        f"{m['rss_peak_mib']:.1f} / {m['rss_end_mib']:.1f} MiB** (VmHWM {m['rss_hwm_mib']:.1f}) |",
+        f"| RSS by share of the backlog sent (MiB) | {'; '.join(marks) or '—'} |",
+        f"| goal: flat (end - start ≤ {memory_bench.FLAT_MIB:g} MiB) | "
+        f"{g.get('rss_growth_mib', 0):+.1f} MiB: {_verdict(g.get('rss_holds'))} |",
+        "",
+    ]
 
 
 def _lanes_section(results: dict[str, Any]) -> list[str]:
@@ -470,4 +527,6 @@ def _measure_sections(results: dict[str, Any]) -> list[str]:
         lines.append("")
     if results.get("lanes"):
         lines += _lanes_section(results)
+    if results.get("memory"):
+        lines += _memory_section(results["memory"])
     return lines

@@ -26,7 +26,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import crash, e2e, footprint, lanes_bench, peer_env, publish_cost, report, systems
+from bench import (
+    crash,
+    e2e,
+    footprint,
+    lanes_bench,
+    memory_bench,
+    peer_env,
+    publish_cost,
+    report,
+    systems,
+)
 from bench.common import ROOT, FakeTwilioProcess, code_state, install_cleanup, machine
 
 PHASES = (
@@ -140,7 +150,7 @@ PRESETS: dict[str, Config] = {
         300,
         [],
         1.0,
-        phases=["publish", "e2e", "crash", "footprint", "lanes"],
+        phases=["publish", "e2e", "crash", "footprint", "lanes", "memory"],
         crash_systems=["smsrelay"],
         rss_systems=["smsrelay", "bare"],
         settle_s=1.5,
@@ -287,6 +297,19 @@ def run_lanes(cfg: Config, log_dir: Path) -> list[dict[str, Any]]:
     return [r.as_dict() for r in runs]
 
 
+def run_memory(cfg: Config, log_dir: Path) -> dict[str, Any]:
+    with FakeTwilioProcess() as fake:
+        m = memory_bench.measure(
+            fake, cfg.memory_messages, log_dir=log_dir, smsrelay_root=Path(cfg.smsrelay_root)
+        )
+    _log(
+        f"memory: {m.used_memory_per_msg:,.0f} B/msg used_memory "
+        f"({m.memory_usage_per_msg:,.0f} MEMORY USAGE; entry {m.entry_bytes} B); RSS "
+        f"{m.rss_start_mib} -> peak {m.rss_peak_mib} -> {m.rss_end_mib} MiB {m.error}"
+    )
+    return m.as_dict()
+
+
 def run_profiles(cfg: Config) -> list[dict[str, Any]]:
     from bench import profile
 
@@ -407,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         results["profiles"] = run_profiles(cfg)
     if "lanes" in cfg.phases:
         results["lanes"] = run_lanes(cfg, log_dir)
+    if "memory" in cfg.phases:
+        results["memory"] = run_memory(cfg, log_dir)
     pool.shutdown(wait=False)
     results["elapsed_s"] = time.monotonic() - started
 

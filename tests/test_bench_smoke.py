@@ -106,6 +106,15 @@ def test_bench_smoke_run_delivers_everything_and_writes_the_report(
             assert len(run["high_latencies_ms"]) == run["high"], run
             assert all(run["latency_ms"] <= x < 60_000 for x in run["high_latencies_ms"]), run
 
+    # and the memory phase queued and then drained every message: a stream entry is tens to
+    # hundreds of bytes in Redis, and the worker's RSS was sampled from start to end
+    memory = data["memory"]
+    assert not memory["error"], memory
+    assert memory["entry_bytes"] > memory["body_bytes"] > 0, memory
+    assert 20 < memory["memory_usage_per_msg"] < 2000, memory
+    assert memory["samples"] and memory["samples"][-1][1] >= memory["messages"], memory
+    assert 0 < memory["rss_start_mib"] <= memory["rss_peak_mib"] <= memory["rss_hwm_mib"], memory
+
     # and the report has the machine, the command and every section that ran
     for heading in (
         "## Machine and command",
@@ -115,6 +124,7 @@ def test_bench_smoke_run_delivers_everything_and_writes_the_report(
         "## 4. Footprint",
         "## Goals of issue 16",
         "## 6. A login code behind a campaign",
+        "## 7. Memory",
     ):
         assert heading in text
     assert "bench.run --smoke" in text
