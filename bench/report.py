@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import lanes_bench, memory_bench
+from bench import lanes_bench, latency, memory_bench
 from bench import profile as profile_mod
 from bench.systems import LABELS, PEERS, TUNED
 
@@ -427,7 +427,51 @@ def targets16(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                     g["rss_holds"],
                 )
             )
+    out += latency.goals(results.get("latency", []))
     return out
+
+
+def _ms(row: dict[str, Any], key: str) -> str:
+    if row[key] is not None:
+        return _fmt(row[key], 1)
+    return f"> {row['wait_s']:.0f} s wait" if row["missing"] else "—"
+
+
+def _latency_section(results: dict[str, Any]) -> list[str]:
+    rows = results["latency"]
+    cfg = results["config"]
+    lines = [
+        "## 8. End-to-end latency at 50 % and 90 % of each system's own maximum",
+        "",
+        f"Each system's maximum throughput (one worker, {cfg.get('latency_concurrency', 64)} in "
+        "flight; from the end-to-end phase of this run when it ran, else a backlog drained "
+        "here), then for each load a worker on an empty queue (a probe message first, so it "
+        "is up) and an open-loop publisher in a process of its own (`bench/openloop.py`, the "
+        "system's own client) at that fraction of the maximum for "
+        f"{cfg.get('latency_duration_s', '?')} s. Latency = publish call → the fake's 201 "
+        "(its recorded arrival + the latency it adds); a message not sent when the wait ended "
+        "counts as infinitely late.",
+        "",
+    ]
+    for latency_ms in dict.fromkeys(float(r["latency_ms"]) for r in rows):
+        lines += [
+            f"### {latency_ms:g} ms provider latency",
+            "",
+            "| system | max msg/s | load | msg/s target / published | p50 ms | p95 ms | "
+            "p99 ms | max ms | sent | note |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        ]
+        for r in (r for r in rows if float(r["latency_ms"]) == latency_ms):
+            src = " (e2e)" if r["max_source"] == "e2e phase" else ""
+            dup = f" ({r['duplicates']} dup.)" if r["duplicates"] else ""
+            lines.append(
+                f"| {LABELS[r['system']]} | {_fmt(r['max_rate'])}{src} | {r['load']:.0%} | "
+                f"{_fmt(r['target_rate'])} / {_fmt(r['achieved_rate'])} | {_ms(r, 'p50_ms')} | "
+                f"{_ms(r, 'p95_ms')} | {_ms(r, 'p99_ms')} | {_ms(r, 'max_ms')} | "
+                f"{r['delivered']:,}/{r['published']:,}{dup} | {r['error']} |"
+            )
+        lines.append("")
+    return lines
 
 
 def _memory_section(m: dict[str, Any]) -> list[str]:
@@ -529,4 +573,6 @@ def _measure_sections(results: dict[str, Any]) -> list[str]:
         lines += _lanes_section(results)
     if results.get("memory"):
         lines += _memory_section(results["memory"])
+    if results.get("latency"):
+        lines += _latency_section(results)
     return lines

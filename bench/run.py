@@ -31,6 +31,7 @@ from bench import (
     e2e,
     footprint,
     lanes_bench,
+    latency,
     memory_bench,
     peer_env,
     publish_cost,
@@ -150,7 +151,7 @@ PRESETS: dict[str, Config] = {
         300,
         [],
         1.0,
-        phases=["publish", "e2e", "crash", "footprint", "lanes", "memory"],
+        phases=["publish", "e2e", "crash", "footprint", "lanes", "memory", "latency"],
         crash_systems=["smsrelay"],
         rss_systems=["smsrelay", "bare"],
         settle_s=1.5,
@@ -310,6 +311,25 @@ def run_memory(cfg: Config, log_dir: Path) -> dict[str, Any]:
     return m.as_dict()
 
 
+def run_latency(cfg: Config, log_dir: Path, e2e_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = [s for s in cfg.latency_systems if s in cfg.systems]
+    with FakeTwilioProcess() as fake:
+        runs = latency.run_all(
+            fake,
+            names,
+            provider_ms=cfg.latency_provider_ms,
+            loads=cfg.latency_loads,
+            concurrency=cfg.latency_concurrency,
+            duration_s=cfg.latency_duration_s,
+            max_messages=cfg.latency_max_messages,
+            e2e_rows=e2e_rows,
+            log_dir=log_dir,
+            smsrelay_root=Path(cfg.smsrelay_root),
+            log=_log,
+        )
+    return [r.as_dict() for r in runs]
+
+
 def run_profiles(cfg: Config) -> list[dict[str, Any]]:
     from bench import profile
 
@@ -432,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         results["lanes"] = run_lanes(cfg, log_dir)
     if "memory" in cfg.phases:
         results["memory"] = run_memory(cfg, log_dir)
+    if "latency" in cfg.phases:
+        results["latency"] = run_latency(cfg, log_dir, results.get("e2e", []))
     pool.shutdown(wait=False)
     results["elapsed_s"] = time.monotonic() - started
 

@@ -115,6 +115,19 @@ def test_bench_smoke_run_delivers_everything_and_writes_the_report(
     assert memory["samples"] and memory["samples"][-1][1] >= memory["messages"], memory
     assert 0 < memory["rss_start_mib"] <= memory["rss_peak_mib"] <= memory["rss_hwm_mib"], memory
 
+    # and under an open-loop load every published message was sent exactly once, no sooner
+    # than the provider's latency after its publish, with ordered percentiles
+    runs = data["latency"]
+    assert {"smsrelay", "bare"} <= {r["system"] for r in runs}, runs
+    for r in runs:
+        assert r["ok"], {k: v for k, v in r.items() if k != "latencies_ms"}
+        assert r["max_rate"] > 0 and r["published"] > 0, r["error"]
+        assert r["delivered"] == r["published"] and r["missing"] == 0, r["error"]
+        assert r["duplicates"] == 0 and r["errors"] == 0, r["error"]
+        assert len(r["latencies_ms"]) == r["published"]
+        assert min(r["latencies_ms"]) >= r["latency_ms"] - 1.0
+        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"] < 60_000
+
     # and the report has the machine, the command and every section that ran
     for heading in (
         "## Machine and command",
@@ -125,6 +138,7 @@ def test_bench_smoke_run_delivers_everything_and_writes_the_report(
         "## Goals of issue 16",
         "## 6. A login code behind a campaign",
         "## 7. Memory",
+        "## 8. End-to-end latency",
     ):
         assert heading in text
     assert "bench.run --smoke" in text
