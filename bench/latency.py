@@ -59,7 +59,7 @@ class LatencyRun:
     p95_ms: float | None = None
     p99_ms: float | None = None
     max_ms: float | None = None
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  # publish order; missing left out
     error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -200,10 +200,9 @@ def _score(run: LatencyRun, records: list[dict[str, Any]], times: list[float], t
     run.missing = len(times) - run.delivered
     run.duplicates = sum(c - 1 for c in seen.values() if c > 1)
     lat_s = run.latency_ms / 1000
-    run.latencies_ms = sorted(
-        round((at + lat_s - times[n]) * 1000, 2) for n, at in first_at.items()
-    )
-    every = run.latencies_ms + [math.inf] * run.missing
+    # In publish order (a backlog building up shows as a rising run, a stall as a spike).
+    run.latencies_ms = [round((first_at[n] + lat_s - times[n]) * 1000, 2) for n in sorted(first_at)]
+    every = sorted(run.latencies_ms) + [math.inf] * run.missing
     if every:
         p50, p95, p99 = (percentile(every, p) for p in (50, 95, 99))
         run.p50_ms, run.p95_ms, run.p99_ms = (None if math.isinf(v) else v for v in (p50, p95, p99))

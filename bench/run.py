@@ -9,6 +9,10 @@ Needs Redis on 127.0.0.1:6379. Dramatiq, Celery and arq run from an environment 
 only when it is there, or with --install-peers); py-spy (`uv sync --group bench`) for the
 profile phase, which is skipped without it.
 `--phases` picks phases, `--systems` picks systems; the raw results go to bench/out/*.json.
+Issue 16's measurements are the phases `lanes` (a login code behind a bulk backlog), `memory`
+(Redis bytes per queued message, worker RSS while draining) and `latency` (end-to-end latency at
+50 % and 90 % of each system's maximum), e.g.
+`python -m bench.run --phases lanes,memory,latency --output bench/out/BENCHMARKS-measure.md`.
 """
 
 from __future__ import annotations
