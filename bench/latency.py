@@ -87,21 +87,32 @@ def max_rate(
     e2e_rows: list[dict[str, Any]],
     log_dir: Path | None,
     smsrelay_root: Path | None,
+    repeats: int = 1,
 ) -> tuple[float | None, str, str]:
-    """(rate, source, error): the e2e phase's median from this run, else one drain here."""
+    """(rate, source, error): the e2e phase's median from this run, else the median of
+    `repeats` drains here (one short drain can be far off on a shared machine)."""
     reused = _e2e_max(e2e_rows, name, latency_ms, concurrency)
     if reused:
         return reused, "e2e phase", ""
-    r = e2e.measure(
-        name,
-        fake,
-        messages,
-        latency_ms,
-        concurrency,
-        log_dir=log_dir,
-        smsrelay_root=smsrelay_root,
+    rates, errors = [], []
+    for _ in range(repeats):
+        r = e2e.measure(
+            name,
+            fake,
+            messages,
+            latency_ms,
+            concurrency,
+            log_dir=log_dir,
+            smsrelay_root=smsrelay_root,
+        )
+        if r.ok:
+            rates.append(r.rate)
+        else:
+            errors.append(r.error)
+    source = "measured here" + (
+        f" (median of {', '.join(f'{x:,.0f}' for x in rates)})" if len(rates) > 1 else ""
     )
-    return (r.rate if r.ok else None), "measured here", r.error
+    return (median(rates) if rates else None), source, "; ".join(errors)
 
 
 def _publisher_cmd(system: systems.System) -> tuple[list[str], dict[str, str] | None]:
@@ -227,6 +238,7 @@ def run_all(
     log_dir: Path | None = None,
     smsrelay_root: Path | None = None,
     log: Any = print,
+    max_repeats: int = 1,
 ) -> list[LatencyRun]:
     out: list[LatencyRun] = []
     for i, latency_ms in enumerate(provider_ms):
@@ -234,7 +246,15 @@ def run_all(
         for name in order:
             messages = max_messages if latency_ms == 0 else max(200, max_messages // 3)
             top, source, error = max_rate(
-                name, fake, latency_ms, concurrency, messages, e2e_rows, log_dir, smsrelay_root
+                name,
+                fake,
+                latency_ms,
+                concurrency,
+                messages,
+                e2e_rows,
+                log_dir,
+                smsrelay_root,
+                max_repeats,
             )
             log(f"latency {name} {latency_ms:g} ms: max {top or 0:,.0f} msg/s ({source}) {error}")
             for load in loads:

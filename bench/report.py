@@ -444,10 +444,11 @@ def _latency_section(results: dict[str, Any]) -> list[str]:
         "## 8. End-to-end latency at 50 % and 90 % of each system's own maximum",
         "",
         f"Each system's maximum throughput (one worker, {cfg.get('latency_concurrency', 64)} in "
-        "flight; from the end-to-end phase of this run when it ran, else a backlog drained "
-        "here), then for each load a worker on an empty queue (a probe message first, so it "
-        "is up) and an open-loop publisher in a process of its own (`bench/openloop.py`, the "
-        "system's own client) at that fraction of the maximum for "
+        "flight; from the end-to-end phase of this run when it ran, else the median of "
+        f"{cfg.get('latency_max_repeats', 1)} backlog drain(s) here), then for each load a "
+        "worker on an empty queue (a probe message first, so it is up) and an open-loop "
+        "publisher in a process of its own (`bench/openloop.py`, the system's own client) "
+        "at that fraction of the maximum for "
         f"{cfg.get('latency_duration_s', '?')} s. Latency = publish call → the fake's 201 "
         "(its recorded arrival + the latency it adds); a message not sent when the wait ended "
         "counts as infinitely late.",

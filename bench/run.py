@@ -101,6 +101,7 @@ class Config:
     )
     latency_concurrency: int = 64
     latency_max_messages: int = 3000  # per maximum measured here (when no e2e row to reuse)
+    latency_max_repeats: int = 3  # drains per maximum measured here (median)
 
 
 SCENARIOS = [(0.0, 64), (200.0, 64), (200.0, 256)]
@@ -140,6 +141,7 @@ PRESETS: dict[str, Config] = {
         memory_messages=20_000,
         latency_duration_s=5.0,
         latency_max_messages=1500,
+        latency_max_repeats=1,
     ),
     # CI: behaviour, not speed. Small counts, peers only where they are quick.
     "smoke": Config(
@@ -171,6 +173,7 @@ PRESETS: dict[str, Config] = {
         latency_provider_ms=[0.0],
         latency_systems=["smsrelay", "bare"],
         latency_max_messages=300,
+        latency_max_repeats=1,
     ),
 }
 
@@ -330,6 +333,7 @@ def run_latency(cfg: Config, log_dir: Path, e2e_rows: list[dict[str, Any]]) -> l
             log_dir=log_dir,
             smsrelay_root=Path(cfg.smsrelay_root),
             log=_log,
+            max_repeats=cfg.latency_max_repeats,
         )
     return [r.as_dict() for r in runs]
 
