@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench import lanes_bench, latency, memory_bench
 from bench import profile as profile_mod
 from bench.systems import LABELS, PEERS, TUNED
 
@@ -374,6 +375,205 @@ def render(results: dict[str, Any]) -> str:
             lines += [str(results["profiles_from"]), ""]
         for p in results["profiles"]:
             lines.append(profile_mod.to_markdown(profile_mod.Profile(**p)))
+    lines += _measure_sections(results)
     if NOTES.exists():
         lines += ["## Notes and analysis", "", NOTES.read_text().strip(), ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+# -- issue 16's "Measure" ---------------------------------------------------------------------
+def targets16(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(goal, measured, holds) for each goal of issue 16's "Measure" this run measured."""
+    out: list[tuple[str, str, bool | None]] = []
+    if results.get("lanes"):
+        s = lanes_bench.summary(results["lanes"])
+        if "p99_holds" in s:
+            out.append(
+                (
+                    f"high behind bulk: p99 ≤ 2 x {s['latency_ms']:g} ms + 50 ms",
+                    f"p99 {s['pooled_p99_ms']:.0f} ms (p50 {s['pooled_p50_ms']:.0f} ms, "
+                    f"{s['pooled_n']} messages) vs {s['p99_goal_ms']:g} ms",
+                    s["p99_holds"],
+                )
+            )
+        if "rate_holds" in s:
+            out.append(
+                (
+                    "bulk throughput with the high messages ≥ 90 % of without",
+                    f"{s['rate_with']:,.0f} vs {s['rate_without']:,.0f} msg/s "
+                    f"= {100 * s['rate_ratio']:.0f} %",
+                    s["rate_holds"],
+                )
+            )
+    if results.get("memory"):
+        m = results["memory"]
+        g = memory_bench.goals(m)
+        if "bytes_holds" in g:
+            out.append(
+                (
+                    "Redis bytes per queued message ≤ payload + 200 B",
+                    f"{m['used_memory_per_msg']:,.0f} B/msg (used_memory Δ, "
+                    f"{m['messages']:,} queued) vs entry {m['entry_bytes']} B + 200 = "
+                    f"{g['bytes_limit']} B",
+                    g["bytes_holds"],
+                )
+            )
+        if "rss_holds" in g:
+            out.append(
+                (
+                    f"worker RSS flat while draining (end - start ≤ {memory_bench.FLAT_MIB:g} MiB)",
+                    f"{m['rss_start_mib']:.1f} → peak {m['rss_peak_mib']:.1f} → "
+                    f"{m['rss_end_mib']:.1f} MiB ({g['rss_growth_mib']:+.1f})",
+                    g["rss_holds"],
+                )
+            )
+    out += latency.goals(results.get("latency", []))
+    return out
+
+
+def _ms(row: dict[str, Any], key: str) -> str:
+    if row[key] is not None:
+        return _fmt(row[key], 1)
+    return f"> {row['wait_s']:.0f} s wait" if row["missing"] else "—"
+
+
+def _latency_section(results: dict[str, Any]) -> list[str]:
+    rows = results["latency"]
+    cfg = results["config"]
+    lines = [
+        "## 8. End-to-end latency at 50 % and 90 % of each system's own maximum",
+        "",
+        f"Each system's maximum throughput (one worker, {cfg.get('latency_concurrency', 64)} in "
+        "flight; from the end-to-end phase of this run when it ran, else the median of "
+        f"{cfg.get('latency_max_repeats', 1)} backlog drain(s) here), then for each load a "
+        "worker on an empty queue (a probe message first, so it is up) and an open-loop "
+        "publisher in a process of its own (`bench/openloop.py`, the system's own client) "
+        "at that fraction of the maximum for "
+        f"{cfg.get('latency_duration_s', '?')} s. Latency = publish call → the fake's 201 "
+        "(its recorded arrival + the latency it adds); a message not sent when the wait ended "
+        "counts as infinitely late.",
+        "",
+    ]
+    for latency_ms in dict.fromkeys(float(r["latency_ms"]) for r in rows):
+        lines += [
+            f"### {latency_ms:g} ms provider latency",
+            "",
+            "| system | max msg/s | load | msg/s target / published | p50 ms | p95 ms | "
+            "p99 ms | max ms | sent | note |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        ]
+        for r in (r for r in rows if float(r["latency_ms"]) == latency_ms):
+            src = " (e2e)" if r["max_source"] == "e2e phase" else ""
+            dup = f" ({r['duplicates']} dup.)" if r["duplicates"] else ""
+            lines.append(
+                f"| {LABELS[r['system']]} | {_fmt(r['max_rate'])}{src} | {r['load']:.0%} | "
+                f"{_fmt(r['target_rate'])} / {_fmt(r['achieved_rate'])} | {_ms(r, 'p50_ms')} | "
+                f"{_ms(r, 'p95_ms')} | {_ms(r, 'p99_ms')} | {_ms(r, 'max_ms')} | "
+                f"{r['delivered']:,}/{r['published']:,}{dup} | {r['error']} |"
+            )
+        lines.append("")
+    return lines
+
+
+def _memory_section(m: dict[str, Any]) -> list[str]:
+    g = memory_bench.goals(m)
+    marks = [
+        f"{int(f * 100)} %: {v:.1f}"
+        for f in (0.1, 0.25, 0.5, 0.75, 1.0)
+        if (v := memory_bench.at_progress(m["samples"], f)) is not None
+    ]
+    return [
+        "## 7. Memory: Redis bytes per queued message, worker RSS while draining (smsrelay)",
+        "",
+        f"{m['messages']:,} messages published with `Producer.publish` (priority normal, no "
+        f"worker running). Payload: a {m['body_bytes']}-byte body; the stream entry as written "
+        f"is {m['fields']} fields ({', '.join(f'`{n}`' for n in m.get('field_names', []))}), "
+        f"**{m['entry_bytes']} bytes** of names and values. Then one worker (fake Twilio at 0 ms, "
+        f"{m['concurrency']} in flight) drained them in {m['drain_s']:.1f} s, its RSS (process "
+        f"tree) sampled {len(m['samples'])} times."
+        + (f" **Failed: {m['error']}**" if m.get("error") else ""),
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        "| Redis `used_memory` Δ per message (server-wide) | "
+        f"**{m['used_memory_per_msg']:,.0f} B** |",
+        f"| `MEMORY USAGE` of the namespace's {m['keys']} key(s) per message | "
+        f"{m['memory_usage_per_msg']:,.0f} B |",
+        f"| goal: entry + 200 B | {g.get('bytes_limit', '—')} B: "
+        f"{_verdict(g.get('bytes_holds'))} |",
+        f"| worker RSS at start / peak / end | **{m['rss_start_mib']:.1f} / "
+        f"{m['rss_peak_mib']:.1f} / {m['rss_end_mib']:.1f} MiB** (VmHWM {m['rss_hwm_mib']:.1f}) |",
+        f"| RSS by share of the backlog sent (MiB) | {'; '.join(marks) or '—'} |",
+        f"| goal: flat (end - start ≤ {memory_bench.FLAT_MIB:g} MiB) | "
+        f"{g.get('rss_growth_mib', 0):+.1f} MiB: {_verdict(g.get('rss_holds'))} |",
+        "",
+    ]
+
+
+def _lanes_section(results: dict[str, Any]) -> list[str]:
+    rows = results["lanes"]
+    cfg = results["config"]
+    s = lanes_bench.summary(rows)
+    first = rows[0]
+    lines = [
+        "## 6. A login code behind a campaign (priority lanes, smsrelay)",
+        "",
+        f'{first["bulk"]:,} messages queued with `priority="bulk"`, then one worker '
+        f"(default concurrency, {first['concurrency']}), the fake Twilio answering after "
+        f"{first['latency_ms']:g} ms. Once {cfg.get('lanes_start_after', '?')} sends were "
+        f'accepted, {cfg.get("lanes_high", "?")} messages with `priority="high"` were '
+        f"published one every {cfg.get('lanes_interval_ms', '?')} ms (open loop). Latency = "
+        "publish call → the fake's 201 (its recorded arrival + the latency it adds). Bulk "
+        "throughput = bulk sends arriving during the publishing window, per second; the "
+        "reference is the same run without the high messages (window from the same point). "
+        "Runs with and without alternate; medians over rounds, percentiles pooled over all "
+        "high messages.",
+        "",
+        "| run | high p50 ms | high p99 ms | high max ms | high sent (dup.) | "
+        "bulk msg/s in window | bulk msg/s whole drain | note |",
+        "|---|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for i, r in enumerate(rows):
+        kind = "with high" if r["with_high"] else "bulk only"
+        high = f"{r['high_delivered']}/{r['high']} ({r['high_duplicates']})" if r["high"] else "—"
+        lines.append(
+            f"| {i // 2 + 1}: {kind} | {_fmt(r['high_p50_ms'], 1)} | {_fmt(r['high_p99_ms'], 1)} "
+            f"| {_fmt(r['high_max_ms'], 1)} | {high} | {_fmt(r['bulk_window_rate'])} | "
+            f"{_fmt(r['bulk_drain_rate'])} | {r['error'] or ''} |"
+        )
+    lines.append("")
+    if "pooled_p99_ms" in s:
+        lines.append(
+            f"Pooled over {s['pooled_n']} high messages: p50 **{s['pooled_p50_ms']:.1f} ms**, "
+            f"p99 **{s['pooled_p99_ms']:.1f} ms**, max {s['pooled_max_ms']:.1f} ms "
+            f"(goal p99 ≤ {s['p99_goal_ms']:g} ms: {_verdict(s['p99_holds'])})."
+        )
+    if "rate_ratio" in s:
+        lines.append(
+            f"Bulk throughput in the window, median: **{s['rate_with']:,.0f}** msg/s with the "
+            f"high messages vs **{s['rate_without']:,.0f}** without = "
+            f"**{100 * s['rate_ratio']:.0f} %** (goal ≥ 90 %: {_verdict(s['rate_holds'])})."
+        )
+    lines.append("")
+    return lines
+
+
+def _measure_sections(results: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    verdicts = targets16(results)
+    if verdicts:
+        lines += [
+            '## Goals of issue 16 ("Measure"), from this run',
+            "",
+            "| goal | measured | verdict |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {t} | {got} | {_verdict(ok)} |" for t, got, ok in verdicts]
+        lines.append("")
+    if results.get("lanes"):
+        lines += _lanes_section(results)
+    if results.get("memory"):
+        lines += _memory_section(results["memory"])
+    if results.get("latency"):
+        lines += _latency_section(results)
+    return lines

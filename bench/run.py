@@ -9,6 +9,10 @@ Needs Redis on 127.0.0.1:6379. Dramatiq, Celery and arq run from an environment 
 only when it is there, or with --install-peers); py-spy (`uv sync --group bench`) for the
 profile phase, which is skipped without it.
 `--phases` picks phases, `--systems` picks systems; the raw results go to bench/out/*.json.
+Issue 16's measurements are the phases `lanes` (a login code behind a bulk backlog), `memory`
+(Redis bytes per queued message, worker RSS while draining) and `latency` (end-to-end latency at
+50 % and 90 % of each system's maximum), e.g.
+`python -m bench.run --phases lanes,memory,latency --output bench/out/BENCHMARKS-measure.md`.
 """
 
 from __future__ import annotations
@@ -26,10 +30,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import crash, e2e, footprint, peer_env, publish_cost, report, systems
+from bench import (
+    crash,
+    e2e,
+    footprint,
+    lanes_bench,
+    latency,
+    memory_bench,
+    peer_env,
+    publish_cost,
+    report,
+    systems,
+)
 from bench.common import ROOT, FakeTwilioProcess, code_state, install_cleanup, machine
 
-PHASES = ("ceiling", "publish", "e2e", "crash", "footprint", "profile")
+PHASES = (
+    "ceiling",
+    "publish",
+    "e2e",
+    "crash",
+    "footprint",
+    "profile",
+    "lanes",
+    "memory",
+    "latency",
+)
 OUT = ROOT / "bench" / "out"
 
 
@@ -58,6 +83,25 @@ class Config:
     # Make the peers' environment when it is missing (a minute, once); the smoke run (CI)
     # uses it only when it is already there.
     install_peers: bool = True
+    # Issue 16's "Measure": a login code behind a bulk backlog (smsrelay only) ...
+    lanes_bulk: int = 20_000
+    lanes_high: int = 100
+    lanes_interval_ms: float = 50.0
+    lanes_latency_ms: float = 50.0
+    lanes_start_after: int = 2000  # sends accepted before the high messages start
+    lanes_rounds: int = 3  # pairs of runs, with and without the high messages
+    # ... Redis bytes per queued message and the worker's RSS while it drains them ...
+    memory_messages: int = 100_000
+    # ... and end-to-end latency at fixed fractions of each system's own maximum.
+    latency_duration_s: float = 15.0
+    latency_loads: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    latency_provider_ms: list[float] = field(default_factory=lambda: [0.0, 200.0])
+    latency_systems: list[str] = field(
+        default_factory=lambda: ["smsrelay", "bare", "dramatiq", "celery", "arq"]
+    )
+    latency_concurrency: int = 64
+    latency_max_messages: int = 3000  # per maximum measured here (when no e2e row to reuse)
+    latency_max_repeats: int = 3  # drains per maximum measured here (median)
 
 
 SCENARIOS = [(0.0, 64), (200.0, 64), (200.0, 256)]
@@ -93,6 +137,11 @@ PRESETS: dict[str, Config] = {
         2.0,
         crash_background=True,
         output="bench/out/BENCHMARKS-quick.md",
+        lanes_rounds=1,
+        memory_messages=20_000,
+        latency_duration_s=5.0,
+        latency_max_messages=1500,
+        latency_max_repeats=1,
     ),
     # CI: behaviour, not speed. Small counts, peers only where they are quick.
     "smoke": Config(
@@ -108,12 +157,23 @@ PRESETS: dict[str, Config] = {
         300,
         [],
         1.0,
-        phases=["publish", "e2e", "crash", "footprint"],
+        phases=["publish", "e2e", "crash", "footprint", "lanes", "memory", "latency"],
         crash_systems=["smsrelay"],
         rss_systems=["smsrelay", "bare"],
         settle_s=1.5,
         output="bench/out/BENCHMARKS-smoke.md",
         install_peers=False,
+        lanes_bulk=2000,
+        lanes_high=10,
+        lanes_start_after=200,
+        lanes_rounds=1,
+        memory_messages=2000,
+        latency_duration_s=2.0,
+        latency_loads=[0.5],
+        latency_provider_ms=[0.0],
+        latency_systems=["smsrelay", "bare"],
+        latency_max_messages=300,
+        latency_max_repeats=1,
     ),
 }
 
@@ -226,6 +286,56 @@ def run_footprint(cfg: Config, log_dir: Path) -> tuple[list[dict[str, Any]], lis
             _log(f"RSS {name}: {r.before_mib} -> {r.after_mib} MiB {r.error}")
             rss.append(r.as_dict())
     return queued, rss
+
+
+def run_lanes(cfg: Config, log_dir: Path) -> list[dict[str, Any]]:
+    with FakeTwilioProcess() as fake:
+        runs = lanes_bench.run_all(
+            fake,
+            rounds=cfg.lanes_rounds,
+            bulk=cfg.lanes_bulk,
+            high=cfg.lanes_high,
+            interval_ms=cfg.lanes_interval_ms,
+            latency_ms=cfg.lanes_latency_ms,
+            start_after=cfg.lanes_start_after,
+            log_dir=log_dir,
+            smsrelay_root=Path(cfg.smsrelay_root),
+            log=_log,
+        )
+    return [r.as_dict() for r in runs]
+
+
+def run_memory(cfg: Config, log_dir: Path) -> dict[str, Any]:
+    with FakeTwilioProcess() as fake:
+        m = memory_bench.measure(
+            fake, cfg.memory_messages, log_dir=log_dir, smsrelay_root=Path(cfg.smsrelay_root)
+        )
+    _log(
+        f"memory: {m.used_memory_per_msg:,.0f} B/msg used_memory "
+        f"({m.memory_usage_per_msg:,.0f} MEMORY USAGE; entry {m.entry_bytes} B); RSS "
+        f"{m.rss_start_mib} -> peak {m.rss_peak_mib} -> {m.rss_end_mib} MiB {m.error}"
+    )
+    return m.as_dict()
+
+
+def run_latency(cfg: Config, log_dir: Path, e2e_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = [s for s in cfg.latency_systems if s in cfg.systems]
+    with FakeTwilioProcess() as fake:
+        runs = latency.run_all(
+            fake,
+            names,
+            provider_ms=cfg.latency_provider_ms,
+            loads=cfg.latency_loads,
+            concurrency=cfg.latency_concurrency,
+            duration_s=cfg.latency_duration_s,
+            max_messages=cfg.latency_max_messages,
+            e2e_rows=e2e_rows,
+            log_dir=log_dir,
+            smsrelay_root=Path(cfg.smsrelay_root),
+            log=_log,
+            max_repeats=cfg.latency_max_repeats,
+        )
+    return [r.as_dict() for r in runs]
 
 
 def run_profiles(cfg: Config) -> list[dict[str, Any]]:
@@ -346,6 +456,12 @@ def main(argv: list[str] | None = None) -> int:
         results["queued_bytes"], results["rss"] = run_footprint(cfg, log_dir)
     if "profile" in cfg.phases:
         results["profiles"] = run_profiles(cfg)
+    if "lanes" in cfg.phases:
+        results["lanes"] = run_lanes(cfg, log_dir)
+    if "memory" in cfg.phases:
+        results["memory"] = run_memory(cfg, log_dir)
+    if "latency" in cfg.phases:
+        results["latency"] = run_latency(cfg, log_dir, results.get("e2e", []))
     pool.shutdown(wait=False)
     results["elapsed_s"] = time.monotonic() - started
 
@@ -357,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report.render(results))
     _log(f"wrote {output} and {json_path} in {results['elapsed_s'] / 60:.1f} min")
-    for target, got, ok in report.targets(results):
+    for target, got, ok in report.targets(results) + report.targets16(results):
         _log(f"{'HOLDS' if ok else 'FAILS'}  {target}: {got}")
     return 0
 

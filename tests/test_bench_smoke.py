@@ -90,6 +90,44 @@ def test_bench_smoke_run_delivers_everything_and_writes_the_report(
         assert not rss["error"], rss
         assert rss["before_mib"] > 0 and rss["after_mib"] > 0, rss
 
+    # and the high messages published behind the bulk backlog were each sent exactly once,
+    # after at least the provider's latency, while bulk kept going
+    lanes = data["lanes"]
+    assert {r["with_high"] for r in lanes} == {True, False}, lanes
+    for run in lanes:
+        assert run["ok"], run
+        assert run["errors"] == 0 and run["bulk_duplicates"] == 0, run
+        assert run["bulk_delivered"] == run["bulk"], run
+        assert run["bulk_window_rate"] > 0 and run["bulk_after_window"] > 0, run
+        if run["with_high"]:
+            assert run["high"] > 0, run
+            assert run["high_delivered"] == run["high"], run
+            assert run["high_duplicates"] == 0, run
+            assert len(run["high_latencies_ms"]) == run["high"], run
+            assert all(run["latency_ms"] <= x < 60_000 for x in run["high_latencies_ms"]), run
+
+    # and the memory phase queued and then drained every message: a stream entry is tens to
+    # hundreds of bytes in Redis, and the worker's RSS was sampled from start to end
+    memory = data["memory"]
+    assert not memory["error"], memory
+    assert memory["entry_bytes"] > memory["body_bytes"] > 0, memory
+    assert 20 < memory["memory_usage_per_msg"] < 2000, memory
+    assert memory["samples"] and memory["samples"][-1][1] >= memory["messages"], memory
+    assert 0 < memory["rss_start_mib"] <= memory["rss_peak_mib"] <= memory["rss_hwm_mib"], memory
+
+    # and under an open-loop load every published message was sent exactly once, no sooner
+    # than the provider's latency after its publish, with ordered percentiles
+    runs = data["latency"]
+    assert {"smsrelay", "bare"} <= {r["system"] for r in runs}, runs
+    for r in runs:
+        assert r["ok"], {k: v for k, v in r.items() if k != "latencies_ms"}
+        assert r["max_rate"] > 0 and r["published"] > 0, r["error"]
+        assert r["delivered"] == r["published"] and r["missing"] == 0, r["error"]
+        assert r["duplicates"] == 0 and r["errors"] == 0, r["error"]
+        assert len(r["latencies_ms"]) == r["published"]
+        assert min(r["latencies_ms"]) >= r["latency_ms"] - 1.0
+        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"] < 60_000
+
     # and the report has the machine, the command and every section that ran
     for heading in (
         "## Machine and command",
@@ -97,6 +135,10 @@ def test_bench_smoke_run_delivers_everything_and_writes_the_report(
         "## 2. End-to-end",
         "## 3. Crash recovery",
         "## 4. Footprint",
+        "## Goals of issue 16",
+        "## 6. A login code behind a campaign",
+        "## 7. Memory",
+        "## 8. End-to-end latency",
     ):
         assert heading in text
     assert "bench.run --smoke" in text
