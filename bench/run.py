@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import json
+import re
 import shlex
 import sys
 import threading
@@ -349,6 +350,19 @@ def run_profiles(cfg: Config) -> list[dict[str, Any]]:
     return out
 
 
+KEPT = "`bench.run` does not rewrite this section"
+
+
+def write_report(output: Path, text: str) -> None:
+    """Write the report, carrying over the sections of the file it replaces that other
+    commands wrote (their text says KEPT): bench.cluster_scale's, bench.trace_cost's."""
+    kept: list[str] = []
+    if output.exists():
+        sections = re.split(r"(?m)^(?=## )", output.read_text())
+        kept = [section.rstrip() + "\n" for section in sections if KEPT in section]
+    output.write_text(text.rstrip() + "\n" + "".join("\n" + section for section in kept))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="smsrelay vs Dramatiq, Celery, arq and a bare asyncio loop"
@@ -383,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(args.render.read_text())
         output = Path(args.output or saved["config"]["output"])
         output = output if output.is_absolute() else ROOT / output
-        output.write_text(report.render(saved))
+        write_report(output, report.render(saved))
         _log(f"wrote {output} from {args.render}")
         return 0
     preset = "smoke" if args.smoke else "quick" if args.quick else "full"
@@ -471,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(cfg.output)
     output = output if output.is_absolute() else ROOT / output
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(report.render(results))
+    write_report(output, report.render(results))
     _log(f"wrote {output} and {json_path} in {results['elapsed_s'] / 60:.1f} min")
     for target, got, ok in report.targets(results) + report.targets16(results):
         _log(f"{'HOLDS' if ok else 'FAILS'}  {target}: {got}")

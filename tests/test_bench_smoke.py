@@ -142,3 +142,16 @@ def test_bench_smoke_run_delivers_everything_and_writes_the_report(
     ):
         assert heading in text
     assert "bench.run --smoke" in text
+
+
+def test_a_full_report_keeps_the_sections_other_commands_wrote(tmp_path: Path) -> None:
+    # bench.cluster_scale and bench.trace_cost write their own sections of BENCHMARKS.md;
+    # a later `bench.run` rewrites the rest and must not drop them
+    from bench.run import KEPT, write_report
+
+    report = tmp_path / "BENCHMARKS.md"
+    report.write_text(f"# old\n\n## 1. Publish\nold\n\n## 9. Scale-out\nmine; {KEPT}.\n")
+    write_report(report, "# new\n\n## 1. Publish\nnew\n")
+    text = report.read_text()
+    assert "old" not in text
+    assert text.index("## 1. Publish\nnew") < text.index(f"## 9. Scale-out\nmine; {KEPT}.")
