@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 
 from smsrelay.errors import ConfigError
 from smsrelay.logging import get_logger
-from smsrelay.streams.clients import text
+from smsrelay.streams.clients import is_cluster, text
 
 log = get_logger("smsrelay.redis")
 
@@ -21,9 +22,16 @@ SAFE_POLICY = "noeviction"
 
 async def check_eviction_policy(client: aioredis.Redis) -> None:
     """Raise ConfigError when Redis may evict keys; a server that hides its configuration
-    (managed Redis without CONFIG) is let through with a warning."""
+    (managed Redis without CONFIG) is let through with a warning. On a cluster every master
+    is asked: each holds shards of its own."""
     try:
-        reply: dict[Any, Any] = await client.config_get("maxmemory-policy")
+        replies: dict[str, Any] = {}
+        if is_cluster(client):
+            cluster = cast(aiocluster.RedisCluster, client)
+            for node in cluster.get_primaries():
+                replies[node.name] = await cluster.config_get("maxmemory-policy", target_nodes=node)
+        else:
+            replies[""] = await client.config_get("maxmemory-policy")
     except aioredis.ResponseError as exc:
         log.warning(
             "redis.policy_unknown",
@@ -31,10 +39,22 @@ async def check_eviction_policy(client: aioredis.Redis) -> None:
             advice=f"make sure maxmemory-policy is {SAFE_POLICY}",
         )
         return
-    policy = text(reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy"))
-    if policy and policy != SAFE_POLICY:
-        raise ConfigError(
-            f"Redis maxmemory-policy is {policy}: Redis could evict request streams, sent "
-            f"markers or rate-limit windows (lost or duplicated SMS). Set it to {SAFE_POLICY} "
-            f"(redis-cli CONFIG SET maxmemory-policy {SAFE_POLICY}, and in redis.conf)"
-        )
+    for name, reply in sorted(replies.items()):
+        policy = _policy(reply)
+        if policy and policy != SAFE_POLICY:
+            where = f" (cluster node {name})" if name else ""
+            raise ConfigError(
+                f"Redis maxmemory-policy is {policy}{where}: Redis could evict request streams, "
+                f"sent markers or rate-limit windows (lost or duplicated SMS). Set it to "
+                f"{SAFE_POLICY} (redis-cli CONFIG SET maxmemory-policy {SAFE_POLICY}, and in "
+                "redis.conf)"
+            )
+
+
+def _policy(reply: Any) -> str:
+    """The policy from CONFIG GET's reply: a mapping, or the flat [name, value] list."""
+    if isinstance(reply, dict):
+        return text(reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy"))
+    if isinstance(reply, list | tuple) and len(reply) >= 2:
+        return text(reply[1])
+    return ""

@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 import redis
 
+from smsrelay.errors import ConfigError
 from smsrelay.producers.publish import Producer, PublishResult
 from smsrelay.store.mirror import run_mirror
 from smsrelay.streams import stats
 from smsrelay.streams.clients import admin_client as redis_admin_client
 from smsrelay.streams.keys import shard_keys, shard_of
+from smsrelay.streams.policy import check_eviction_policy
 from tests.admin.conftest import LIST, TOKEN, admin_client
 from tests.cluster.conftest import topology_settings
 from tests.support.topologies import LocalCluster
@@ -151,6 +153,38 @@ async def test_unread_streams_are_found_on_every_master(
     # Then every one is found, whichever master holds it
     assert sorted(u.key for u in found) == sorted(strays)
     assert {u.length for u in found} == {1}
+
+
+@pytest.mark.parametrize("which", ["the default node", "another master"])
+async def test_an_evicting_policy_on_any_master_is_refused(
+    cluster: LocalCluster, tmp_path: Path, fake_twilio: Any, which: str
+) -> None:
+    # Given a cluster where one master (the one a plain CONFIG GET asks, or another) may evict
+    settings = topology_settings(cluster.url, "cluster", tmp_path, fake_twilio.url)
+    client = redis_admin_client(settings)
+    try:
+        await client.initialize()
+        default = client.get_default_node()  # type: ignore[attr-defined]
+        masters = client.get_primaries()  # type: ignore[attr-defined]
+        target = (
+            default
+            if which == "the default node"
+            else next(node for node in masters if node.name != default.name)
+        )
+        port = int(target.port)
+        node = redis.Redis(host="127.0.0.1", port=port)
+        node.config_set("maxmemory-policy", "allkeys-lru")
+        try:
+            # When a process checks the servers it is about to rely on
+            # Then it refuses to start, naming that master
+            with pytest.raises(ConfigError, match=f"allkeys-lru .cluster node 127.0.0.1:{port}"):
+                await check_eviction_policy(client)
+        finally:
+            node.config_set("maxmemory-policy", "noeviction")
+            node.close()
+        await check_eviction_policy(client)  # and every master is safe again
+    finally:
+        await client.aclose()
 
 
 async def test_scripts_lost_by_every_master_are_loaded_again(
