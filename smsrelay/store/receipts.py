@@ -23,6 +23,16 @@ log = get_logger("smsrelay.mirror")
 BodyFetcher = Callable[[str], Awaitable[str | None]]
 
 
+# Receipts that only say how far the message got (Twilio's `sent`: handed to the carrier) are
+# named apart from the worker's own steps in the trace: "sent" there is the provider's 201.
+PROGRESS_STATUSES = frozenset({"accepted", "scheduled", "queued", "sending", "sent"})
+
+
+def trace_event(status: str) -> str:
+    """The trace's word for a receipt: `receipt_sent` for progress, the status for a verdict."""
+    return f"receipt_{status}" if status in PROGRESS_STATUSES else status
+
+
 @dataclass
 class Effects:
     """What Redis should learn once the transaction is committed."""
@@ -93,7 +103,9 @@ async def _applied(
         return effects  # (another pipeline's message on the same database: its own mirror)
     shard = shard_of(message.phone, shards)
     effects.delivery_counts[receipt.status] = 1
-    effects.trace.append((shard, str(message.id), receipt.status, error or message.message_sid))
+    effects.trace.append(
+        (shard, str(message.id), trace_event(receipt.status), error or message.message_sid)
+    )
     if applied.became_failed:
         body = ""
         if fetch_body is not None:

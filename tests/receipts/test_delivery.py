@@ -49,7 +49,13 @@ async def test_delivered_shows_in_the_trace_the_api_and_the_cli(
     assert row.delivered_at is not None
     # The trace: published, the attempt, sent with its SID, then the receipts
     events = await trace_events(rclient, receipt_settings, phone, message_id)
-    assert events == ["published|", "attempt|1", f"sent|{sid}", f"sent|{sid}", f"delivered|{sid}"]
+    assert events == [
+        "published|",
+        "attempt|1",
+        f"sent|{sid}",
+        f"receipt_sent|{sid}",
+        f"delivered|{sid}",
+    ]
     async with admin_http(live_admin) as http:
         response = await http.get(f"/api/admin/messages/{message_id}")
     assert response.status_code == 200, response.text
