@@ -178,6 +178,7 @@ async def test_sentinel_master_killed_mid_publish_loses_nothing(
         if not sentinel.data[victim].running:
             sentinel.restart(victim)
         sentinel.wait_replicated(60)
-    # the sentinels promoted the replica
-    assert sentinel.master_port() != victim
+    # (the sentinels promoted the replica: publish_through_a_kill waited for it. Which node is
+    # master by now is not asserted: on a loaded machine the sentinels may fail over again,
+    # back to the restarted node, with `down-after-milliseconds` at 1 s, and that is no fault.)
     check(outcome, fake_twilio, "sentinel")
