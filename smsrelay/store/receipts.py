@@ -80,7 +80,7 @@ async def apply_unmatched(
     fetch_body: BodyFetcher | None,
 ) -> Effects:
     """Receipts that arrived before their message's row, now that the row is there."""
-    waiting = [receipt for sid in sids for receipt in await sent_sms.take_unmatched(conn, sid)]
+    waiting = await sent_sms.take_unmatched(conn, sids)
     receipts = [
         StatusCallback(r.message_sid, r.status, r.error_code, r.received_at) for r in waiting
     ]

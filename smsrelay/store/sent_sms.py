@@ -229,16 +229,20 @@ async def apply_receipts(
     return answers
 
 
-async def take_unmatched(conn: Connection, message_sid: str) -> list[Receipt]:
-    """The receipts that waited for this SID's row; they are removed."""
+async def take_unmatched(conn: Connection, message_sids: Sequence[str]) -> list[Receipt]:
+    """The receipts that waited for these SIDs' rows, removed, in one statement: by SID in the
+    order given, each SID's from its least to its most final status."""
+    if not message_sids:
+        return []
     cur = await conn.execute(
-        "DELETE FROM public.unmatched_receipts WHERE message_sid = %s "
+        "DELETE FROM public.unmatched_receipts WHERE message_sid = ANY(%s) "
         "RETURNING message_sid, status, error_code, received_at",
-        [message_sid],
+        [list(message_sids)],
     )
+    order = {sid: n for n, sid in enumerate(message_sids)}
     return sorted(
         (Receipt(**row) for row in await cur.fetchall()),
-        key=lambda r: STATUS_RANK.get(r.status, -1),
+        key=lambda r: (order[r.message_sid], STATUS_RANK.get(r.status, -1)),
     )
 
 

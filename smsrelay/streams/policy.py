@@ -51,10 +51,6 @@ async def check_eviction_policy(client: aioredis.Redis) -> None:
             )
 
 
-def _policy(reply: Any) -> str:
-    """The policy from CONFIG GET's reply: a mapping, or the flat [name, value] list."""
-    if isinstance(reply, dict):
-        return text(reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy"))
-    if isinstance(reply, list | tuple) and len(reply) >= 2:
-        return text(reply[1])
-    return ""
+def _policy(reply: dict[Any, Any]) -> str:
+    """The policy from CONFIG GET's reply (redis-py makes it a mapping)."""
+    return text(reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy"))
