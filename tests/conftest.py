@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from smsrelay.settings import Settings
+from tests.support.clients import close_test_clients, redis_client
 from tests.support.servers import PG_BIN, PrivateRedis, ThrowawayPostgres, require_tool
 
 REDIS_URL_VAR = "SMSRELAY_TEST_REDIS_URL"
@@ -36,10 +37,17 @@ def _docker_available() -> bool:
 
 def _redis_reachable(url: str) -> str | None:
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+        redis_client(url, socket_connect_timeout=2).ping()
     except redis.RedisError as exc:
         return str(exc)
     return None
+
+
+@pytest.fixture(autouse=True)
+def _close_test_clients() -> Iterator[None]:
+    """Close the sync Redis clients the test made (tests/support/clients.py says why)."""
+    yield
+    close_test_clients()
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +107,7 @@ def database_url(postgres_url: str) -> Iterator[str]:
 def namespace(redis_url: str) -> Iterator[str]:
     ns = f"t{uuid.uuid4().hex[:10]}"
     yield ns
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     # The shards' keys `{ns:N}:...` and the namespace's fleet keys `{ns}:...`; nothing else.
     keys = [
         *client.scan_iter(match=f"{{{ns}:*", count=1000),

@@ -8,14 +8,13 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from smsrelay import clock
 from smsrelay.settings import Settings
 from smsrelay.status import collect_status, render_status
 from smsrelay.streams.keys import ShardKeys, shard_of
 from smsrelay.streams.wire import MAX_DEAD_PAYLOAD_BYTES
 from tests.conftest import make_settings
+from tests.support.clients import redis_client
 from tests.support.wait import wait_until
 from tests.support.worker import dead_letters, running_worker, stream_state
 
@@ -40,7 +39,7 @@ async def test_an_entry_of_10000_fields_is_dead_lettered_not_lost(
 ) -> None:
     # Given an entry with 10,000 junk fields (no `v`: it does not parse) and one with 1 MB
     # values, and a valid one behind them
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url)
     stream = ShardKeys(settings.namespace).requests
     client.xadd(stream, {f"f{i}": "x" * 10 for i in range(10_000)})
     client.xadd(stream, {"id": "junk", "to": "x" * 1_000_000, "body": "y" * 1_000_000})
@@ -61,7 +60,7 @@ async def test_an_entry_of_10000_fields_is_dead_lettered_not_lost(
 async def test_a_valid_entry_with_many_extra_fields_is_dead_lettered_after_21211(
     settings: Settings, fake_twilio: Any
 ) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url)
     entry = _entry("+15005550001", "refused")  # Twilio's magic number for 21211
     entry.update({f"extra{i}": "z" * 100 for i in range(5_000)})
     client.xadd(ShardKeys(settings.namespace).requests, entry)
@@ -87,7 +86,7 @@ async def test_an_entry_on_the_wrong_shard_is_moved_and_limited_on_its_own(
     phone = "+14155552672"  # crc32 2345989422: shard 2 (a signed CRC would say -2)
     right = shard_of(phone, 4)
     assert right == 2
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     for n in range(8):
         shard = right if n % 2 else (right + 1 + n % 3) % 4
         client.xadd(ShardKeys(namespace, shard).requests, _entry(phone, f"m{n}"))
@@ -111,7 +110,7 @@ def test_status_reports_streams_no_worker_reads(
 ) -> None:
     # Given entries a publisher put on shard -4 (a signed CRC) and on shard 7 of 4
     settings = make_settings(redis_url, namespace, tmp_path, fake_twilio.url, shards=4)
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     client.xadd(f"{{{namespace}:-4}}:requests", _entry("+14155552672"))
     client.xadd(f"{{{namespace}:7}}:requests", _entry("+14155552671"))
     client.xadd(f"{{{namespace}:7}}:requests", _entry("+14155552671"))

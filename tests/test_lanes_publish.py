@@ -8,19 +8,19 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import redis
 
 from smsrelay import AsyncProducer, InvalidMessageError, Producer, clock
 from smsrelay.settings import Settings
 from smsrelay.streams.keys import ShardKeys, priority_of, shard_label
 from smsrelay.testing.outbox import SmsOutbox
 from tests.conftest import make_settings
+from tests.support.clients import redis_client
 from tests.support.servers import PrivateRedis
 from tests.test_cli import smsrelay
 
 
 def lane_entries(settings: Settings, priority: str) -> list[dict[str, str]]:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings.redis_url, decode_responses=True)
     stream = ShardKeys(settings.namespace).lane(priority)
     return [fields for _, fields in cast(list[Any], client.xrange(stream))]
 

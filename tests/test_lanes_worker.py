@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from smsrelay import Producer
 from smsrelay.schemas.entry import Priority
 from smsrelay.settings import Settings
 from smsrelay.streams.keys import ShardKeys
 from tests.conftest import make_settings
+from tests.support.clients import redis_client
 from tests.support.wait import wait_until
 from tests.support.worker import running_worker
 
@@ -51,7 +50,7 @@ async def test_a_login_code_waits_only_for_the_sends_in_flight(
         position = [r.to for r in fake_twilio.requests].index(otp)
     # Only the sends that held a slot when it was published went out before it.
     assert position - before <= settings.worker_concurrency, (position, before)
-    backlog = redis.Redis.from_url(redis_url).xlen(ShardKeys(namespace).requests_bulk)
+    backlog = redis_client(redis_url).xlen(ShardKeys(namespace).requests_bulk)
     assert backlog > 400  # it overtook a backlog, it did not arrive after it
 
 

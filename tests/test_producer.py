@@ -18,6 +18,7 @@ from smsrelay import AsyncProducer, InvalidMessageError, Producer
 from smsrelay.settings import Settings
 from smsrelay.streams.keys import ShardKeys
 from tests.conftest import make_settings
+from tests.support.clients import redis_client
 from tests.support.servers import PrivateRedis
 from tests.support.wait import wait_for
 
@@ -25,7 +26,7 @@ DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 
 def _entries(settings: Settings) -> list[dict[str, str]]:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings.redis_url, decode_responses=True)
     stream = ShardKeys(settings.namespace).requests
     return [fields for _, fields in cast(list[Any], client.xrange(stream))]
 

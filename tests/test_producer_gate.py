@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import redis
 
 from smsrelay import AsyncProducer, Producer
 from smsrelay.producers.gate import RedisGate
 from smsrelay.settings import Settings
 from smsrelay.streams.keys import ShardKeys
 from tests.conftest import make_settings
+from tests.support.clients import redis_client
 from tests.support.servers import LOOPBACK, PrivateRedis
 from tests.support.wait import wait_for, wait_until
 
@@ -80,7 +80,7 @@ def black_hole() -> Iterator[BlackHole]:
 
 
 def _entries(settings: Settings) -> list[str]:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings.redis_url, decode_responses=True)
     try:
         entries = cast(list[Any], client.xrange(ShardKeys(settings.namespace).requests))
     finally:

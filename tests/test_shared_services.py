@@ -13,9 +13,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis
 
 from smsrelay.demo import DEMO_DATABASE, delete_namespace_keys, demo_database, with_database
+from tests.support.clients import redis_client
 from tests.support.servers import ThrowawayPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def test_the_demo_uses_a_named_database_as_it_is(database_url: str) -> None:
 
 
 def test_delete_namespace_keys_deletes_only_that_namespace(redis_url: str, namespace: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     neighbour = namespace + "x"
     try:
         client.set(f"{{{namespace}:0}}:a", 1)
@@ -120,7 +120,7 @@ def test_the_demo_writes_into_a_database_of_its_own_and_cleans_up_its_keys(
         table = conn.execute("SELECT to_regclass('public.failed_sms')").fetchone()
     assert table == (None,)
     # And none of its keys are left in Redis
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     try:
         left = [
             *client.scan_iter(match=f"{{{namespace.group(1)}:*"),

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import redis
 
 from smsrelay.producers.publish import Producer
 from smsrelay.producers.request import prepare
@@ -25,13 +24,14 @@ from smsrelay.producers.spool import Spool, SpoolOwner, redis_location
 from smsrelay.settings import Settings, spool_root
 from smsrelay.streams.keys import ShardKeys
 from tests.conftest import make_settings
+from tests.support.clients import redis_client
 from tests.support.wait import wait_for
 
 DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 
 def _bodies(settings: Settings) -> list[str]:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings.redis_url, decode_responses=True)
     try:
         entries = cast(list[Any], client.xrange(ShardKeys(settings.namespace).requests))
     finally:
@@ -287,7 +287,7 @@ def test_spool_flush_reports_legacy_files_of_the_old_shared_folder(
 
 
 def _delete_namespace(redis_url: str, namespace: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     try:
         keys = list(client.scan_iter(match=f"{{{namespace}:*", count=1000))
         if keys:

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
 import redis.asyncio as aioredis
 
 from smsrelay.producers.publish import Producer
@@ -14,6 +13,7 @@ from smsrelay.settings import Settings
 from smsrelay.streams.keys import ShardKeys
 from smsrelay.streams.queue import BeginCall, Queue, Sender
 from tests.conftest import make_settings
+from tests.support.clients import redis_client
 from tests.support.wait import wait_until
 from tests.support.worker import dead_letters, running_worker, stream_state
 
@@ -37,7 +37,7 @@ async def test_messages_are_sent_acked_and_deleted(settings: Settings, fake_twil
     # Then each was sent once, with its body, and marked sent with Twilio's SID
     sent = {(m.to, m.body) for m in fake_twilio.messages}
     assert sent == {("+14155552671", "one"), ("+14155552672", "two"), ("+447911123456", "three")}
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings.redis_url, decode_responses=True)
     sids = {m.sid for m in fake_twilio.messages}
     for message_id in ids:
         assert client.get(ShardKeys(settings.namespace).sent(message_id)) in sids
@@ -110,7 +110,7 @@ async def test_exhausted_retries_are_dead_lettered(settings: Settings, fake_twil
     assert dead["first_attempt_at"] and dead["last_attempt_at"]
     assert len([r for r in fake_twilio.requests if r.to == phone]) == 3
     # the slot of a message the provider never accepted is given back
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url)
     assert client.zcard(ShardKeys(settings.namespace).rate_limit(phone)) == 0
 
 
@@ -143,7 +143,7 @@ async def test_dropped_connection_and_timeout_are_retried(
 async def test_malformed_entries_are_dead_lettered_and_the_worker_lives_on(
     settings: Settings, fake_twilio: Any
 ) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url)
     stream = ShardKeys(settings.namespace).requests
     junk: list[dict[Any, Any]] = [
         {
@@ -190,7 +190,7 @@ async def test_redelivered_message_already_sent_is_not_sent_again(
 ) -> None:
     # Given a message whose sent marker exists (a worker died after Twilio accepted it)
     [message_id] = _publish(settings, ("+14155552691", "once"))
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url)
     client.set(ShardKeys(settings.namespace).sent(message_id), "SMalreadysent")
     # When it is delivered again
     async with running_worker(settings):
@@ -280,7 +280,7 @@ async def test_slow_provider_is_not_taken_over(
 async def test_a_crash_grants_no_extra_attempt(settings: Settings, fake_twilio: Any) -> None:
     # Given a message whose last allowed attempt started before its worker died
     [message_id] = _publish(settings, ("+14155552696", "third time"))
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url)
     client.hset(
         ShardKeys(settings.namespace).state(message_id),
         mapping={"attempts": 3, "first_attempt_at": "2026-01-01T00:00:00.000Z"},
@@ -306,7 +306,7 @@ async def test_a_scheduled_retry_survives_its_worker(
     fake_twilio.script(phone, [{"status": 503}])
     _publish(settings, (phone, "later"))
     keys = ShardKeys(settings.namespace)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url)
     # Given a worker that scheduled a retry and then went away
     async with running_worker(settings):
         await wait_until(lambda: client.zcard(keys.delayed) == 1, what="retry scheduled")

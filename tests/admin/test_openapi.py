@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +22,7 @@ from smsrelay.admin.app import create_app
 from smsrelay.testing.fake_twilio import FakeTwilioThread
 from tests.admin.conftest import AUTH, TOKEN
 from tests.conftest import make_settings
+from tests.support.clients import redis_client
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def admin_url(
         yield url
         server.should_exit = True
         thread.join(timeout=20)
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     keys = list(client.scan_iter(match=f"{{{namespace}:*"))
     if keys:
         client.delete(*keys)

@@ -21,6 +21,7 @@ from smsrelay.streams.keys import shard_keys, shard_of
 from smsrelay.streams.policy import check_eviction_policy
 from tests.admin.conftest import LIST, TOKEN, admin_client
 from tests.cluster.conftest import topology_settings
+from tests.support.clients import track
 from tests.support.topologies import LocalCluster
 from tests.support.wait import wait_until
 from tests.support.worker import running_worker
@@ -172,7 +173,7 @@ async def test_an_evicting_policy_on_any_master_is_refused(
             else next(node for node in masters if node.name != default.name)
         )
         port = int(target.port)
-        node = redis.Redis(host="127.0.0.1", port=port)
+        node = track(redis.Redis(host="127.0.0.1", port=port))
         node.config_set("maxmemory-policy", "allkeys-lru")
         try:
             # When a process checks the servers it is about to rely on
@@ -200,7 +201,7 @@ async def test_scripts_lost_by_every_master_are_loaded_again(
         await wait_until(lambda: len(fake_twilio.messages) >= 30, 30, what="the first 30")
         # When every master forgets its scripts (as a promoted replica or a restart would)
         for port in cluster.master_ports():
-            node = redis.Redis(port=port)
+            node = track(redis.Redis(port=port))
             try:
                 node.script_flush()  # (a private server of this test's cluster)
             finally:

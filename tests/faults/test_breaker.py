@@ -21,6 +21,7 @@ from tests.faults.support import (
     record_figure,
     start_worker,
 )
+from tests.support.clients import redis_client
 from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -42,7 +43,7 @@ def test_a_20_s_outage_dead_letters_nothing_and_every_message_goes_out_once(
     redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
 ) -> None:
     settings = _settings(redis_url, namespace, tmp_path, fake_twilio)
-    pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
+    pipeline = Pipeline(redis_client(redis_url), namespace)
     workers = [start_worker(procs, settings, f"worker-{n}") for n in range(2)]
     # Given the provider answering 503 to everything for 20 s, 25 messages published as it
     # starts and 25 more during it
@@ -95,7 +96,7 @@ def test_a_wrong_auth_token_opens_the_breaker_and_a_restart_sends_everything(
 ) -> None:
     fake_twilio = strict_twilio
     settings = _settings(redis_url, namespace, tmp_path, fake_twilio)
-    pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
+    pipeline = Pipeline(redis_client(redis_url), namespace)
     ids = publish_all(settings, [(phone(200 + i), f"auth-{i}") for i in range(20)])
     # Given a worker with a wrong token
     wrong = start_worker(procs, settings, "wrong", TWILIO_AUTH_TOKEN="not-the-token-at-all")
@@ -116,7 +117,7 @@ def test_one_number_failing_alone_follows_the_seed_rule_and_others_are_not_delay
     redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
 ) -> None:
     settings = _settings(redis_url, namespace, tmp_path, fake_twilio, backoff_base_seconds=0.3)
-    pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
+    pipeline = Pipeline(redis_client(redis_url), namespace)
     lonely = phone(9100)
     fake_twilio.script(lonely, [], {"status": 503})
     publish_all(settings, [(lonely, "alone"), *[(phone(i), f"ok-{i}") for i in range(100)]])
@@ -154,7 +155,7 @@ def test_messages_that_expire_during_an_outage_are_never_sent(
     redis_url: str, namespace: str, tmp_path: Path, fake_twilio: Any, procs: Processes
 ) -> None:
     settings = _settings(redis_url, namespace, tmp_path, fake_twilio, message_ttl_seconds=2)
-    pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
+    pipeline = Pipeline(redis_client(redis_url), namespace)
     fake_twilio.start_outage({"status": 503, "code": 20503}, seconds=5)
     ids = publish_all(settings, [(phone(300 + i), f"otp-{i}") for i in range(10)])
     start_worker(procs, settings, "worker")
@@ -175,7 +176,7 @@ def test_a_message_created_but_answered_after_the_timeout_reaches_the_phone_once
         twilio_timeout_seconds=0.5,
         backoff_base_seconds=0.2,
     )
-    pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
+    pipeline = Pipeline(redis_client(redis_url), namespace)
     numbers = [phone(400 + i) for i in range(3)]
     for number in numbers:
         fake_twilio.script(number, [{"delay": 1.5}])  # created at once, answered in 1.5 s

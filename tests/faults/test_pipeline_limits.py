@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests.conftest import make_settings
 from tests.faults.support import (
@@ -19,6 +18,7 @@ from tests.faults.support import (
     record_figure,
     start_worker,
 )
+from tests.support.clients import redis_client
 from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -44,7 +44,7 @@ def test_three_workers_keep_the_limit_and_account_for_every_message(
         on_rate_limit="dead_letter",
         worker_concurrency=32,
     )
-    pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
+    pipeline = Pipeline(redis_client(redis_url), namespace)
     fake_twilio.set_latency(0.01)
     # Given three workers
     for n in range(3):
@@ -94,7 +94,7 @@ def test_three_workers_deferring_keep_the_limit_in_every_sliding_window(
         on_rate_limit="defer",
         worker_concurrency=32,
     )
-    pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
+    pipeline = Pipeline(redis_client(redis_url), namespace)
     # Given three workers that defer what the limit holds back
     for n in range(3):
         start_worker(procs, settings, f"worker-{n}", ready=False)
@@ -136,7 +136,7 @@ def test_a_poison_entry_is_set_aside_after_the_delivery_limit_and_others_flow(
         max_deliveries=max_deliveries,
         rate_limit_max=1000,
     )
-    pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
+    pipeline = Pipeline(redis_client(redis_url), namespace)
     poisoned = phone(7777)
     # Given a message whose processing fails every time: its state key was overwritten with a
     # value of the wrong type (corruption, a foreign tool), so every script touching it errs

@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import redis
 
 from tests.conftest import make_settings
 from tests.faults.support import (
@@ -30,6 +29,7 @@ from tests.faults.support import (
     start_admin,
     start_worker,
 )
+from tests.support.clients import redis_client
 from tests.support.servers import ThrowawayPostgres, free_port
 from tests.support.wait import wait_for
 
@@ -88,7 +88,7 @@ def test_postgres_stopped_while_dead_lettering_loses_nothing_and_admin_says_503(
         rate_limit_max=2,
         claim_idle_seconds=1,
     )
-    pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
+    pipeline = Pipeline(redis_client(redis_url), namespace)
     try:
         # Given a mirroring worker and the admin, with Postgres up
         for n in range(23):

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from smsrelay.testing.fake_twilio import FakeTwilioThread
 from tests.conftest import make_settings
@@ -23,6 +22,7 @@ from tests.faults.support import (
     record_figure,
     start_worker,
 )
+from tests.support.clients import redis_client
 from tests.support.servers import free_port
 from tests.support.wait import wait_for
 
@@ -64,7 +64,7 @@ def test_provider_errors_are_retried_per_policy_then_dead_lettered_nothing_lost(
         # to the breaker (tests/faults/test_breaker.py): here, the per-message policy alone.
         breaker_threshold=0,
     )
-    pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
+    pipeline = Pipeline(redis_client(redis_url), namespace)
     # Given a provider that drops, fails and stalls for some numbers, and 60 healthy ones
     for to, (steps, default, _, _) in SCENARIOS.items():
         fake_twilio.script(to, steps, default)
@@ -165,7 +165,7 @@ def test_a_whole_provider_outage_is_waited_out_within_the_retry_budget(
         backoff_jitter=0.1,
         rate_limit_max=1000,
     )
-    pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
+    pipeline = Pipeline(redis_client(redis_url), namespace)
     first = FakeTwilioThread(port=fake_port)
     first.start()
     fakes.append(first)
@@ -212,7 +212,7 @@ def test_a_provider_slower_than_the_claim_idle_time_is_not_taken_over(
         twilio_timeout_seconds=6,
         rate_limit_max=1000,
     )
-    pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
+    pipeline = Pipeline(redis_client(redis_url), namespace)
     slow = [phone(8000 + n) for n in range(6)]
     # Given sends that take 3.5x the claim idle time, and two workers that claim idle entries
     for to in slow:

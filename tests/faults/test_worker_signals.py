@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests.conftest import make_settings
 from tests.faults.support import (
@@ -20,6 +19,7 @@ from tests.faults.support import (
     record_figure,
     start_worker,
 )
+from tests.support.clients import redis_client
 from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -44,7 +44,7 @@ def test_sigkill_mid_send_delivers_everything_and_repeats_only_in_flight_sends(
         rate_limit_max=1000,
         max_attempts=10,
     )
-    pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
+    pipeline = Pipeline(redis_client(redis_url), namespace)
     # Given 400 messages and a provider that takes 150 ms per send
     fake_twilio.set_latency(0.15)
     ids = publish_all(settings, [(phone(i), f"kill-{i:04d}") for i in range(count)])
@@ -109,7 +109,7 @@ def test_sigterm_during_sends_exits_0_within_the_grace_period_and_sends_once(
         shutdown_grace_seconds=grace,
         rate_limit_max=1000,
     )
-    pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
+    pipeline = Pipeline(redis_client(redis_url), namespace)
     # Given a worker with a full pipe of 800 ms sends in flight
     fake_twilio.set_latency(0.8)
     ids = publish_all(settings, [(phone(i), f"term-{i:04d}") for i in range(count)])
@@ -162,7 +162,7 @@ def test_sigterm_with_sends_slower_than_the_grace_period_hands_them_back(
         twilio_timeout_seconds=10,
         rate_limit_max=1000,
     )
-    pipeline = Pipeline(redis.Redis.from_url(redis_url), namespace)
+    pipeline = Pipeline(redis_client(redis_url), namespace)
     # Given sends that take 3 s while the worker's grace period is 1 s
     fake_twilio.set_latency(3.0)
     ids = publish_all(settings, [(phone(i), f"slow-term-{i:04d}") for i in range(count)])

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import redis
 from hypothesis import event, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -37,6 +36,7 @@ from tests.fuzz.strategies import (
     publish_args,
     strict_json,
 )
+from tests.support.clients import redis_client
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -117,7 +117,7 @@ def producer(settings: Settings) -> Iterator[Producer]:
 
 
 def _latest_entry(settings: Settings) -> dict[str, str]:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings.redis_url, decode_responses=True)
     try:
         [(_, fields)] = cast(
             list[tuple[str, dict[str, str]]],

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import redis
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -22,6 +21,7 @@ from smsrelay.streams.keys import ShardKeys
 from tests.conftest import make_settings
 from tests.faults.support import Pipeline, Processes, publish_all, record_figure, start_worker
 from tests.fuzz.strategies import any_text, fuzz_settings
+from tests.support.clients import redis_client
 from tests.support.wait import wait_for, wait_until
 from tests.support.worker import dead_letters, running_worker
 
@@ -131,7 +131,7 @@ def test_arbitrary_entries_are_dead_lettered_and_the_worker_lives_on(
     settings = make_settings(
         redis_url, namespace, tmp_path, fake_twilio.url, rate_limit_max=1_000_000
     )
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     pipeline = Pipeline(client, namespace)
     worker = start_worker(procs, settings, "worker")
     seen = ["0-0"]  # the last dead letter read
@@ -192,7 +192,7 @@ async def test_entries_another_publisher_did_not_normalise_are_dead_lettered(
 ) -> None:
     # Given entries a publisher in another language wrote with a formatted number, a number
     # libphonenumber reads as another one, and a body with an escape sequence
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url)
     stream = ShardKeys(settings.namespace).requests
     bad = {
         "+1 (415) 555-8001": "to: must be plain E.164",

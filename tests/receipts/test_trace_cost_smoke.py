@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-import redis
+
+from tests.support.clients import redis_client
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,7 +68,7 @@ def test_a_small_run_measures_everything_and_cleans_up(
         assert line in done.stdout
     # Nothing of its own left: no key of its namespaces, not its database
     assert len(report["namespaces"]) == 3
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     try:
         for namespace in report["namespaces"]:
             for pattern in (f"{{{namespace}:*", f"{{{namespace}}}:*"):

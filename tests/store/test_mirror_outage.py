@@ -9,7 +9,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 from structlog.testing import capture_logs
 
 from smsrelay.producers.publish import Producer
@@ -18,6 +17,7 @@ from smsrelay.store.mirror import run_mirror
 from smsrelay.streams.keys import MIRROR_GROUP, ShardKeys
 from tests.conftest import make_settings
 from tests.store.dlq import unique_phone
+from tests.support.clients import redis_client
 from tests.support.servers import ThrowawayPostgres
 from tests.support.wait import wait_until
 from tests.support.worker import dead_letters, running_worker
@@ -71,7 +71,7 @@ async def test_dead_letters_reach_postgres_after_an_outage(
             postgres.stop()
             later = [publish(settings, phone) for phone in phones[1:]]
             await wait_until(lambda: len(dead_letters(settings)) == 3, what="3 dead letters")
-            client = redis.Redis.from_url(redis_url)
+            client = redis_client(redis_url)
             dead = ShardKeys(namespace).dead
 
             def pending() -> int:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.support.clients import redis_client
 from tests.support.wait import wait_for
 
 LOOPBACK = "127.0.0.1"
@@ -67,7 +68,7 @@ class PrivateRedis:
         return f"redis://{LOOPBACK}:{self.port}/0"
 
     def client(self, **kwargs: Any) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2, **kwargs)
+        return redis_client(self.url, socket_timeout=5, socket_connect_timeout=2, **kwargs)
 
     def start(self) -> None:
         assert self.popen is None or self.popen.poll() is not None, "already running"

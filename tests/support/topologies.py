@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from tests.support.clients import track
 from tests.support.servers import LOOPBACK, require_tool
 from tests.support.wait import wait_for
 
@@ -53,7 +54,9 @@ def free_node_port() -> int:
 
 
 def _client(port: int, timeout: float = 2.0) -> redis.Redis:
-    return redis.Redis(host=LOOPBACK, port=port, socket_timeout=timeout, socket_connect_timeout=1)
+    return track(
+        redis.Redis(host=LOOPBACK, port=port, socket_timeout=timeout, socket_connect_timeout=1)
+    )
 
 
 def _command(client: redis.Redis, *args: Any) -> Any:

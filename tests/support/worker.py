@@ -12,6 +12,7 @@ import redis
 from smsrelay.consumers.worker import Worker
 from smsrelay.settings import Settings
 from smsrelay.streams.keys import ShardKeys
+from tests.support.clients import redis_client
 
 
 @asynccontextmanager
@@ -35,7 +36,7 @@ def entries(reply: object) -> Entries:
 
 
 def dead_letters(settings: Settings, shard: int = 0) -> list[dict[str, str]]:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url)
     entries = cast(
         list[tuple[bytes, dict[bytes, bytes]]],
         client.xrange(ShardKeys(settings.namespace, shard).dead),
@@ -48,7 +49,7 @@ def dead_letters(settings: Settings, shard: int = 0) -> list[dict[str, str]]:
 
 def stream_state(settings: Settings, shard: int = 0) -> tuple[int, int]:
     """(length of the request stream, pending entries of the worker group)."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url)
     keys = ShardKeys(settings.namespace, shard)
     length = client.xlen(keys.requests)
     try:
