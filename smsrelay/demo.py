@@ -130,7 +130,8 @@ def delete_namespace_keys(client: redis.Redis, namespace: str) -> int:
 
 def run_demo(base: Settings, keep: bool = False) -> int:
     try:
-        sync_client(base, timeout_s=2).ping()
+        with sync_client(base, timeout_s=2) as client:
+            client.ping()
     except redis.RedisError as exc:
         say(f"smsrelay demo needs Redis at {base.redis_url} ({exc}).")
         say("Start one with: redis-server --daemonize yes   (or set SMSRELAY_REDIS_URL)")
@@ -377,7 +378,6 @@ async def _provider_outage(settings: Settings, fake: FakeTwilioThread, step: int
         Story(f"reminder {n}", f"+1415555{n:04d}", f"Your appointment is at {n - 300} pm")
         for n in range(301, 307)
     ]
-    client = sync_client(settings)
     key = FleetKeys(settings.namespace).breaker
     fake.start_outage({"status": 503, "code": 20503}, seconds=3)
     started = time.monotonic()
@@ -387,23 +387,27 @@ async def _provider_outage(settings: Settings, fake: FakeTwilioThread, step: int
     ids = [story.message_id for story in stories]
     seen: tuple[str, str] = ("closed", "")
     outcomes: dict[str, str] = {}
-    while time.monotonic() < started + 30:
-        fields = cast(dict[bytes, bytes], client.hgetall(key))
-        breaker = {text(k): text(v) for k, v in fields.items()}
-        now = (breaker.get("state", "closed"), breaker.get("cooldown_ms", ""))
-        if now != seen:
-            at = f"   {time.monotonic() - started:5.1f} s  "
-            if now[0] == "open" and seen[0] != "open":
-                say(f"{at}breaker OPEN ({mask_phones(breaker.get('last_error', ''))})")
-            elif now[0] == "open":
-                say(f"{at}the probe failed too: next one in {int(now[1]) / 1000:g} s")
-            else:
-                say(f"{at}breaker closed: a probe went through, the waiting messages follow")
-            seen = now
-        outcomes = await _wait_for_outcomes(settings, ids, within_s=0)
-        if seen[0] == "closed" and all(m in outcomes for m in ids):
-            break
-        await asyncio.sleep(0.05)
+    client = sync_client(settings)
+    try:
+        while time.monotonic() < started + 30:
+            fields = cast(dict[bytes, bytes], client.hgetall(key))
+            breaker = {text(k): text(v) for k, v in fields.items()}
+            now = (breaker.get("state", "closed"), breaker.get("cooldown_ms", ""))
+            if now != seen:
+                at = f"   {time.monotonic() - started:5.1f} s  "
+                if now[0] == "open" and seen[0] != "open":
+                    say(f"{at}breaker OPEN ({mask_phones(breaker.get('last_error', ''))})")
+                elif now[0] == "open":
+                    say(f"{at}the probe failed too: next one in {int(now[1]) / 1000:g} s")
+                else:
+                    say(f"{at}breaker closed: a probe went through, the waiting messages follow")
+                seen = now
+            outcomes = await _wait_for_outcomes(settings, ids, within_s=0)
+            if seen[0] == "closed" and all(m in outcomes for m in ids):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        client.close()
     mine = [outcomes[m] for m in ids if m in outcomes]
     sent = sum(1 for outcome in mine if outcome.startswith("sent"))
     dead = len(mine) - sent
@@ -472,26 +476,26 @@ def _serve_admin(settings: Settings, port: int | None) -> Iterator[str | None]:
 
 
 async def _wait_for_outcomes(settings: Settings, ids: list[str], within_s: float) -> dict[str, str]:
-    client = sync_client(settings)
-    keys = ShardKeys(settings.namespace)
-    outcomes: dict[str, str] = {}
-    deadline = time.monotonic() + within_s
-    while True:  # at least one look, also with within_s=0
-        for message_id in ids:
-            sid = cast(bytes | None, client.get(keys.sent(message_id)))
-            if sid:
-                outcomes[message_id] = f"sent, Twilio SID {text(sid)}"
-        dead = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(keys.dead))
-        for _, fields in dead:
-            message_id = text(fields.get(b"id"))
-            outcomes[message_id] = (
-                f"dead-lettered: {text(fields.get(b'reason'))} "
-                f"({text(fields.get(b'error'))}, attempts "
-                f"{text(fields.get(b'attempts'))})"
-            )
-        if all(m in outcomes for m in ids) or time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(0.1)
+    with sync_client(settings) as client:
+        keys = ShardKeys(settings.namespace)
+        outcomes: dict[str, str] = {}
+        deadline = time.monotonic() + within_s
+        while True:  # at least one look, also with within_s=0
+            for message_id in ids:
+                sid = cast(bytes | None, client.get(keys.sent(message_id)))
+                if sid:
+                    outcomes[message_id] = f"sent, Twilio SID {text(sid)}"
+            dead = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(keys.dead))
+            for _, fields in dead:
+                message_id = text(fields.get(b"id"))
+                outcomes[message_id] = (
+                    f"dead-lettered: {text(fields.get(b'reason'))} "
+                    f"({text(fields.get(b'error'))}, attempts "
+                    f"{text(fields.get(b'attempts'))})"
+                )
+            if all(m in outcomes for m in ids) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.1)
     return outcomes
 
 
