@@ -4,10 +4,11 @@ No bearer token (Twilio has none): a valid `X-Twilio-Signature` instead — HMAC
 TWILIO_AUTH_TOKEN over SMSRELAY_TWILIO_STATUS_CALLBACK (the public URL Twilio called, which
 behind a proxy is not the one this process sees) and the sorted form fields; 403 otherwise.
 A valid callback is queued in Redis (`{ns}:receipts`) and answered 204 at once; the mirror
-applies it to Postgres, so a Postgres outage loses nothing. Redis away: 503. Twilio does not
-promise to send a status callback again after an error answer (by default it retries only a
-connection that failed): a receipt that arrives while Redis is away may be lost, and its
-message then stays `sent` (README, "Delivery receipts").
+applies it to Postgres, so a Postgres outage loses nothing. Twilio does not promise to send a
+status callback again after an error answer (by default it retries only a connection that
+failed), so with Redis away the receipt is applied to Postgres at once, as the mirror would
+(its trace event and delivery count are what is lost); only with both away is it a 503, and
+its message may then stay `sent` (README, "Delivery receipts").
 
 What is no message status callback is refused before anything is stored: not UTF-8 or over
 MAX_FORM_FIELDS fields (400, before the signature is computed), over 64 KiB (413), a SID that
@@ -24,10 +25,11 @@ from twilio.request_validator import RequestValidator
 
 from smsrelay import clock
 from smsrelay.admin.errors import error_response
-from smsrelay.admin.service import AdminService, redis_errors
+from smsrelay.admin.service import AdminService, RedisUnavailable, redis_errors
 from smsrelay.logging import get_logger
 from smsrelay.schemas.api import ErrorResponse
 from smsrelay.schemas.receipts import StatusCallback
+from smsrelay.store.db import DatabaseUnavailable
 from smsrelay.streams.keys import FleetKeys
 
 log = get_logger("smsrelay.admin")
@@ -49,7 +51,7 @@ twilio = APIRouter(tags=["twilio"])
         400: {"model": ErrorResponse, "description": "not a message status callback"},
         403: {"model": ErrorResponse, "description": "the signature is missing or wrong"},
         404: {"model": ErrorResponse, "description": "status callbacks are not configured"},
-        503: {"model": ErrorResponse, "description": "Redis is unavailable"},
+        503: {"model": ErrorResponse, "description": "Redis and Postgres are both unavailable"},
     },
 )
 async def status_callback(
@@ -101,11 +103,17 @@ async def status_callback(
         "ErrorCode": str(receipt.error_code or ""),
         "received_at": clock.iso(receipt.received_at),
     }
-    with redis_errors():
-        await service.redis.xadd(
-            FleetKeys(settings.namespace).receipts,
-            fields,  # type: ignore[arg-type]
-            maxlen=RECEIPTS_CAP,
-            approximate=True,
-        )
+    try:
+        with redis_errors():
+            await service.redis.xadd(
+                FleetKeys(settings.namespace).receipts,
+                fields,  # type: ignore[arg-type]
+                maxlen=RECEIPTS_CAP,
+                approximate=True,
+            )
+    except RedisUnavailable as redis_away:
+        try:
+            await service.apply_receipt_without_redis(receipt)
+        except DatabaseUnavailable:
+            raise redis_away from None  # 503: nowhere to keep it
     return Response(status_code=204)

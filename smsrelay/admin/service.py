@@ -39,15 +39,20 @@ from smsrelay.outage import Outages, is_outage
 from smsrelay.schemas.api import MessageSummary, MessageTrace
 from smsrelay.schemas.dead_letter import DeadLetterReason
 from smsrelay.schemas.entry import MessageRequest, describe_errors
+from smsrelay.schemas.receipts import StatusCallback
 from smsrelay.schemas.records import FailedSmsRecord, RecordPage, RecordStatus
 from smsrelay.settings import Settings
 from smsrelay.store import failed_sms
 from smsrelay.store.db import Connection, Database, DatabaseUnavailable
+from smsrelay.store.receipts import BodyFetcher, apply_receipts
 from smsrelay.streams.clients import admin_client
 from smsrelay.streams.keys import shard_of
 from smsrelay.streams.queue import Queue
 
 log = get_logger("smsrelay.admin")
+
+# An undelivered message's body, asked of Twilio while Twilio waits for our answer.
+RECEIPT_BODY_TIMEOUT_S = 3.0
 
 RETRY_OUTCOMES = ("success", "rate_limited", "provider_error", "conflict", "not_found")
 
@@ -98,7 +103,9 @@ class AdminService:
         provider: Provider | None = None,
         sender_problem: str | None = None,
         outages: Outages | None = None,
+        fetch_body: BodyFetcher | None = None,
     ) -> None:
+        """`fetch_body`: an undelivered message's body from the provider, for its record."""
         self.settings = settings
         self.redis = redis
         self.db = db
@@ -109,6 +116,7 @@ class AdminService:
             DirectSender(self.queue, settings, provider, self.outages) if provider else None
         )
         self._sender_problem = sender_problem or "no SMS provider configured"
+        self._fetch_body = fetch_body
         self._replays: set[asyncio.Task[int]] = set()
         self._stopping = asyncio.Event()
 
@@ -119,6 +127,35 @@ class AdminService:
     async def check_redis_writable(self) -> None:
         """Raise the Redis error when Redis cannot be reached or refuses writes (OOM, ...)."""
         await self.redis.set(self.queue.fleet.readiness_probe, "1", px=5000)
+
+    # -- receipts --------------------------------------------------------------------------
+    async def apply_receipt_without_redis(self, receipt: StatusCallback) -> None:
+        """Redis is away when Twilio posts a receipt: apply it to Postgres now, as the mirror
+        would (Twilio does not post it again after an error answer). Its trace event and
+        delivery count are not written: Redis is what is missing. DatabaseUnavailable when
+        Postgres is away too."""
+        fetch_body = self._fetch_body
+
+        async def bounded_fetch(sid: str) -> str | None:
+            assert fetch_body is not None
+            # Twilio waits 15 s for this answer; without the body the record says so
+            async with asyncio.timeout(RECEIPT_BODY_TIMEOUT_S):
+                return await fetch_body(sid)
+
+        async with self.db.connection() as conn, conn.transaction():
+            await apply_receipts(
+                conn,
+                self.namespace,
+                self.settings.shards,
+                [receipt],
+                bounded_fetch if fetch_body else None,
+            )
+        log.warning(
+            "receipts.applied_without_redis",
+            sid=receipt.message_sid,
+            status=receipt.status,
+            effect="applied to Postgres; the message's trace lacks this receipt",
+        )
 
     # -- list ------------------------------------------------------------------------------
     async def list_records(
@@ -420,12 +457,14 @@ async def open_service(
     and reports an outage as its error line (`log_outages=False`) rather than a log entry.
     """
     provider: Provider | None = None
+    fetch_body: BodyFetcher | None = None
     problem: str | None = None
     if with_sender:
         from smsrelay.consumers.providers.twilio import TwilioProvider
 
         try:
-            provider = TwilioProvider(settings, pool_size=8)
+            twilio = TwilioProvider(settings, pool_size=8)
+            provider, fetch_body = twilio, twilio.fetch_body
         except ConfigError as exc:
             problem = str(exc)
     outages = Outages()
@@ -436,7 +475,15 @@ async def open_service(
         log_outages=log_outages,
         outage=outages.postgres if log_outages else None,
     )
-    service = AdminService(settings, client, db, provider, problem, outages)
+    service = AdminService(
+        settings,
+        client,
+        db,
+        provider,
+        problem,
+        outages,
+        fetch_body=fetch_body,
+    )
     try:
         await db.open()
         yield service

@@ -1,6 +1,7 @@
 """Receipts through outages: with Postgres down the admin still answers Twilio 2xx (the
-callbacks wait in Redis) and the mirror applies them once Postgres is back; only with Redis
-down too is a callback refused (503), so that Twilio's own retry brings it again."""
+callbacks wait in Redis) and the mirror applies them once Postgres is back; with Redis down
+the admin applies a callback to Postgres itself (Twilio would not post it again after an
+error answer); only with both down is a callback refused (503)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.receipts.conftest import (
     admin_http,
     answers,
     callback_form,
+    mirror,
     post_callback,
     read_sent,
     receipts_waiting,
@@ -119,3 +121,35 @@ async def test_with_redis_down_too_a_callback_is_503(
         "service": "redis",
     }
     assert forged.status_code == 403
+
+
+async def test_with_redis_down_a_callback_is_applied_in_postgres_at_once(
+    receipt_settings: Settings,
+    fake_twilio: FakeTwilioThread,
+    private_redis: PrivateRedis,
+) -> None:
+    # Given a message sent and mirrored into sent_sms (no admin listened for its callbacks)
+    settings = receipt_settings.model_copy(update={"redis_url": private_redis.url})
+    phone = unique_phone()
+    [message_id] = await send_all(settings, fake_twilio, [phone])
+    assert await mirror(settings) >= 1
+    sid = sid_of(fake_twilio, phone)
+    async with admin_client(settings) as http:
+        # When Redis dies and Twilio reports the message undelivered
+        private_redis.kill()
+        form = callback_form(sid, "undelivered", 30003)
+        answer = await post_callback(http, form, signed_for=None, settings=settings)
+        # Then Twilio hears 204 and Postgres has the verdict: sent_sms and a failed_sms record
+        assert answer.status_code == 204, answer.text
+        [record] = (await http.get(LIST, params={"phone": phone})).json()["data"]
+        # and a repeat of the same callback changes nothing
+        again = await post_callback(http, form, signed_for=None, settings=settings)
+        assert again.status_code == 204, again.text
+        assert (await http.get(LIST, params={"phone": phone})).json()["pagination"]["total"] == 1
+    row = await read_sent(settings, message_id)
+    assert row is not None and row.delivery_status == "undelivered"
+    assert record["id"] == message_id
+    assert record["reason"] == "undelivered"
+    assert record["error"] == "Twilio error 30003: Unreachable destination handset"
+    assert record["messageSid"] == sid
+    assert record["message"] == "Your code is 4815"  # the body, asked of Twilio
