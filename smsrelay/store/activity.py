@@ -12,6 +12,9 @@ When a record last failed, from what the row holds:
   that resolved it (`mark_resolved` writes `resolved_at` and `last_attempt_at` together);
 - otherwise `last_attempt_at` or `created_at` (an undelivered receipt's record: the send).
 
+Postgres keeps that moment in the generated, indexed column `failed_sms.failed_at`
+(migration 5), so a refresh reads the window's records only, however many the table holds.
+
 Minutes are those of the Postgres server's clock, the clock `sent_at` and the stream ids
 are compared with; the last one is the current, partial minute.
 """
@@ -26,9 +29,9 @@ from smsrelay.store.db import Connection
 DEFAULT_MINUTES = 15
 MAX_MINUTES = 24 * 60
 
-# `failed_at` is the moment a record last failed (see the module's docstring). A stream id is
-# `<ms>-<seq>`; anything else (a row from before dead-letter ids were kept) gives no time.
-_PER_MINUTE = """
+# `failed_sms.failed_at` is the moment a record last failed (see the module's docstring),
+# a column Postgres generates (migration 5) and indexes with the namespace.
+PER_MINUTE_QUERY = """
     WITH minutes AS (
         SELECT generate_series(
             date_trunc('minute', now()) - make_interval(mins => %(minutes)s - 1),
@@ -40,21 +43,11 @@ _PER_MINUTE = """
         WHERE s.namespace = %(namespace)s
           AND s.sent_at >= date_trunc('minute', now()) - make_interval(mins => %(minutes)s - 1)
         GROUP BY 1
-    ), failures AS (
-        SELECT coalesce(
-            greatest(
-                CASE WHEN f.dead_letter_id ~ '^[0-9]{1,15}-[0-9]+$'
-                     THEN to_timestamp(split_part(f.dead_letter_id, '-', 1)::bigint / 1000.0)
-                END,
-                CASE WHEN f.status = 'resolved' AND f.last_attempt_at = f.resolved_at THEN NULL
-                     ELSE f.last_attempt_at END),
-            f.created_at) AS failed_at
+    ), failed AS (
+        SELECT date_trunc('minute', f.failed_at) AS minute, count(*) AS n
         FROM public.failed_sms f
         WHERE f.namespace = %(namespace)s
-    ), failed AS (
-        SELECT date_trunc('minute', failed_at) AS minute, count(*) AS n
-        FROM failures
-        WHERE failed_at >= date_trunc('minute', now()) - make_interval(mins => %(minutes)s - 1)
+          AND f.failed_at >= date_trunc('minute', now()) - make_interval(mins => %(minutes)s - 1)
         GROUP BY 1
     )
     SELECT m.minute, coalesce(sent.n, 0) AS sent, coalesce(failed.n, 0) AS failed
@@ -79,7 +72,7 @@ async def per_minute(
     last one is the current minute so far."""
     if not 1 <= minutes <= MAX_MINUTES:
         raise ValueError(f"minutes: must be 1-{MAX_MINUTES} (got {minutes})")
-    cur = await conn.execute(_PER_MINUTE, {"namespace": namespace, "minutes": minutes})
+    cur = await conn.execute(PER_MINUTE_QUERY, {"namespace": namespace, "minutes": minutes})
     return [
         Minute(row["minute"], int(row["sent"]), int(row["failed"])) for row in await cur.fetchall()
     ]

@@ -147,3 +147,23 @@ async def test_the_window_is_checked(db: Database, ns: str, minutes: int) -> Non
     async with db.connection() as conn:
         with pytest.raises(ValueError, match="minutes: must be 1-1440"):
             await activity.per_minute(conn, ns, minutes=minutes)
+
+
+async def test_the_failures_are_read_through_the_failed_at_index(db: Database, ns: str) -> None:
+    # Given a namespace with 20,000 records that failed a day ago
+    async with db.connection() as conn:
+        await conn.execute(
+            "INSERT INTO public.failed_sms (id, phone, message, namespace, created_at) "
+            "SELECT gen_random_uuid(), '+1415555' || lpad(n::text, 4, '0'), '', %s, "
+            "now() - interval '1 day' FROM generate_series(1, 20000) AS n",
+            [ns],
+        )
+        await conn.execute("ANALYZE public.failed_sms")
+        # When the console asks for the last 15 minutes, Then Postgres reads the window's
+        # records through the generated column's index (migration 5), not all 20,000
+        cur = await conn.execute(
+            "EXPLAIN " + activity.PER_MINUTE_QUERY, {"namespace": ns, "minutes": 15}
+        )
+        plan = "\n".join(str(next(iter(row.values()))) for row in await cur.fetchall())
+        await conn.execute("DELETE FROM public.failed_sms WHERE namespace = %s", [ns])
+    assert "failed_sms_failed_at_idx" in plan, plan
