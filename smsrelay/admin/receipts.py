@@ -7,8 +7,9 @@ A valid callback is queued in Redis (`{ns}:receipts`) and answered 204 at once; 
 applies it to Postgres, so a Postgres outage loses nothing. Twilio does not promise to send a
 status callback again after an error answer (by default it retries only a connection that
 failed), so with Redis away the receipt is applied to Postgres at once, as the mirror would
-(its trace event and delivery count are what is lost); only with both away is it a 503, and
-its message may then stay `sent` (README, "Delivery receipts").
+(its delivery count is what is lost; the trace shows it from `sent_sms`, admin/trace.py);
+only with both away is it a 503, and its message may then stay `sent` (README, "Delivery
+receipts").
 
 What is no message status callback is refused before anything is stored: not UTF-8 or over
 MAX_FORM_FIELDS fields (400, before the signature is computed), over 64 KiB (413), a SID that

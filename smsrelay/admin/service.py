@@ -131,9 +131,9 @@ class AdminService:
     # -- receipts --------------------------------------------------------------------------
     async def apply_receipt_without_redis(self, receipt: StatusCallback) -> None:
         """Redis is away when Twilio posts a receipt: apply it to Postgres now, as the mirror
-        would (Twilio does not post it again after an error answer). Its trace event and
-        delivery count are not written: Redis is what is missing. DatabaseUnavailable when
-        Postgres is away too."""
+        would (Twilio does not post it again after an error answer). Its delivery count is not
+        written, nor its trace event (the trace shows the verdict from `sent_sms` instead).
+        DatabaseUnavailable when Postgres is away too."""
         fetch_body = self._fetch_body
 
         async def bounded_fetch(sid: str) -> str | None:
@@ -154,7 +154,7 @@ class AdminService:
             "receipts.applied_without_redis",
             sid=receipt.message_sid,
             status=receipt.status,
-            effect="applied to Postgres; the message's trace lacks this receipt",
+            effect="applied to Postgres; not counted in smsrelay_delivery_status_total",
         )
 
     # -- list ------------------------------------------------------------------------------

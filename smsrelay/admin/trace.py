@@ -51,8 +51,7 @@ async def message_trace(
                 break
     if not events and sent is None and record is None:
         raise NotFoundError(f"no message with id {message_id} (or its trace has expired)")
-    if not events:
-        events = _from_postgres(sent, record)
+    events = _with_verdict(events, sent) if events else _from_postgres(sent, record)
     status = _status(events, record)
     sid = next((d for _, e, d in reversed(events) if e in SENT and d), None)
     return MessageTrace(
@@ -128,6 +127,27 @@ def _attempts(
     counted = sum(1 for _, event, _ in events if event in ("attempt", "admin_retry"))
     known = max(sent.attempts if sent else 0, record.attempts if record else 0)
     return max(counted, known)
+
+
+def _with_verdict(
+    events: list[tuple[int, str, str]], sent: SentSms | None
+) -> list[tuple[int, str, str]]:
+    """The trace, with the verdict `sent_sms` holds for the message's last send when the trace
+    lacks it: the admin applied that receipt to Postgres while Redis was away."""
+    if sent is None or sent.delivered_at is None or sent.delivery_status not in RECEIPTS:
+        return events
+    last_send = max(
+        (
+            i
+            for i, (_, event, sid) in enumerate(events)
+            if event in SENT and sid == sent.message_sid
+        ),
+        default=-1,
+    )
+    if any(event == sent.delivery_status for _, event, _ in events[last_send + 1 :]):
+        return events
+    verdict = (_ms(sent.delivered_at), sent.delivery_status, sent.error or sent.message_sid)
+    return sorted([*events, verdict])
 
 
 def _from_postgres(

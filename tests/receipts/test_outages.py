@@ -146,6 +146,12 @@ async def test_with_redis_down_a_callback_is_applied_in_postgres_at_once(
         again = await post_callback(http, form, signed_for=None, settings=settings)
         assert again.status_code == 204, again.text
         assert (await http.get(LIST, params={"phone": phone})).json()["pagination"]["total"] == 1
+        # and once Redis is back, the message's trace tells the verdict its events lack
+        private_redis.start()
+        trace = (await http.get(f"/api/admin/messages/{message_id}")).json()["data"]
+    assert trace["status"] == "undelivered", trace
+    assert [e["event"] for e in trace["events"]][-2:] == ["sent", "undelivered"]
+    assert trace["events"][-1]["detail"] == "Twilio error 30003: Unreachable destination handset"
     row = await read_sent(settings, message_id)
     assert row is not None and row.delivery_status == "undelivered"
     assert record["id"] == message_id
