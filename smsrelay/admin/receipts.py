@@ -112,6 +112,7 @@ async def status_callback(
                 maxlen=RECEIPTS_CAP,
                 approximate=True,
             )
+        service.receipt_queued()
     except RedisUnavailable as redis_away:
         try:
             await service.apply_receipt_without_redis(receipt)

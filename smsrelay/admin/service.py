@@ -117,6 +117,7 @@ class AdminService:
         )
         self._sender_problem = sender_problem or "no SMS provider configured"
         self._fetch_body = fetch_body
+        self._receipts_without_redis = 0  # since Redis last took one: said once per outage
         self._replays: set[asyncio.Task[int]] = set()
         self._stopping = asyncio.Event()
 
@@ -150,12 +151,21 @@ class AdminService:
                 [receipt],
                 bounded_fetch if fetch_body else None,
             )
-        log.warning(
-            "receipts.applied_without_redis",
-            sid=receipt.message_sid,
-            status=receipt.status,
-            effect="applied to Postgres; not counted in smsrelay_delivery_status_total",
-        )
+        self._receipts_without_redis += 1
+        if self._receipts_without_redis == 1:
+            log.warning(
+                "receipts.applied_without_redis",
+                sid=receipt.message_sid,
+                status=receipt.status,
+                effect="Redis is away: receipts go to Postgres directly until it is back; "
+                "they are not counted in smsrelay_delivery_status_total",
+            )
+
+    def receipt_queued(self) -> None:
+        """Redis took a receipt again: say how many went to Postgres directly meanwhile."""
+        if self._receipts_without_redis:
+            log.info("receipts.redis_back", applied_without_redis=self._receipts_without_redis)
+            self._receipts_without_redis = 0
 
     # -- list ------------------------------------------------------------------------------
     async def list_records(

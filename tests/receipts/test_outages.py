@@ -10,6 +10,7 @@ import contextlib
 
 import pytest
 import redis.asyncio as aioredis
+from structlog.testing import capture_logs
 
 from smsrelay.consumers.providers.twilio import TwilioProvider
 from smsrelay.settings import Settings
@@ -138,17 +139,26 @@ async def test_with_redis_down_a_callback_is_applied_in_postgres_at_once(
         # When Redis dies and Twilio reports the message undelivered
         private_redis.kill()
         form = callback_form(sid, "undelivered", 30003)
-        answer = await post_callback(http, form, signed_for=None, settings=settings)
-        # Then Twilio hears 204 and Postgres has the verdict: sent_sms and a failed_sms record
-        assert answer.status_code == 204, answer.text
-        [record] = (await http.get(LIST, params={"phone": phone})).json()["data"]
-        # and a repeat of the same callback changes nothing
-        again = await post_callback(http, form, signed_for=None, settings=settings)
-        assert again.status_code == 204, again.text
-        assert (await http.get(LIST, params={"phone": phone})).json()["pagination"]["total"] == 1
-        # and once Redis is back, the message's trace tells the verdict its events lack
-        private_redis.start()
-        trace = (await http.get(f"/api/admin/messages/{message_id}")).json()["data"]
+        with capture_logs() as logs:
+            answer = await post_callback(http, form, signed_for=None, settings=settings)
+            # Then Twilio hears 204 and Postgres has the verdict: sent_sms and a failed_sms record
+            assert answer.status_code == 204, answer.text
+            [record] = (await http.get(LIST, params={"phone": phone})).json()["data"]
+            # and a repeat of the same callback changes nothing
+            again = await post_callback(http, form, signed_for=None, settings=settings)
+            assert again.status_code == 204, again.text
+            total = (await http.get(LIST, params={"phone": phone})).json()["pagination"]["total"]
+            assert total == 1
+            # and once Redis is back, the message's trace tells the verdict its events lack
+            private_redis.start()
+            trace = (await http.get(f"/api/admin/messages/{message_id}")).json()["data"]
+            # and the next receipt goes to Redis again; the next outage is said again, once
+            other = callback_form("SM" + "1" * 32, "delivered")
+            assert (await post_callback(http, other, signed_for=None, settings=settings)).is_success
+            private_redis.kill()
+            assert (await post_callback(http, other, signed_for=None, settings=settings)).is_success
+    said = [e["event"] for e in logs if e["event"].startswith("receipts.")]
+    assert said == ["receipts.applied_without_redis"] * 2  # one per outage, not per receipt
     assert trace["status"] == "undelivered", trace
     assert [e["event"] for e in trace["events"]][-2:] == ["sent", "undelivered"]
     assert trace["events"][-1]["detail"] == "Twilio error 30003: Unreachable destination handset"
