@@ -402,7 +402,7 @@ async def _provider_outage(settings: Settings, fake: FakeTwilioThread, step: int
                 else:
                     say(f"{at}breaker closed: a probe went through, the waiting messages follow")
                 seen = now
-            outcomes = await _wait_for_outcomes(settings, ids, within_s=0)
+            outcomes = _outcomes(client, settings, ids)  # on this step's one connection
             if seen[0] == "closed" and all(m in outcomes for m in ids):
                 break
             await asyncio.sleep(0.05)
@@ -477,25 +477,30 @@ def _serve_admin(settings: Settings, port: int | None) -> Iterator[str | None]:
 
 async def _wait_for_outcomes(settings: Settings, ids: list[str], within_s: float) -> dict[str, str]:
     with sync_client(settings) as client:
-        keys = ShardKeys(settings.namespace)
-        outcomes: dict[str, str] = {}
         deadline = time.monotonic() + within_s
         while True:  # at least one look, also with within_s=0
-            for message_id in ids:
-                sid = cast(bytes | None, client.get(keys.sent(message_id)))
-                if sid:
-                    outcomes[message_id] = f"sent, Twilio SID {text(sid)}"
-            dead = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(keys.dead))
-            for _, fields in dead:
-                message_id = text(fields.get(b"id"))
-                outcomes[message_id] = (
-                    f"dead-lettered: {text(fields.get(b'reason'))} "
-                    f"({text(fields.get(b'error'))}, attempts "
-                    f"{text(fields.get(b'attempts'))})"
-                )
+            outcomes = _outcomes(client, settings, ids)
             if all(m in outcomes for m in ids) or time.monotonic() >= deadline:
-                break
+                return outcomes
             await asyncio.sleep(0.1)
+
+
+def _outcomes(client: redis.Redis, settings: Settings, ids: list[str]) -> dict[str, str]:
+    """What became of each message so far: its sent marker, or its dead letter."""
+    keys = ShardKeys(settings.namespace)
+    outcomes: dict[str, str] = {}
+    for message_id in ids:
+        sid = cast(bytes | None, client.get(keys.sent(message_id)))
+        if sid:
+            outcomes[message_id] = f"sent, Twilio SID {text(sid)}"
+    dead = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(keys.dead))
+    for _, fields in dead:
+        message_id = text(fields.get(b"id"))
+        outcomes[message_id] = (
+            f"dead-lettered: {text(fields.get(b'reason'))} "
+            f"({text(fields.get(b'error'))}, attempts "
+            f"{text(fields.get(b'attempts'))})"
+        )
     return outcomes
 
 

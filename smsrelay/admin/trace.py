@@ -146,8 +146,12 @@ def _with_verdict(
     )
     if any(event == sent.delivery_status for _, event, _ in events[last_send + 1 :]):
         return events
-    verdict = (_ms(sent.delivered_at), sent.delivery_status, sent.error or sent.message_sid)
-    return sorted([*events, verdict])
+    return sorted([*events, _verdict(sent, sent.delivered_at, sent.delivery_status)])
+
+
+def _verdict(sent: SentSms, at: datetime, status: str) -> tuple[int, str, str]:
+    """The receipt event `sent_sms` keeps for the message's last send."""
+    return (_ms(at), status, sent.error or sent.message_sid)
 
 
 def _from_postgres(
@@ -164,9 +168,7 @@ def _from_postgres(
     if sent is not None:
         events.append((_ms(sent.sent_at), "sent", sent.message_sid))
         if sent.delivery_status and sent.delivered_at is not None:
-            events.append(
-                (_ms(sent.delivered_at), sent.delivery_status, sent.error or sent.message_sid)
-            )
+            events.append(_verdict(sent, sent.delivered_at, sent.delivery_status))
     return sorted(events)
 
 
